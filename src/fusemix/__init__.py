@@ -1,0 +1,47 @@
+"""fusemix: multimodal alignment of frozen unimodal encoders with FuseMix, on one GPU.
+
+The core (mixing, adapters, losses, metrics) imports nothing from the I/O half
+of the package.
+"""
+
+from fusemix.losses import ContrastiveLoss, PairwiseContrastiveLoss, SigLIPLoss
+from fusemix.metrics import metrics_from_ranks, recall_at_k, retrieval_metrics, retrieval_ranks, similarity_ranks
+from fusemix.mixing import (
+    AlphaSchedule,
+    CosineAlphaSchedule,
+    ExponentialAlphaSchedule,
+    FuseMix,
+    LatentNoise,
+    MixParams,
+    mix_latents,
+    sample_mix_params,
+)
+from fusemix.model import FusionModel
+from fusemix.projectors import FusionAdapter, IdentityAdapter, LinearAdapter, ResidualMLPBlock
+
+__version__ = "0.1.0.dev0"
+
+__all__ = [
+    "AlphaSchedule",
+    "ContrastiveLoss",
+    "CosineAlphaSchedule",
+    "ExponentialAlphaSchedule",
+    "FuseMix",
+    "FusionAdapter",
+    "FusionModel",
+    "IdentityAdapter",
+    "LatentNoise",
+    "LinearAdapter",
+    "MixParams",
+    "PairwiseContrastiveLoss",
+    "ResidualMLPBlock",
+    "SigLIPLoss",
+    "__version__",
+    "metrics_from_ranks",
+    "mix_latents",
+    "recall_at_k",
+    "retrieval_metrics",
+    "retrieval_ranks",
+    "sample_mix_params",
+    "similarity_ranks",
+]

@@ -1,0 +1,76 @@
+"""Argument checks shared by the public API.
+
+Every check raises a ``TypeError`` or ``ValueError`` whose message starts with
+the name of the offending argument, so users see at once what to fix.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+
+def check_floating(name: str, tensor: object) -> Tensor:
+    """Return ``tensor`` if it is a floating-point tensor, else raise ``TypeError``."""
+    if not isinstance(tensor, Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor, got {type(tensor).__name__}")
+    if not tensor.is_floating_point():
+        raise TypeError(f"{name}: expected a floating-point tensor, got dtype {tensor.dtype}")
+    return tensor
+
+
+def check_features(name: str, tensor: object, *, min_rows: int = 1) -> Tensor:
+    """Return ``tensor`` if it is a floating ``(N, D)`` tensor with ``N >= min_rows``, ``D >= 1``."""
+    tensor = check_floating(name, tensor)
+    if tensor.ndim != 2:
+        raise ValueError(f"{name}: expected a 2-D tensor of shape (N, D), got shape {tuple(tensor.shape)}")
+    if tensor.shape[0] < min_rows:
+        raise ValueError(f"{name}: expected at least {min_rows} row(s), got {tensor.shape[0]}")
+    if tensor.shape[1] < 1:
+        raise ValueError(f"{name}: expected a feature dimension of at least 1, got shape {tuple(tensor.shape)}")
+    return tensor
+
+
+def check_same_rows(named: Sequence[tuple[str, Tensor]]) -> int:
+    """Return the shared leading dimension of ``named`` tensors or raise ``ValueError``."""
+    sizes = {name: t.shape[0] for name, t in named}
+    if len(set(sizes.values())) > 1:
+        listed = ", ".join(f"{name}={size}" for name, size in sizes.items())
+        raise ValueError(f"inputs: batch sizes differ ({listed}); every modality needs the same rows")
+    return next(iter(sizes.values()))
+
+
+def check_positive(name: str, value: float) -> float:
+    """Return ``value`` as a float if it is finite and strictly positive."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name}: expected a number, got {type(value).__name__}")
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name}: expected a finite number > 0, got {value}")
+    return float(value)
+
+
+def check_positive_int(name: str, value: int) -> int:
+    """Return ``value`` if it is an ``int`` >= 1."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name}: expected an int, got {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"{name}: expected an int >= 1, got {value}")
+    return value
+
+
+def check_choice(name: str, value: str, choices: Sequence[str]) -> str:
+    """Return ``value`` if it is one of ``choices``."""
+    if value not in choices:
+        raise ValueError(f"{name}: expected one of {list(choices)}, got {value!r}")
+    return value
+
+
+def check_finite(name: str, tensor: Tensor) -> Tensor:
+    """Return ``tensor`` if every value is finite, else raise ``ValueError``."""
+    if not bool(torch.isfinite(tensor).all()):
+        bad = int((~torch.isfinite(tensor)).sum())
+        raise ValueError(f"{name}: contains {bad} non-finite value(s) (NaN or Inf)")
+    return tensor

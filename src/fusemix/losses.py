@@ -1,0 +1,281 @@
+"""Contrastive losses over paired features of two or more modalities.
+
+Losses take features (not logits) and return a scalar, like open_clip's
+``ClipLoss``. Features are L2-normalised inside the loss. With more than two
+modalities the loss is averaged over modality pairs: every pair
+(``pairs="all"``) or every pair that contains an anchor modality
+(``pairs="anchor"``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from itertools import combinations
+from typing import Literal, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from fusemix._checks import check_choice, check_features, check_positive, check_positive_int, check_same_rows
+
+FeatureInputs = Union[Tensor, Sequence[Tensor], Mapping[str, Tensor]]  # noqa: UP007 (runtime alias, Python 3.10)
+PairMode = Literal["all", "anchor"]
+
+
+def _named_features(inputs: tuple[FeatureInputs, ...]) -> list[tuple[str, Tensor]]:
+    """Flatten the call forms ``loss(a, b, ...)``, ``loss((a, b))`` and ``loss({...})``."""
+    if len(inputs) == 1 and isinstance(inputs[0], Mapping):
+        items = [(str(k), v) for k, v in inputs[0].items()]
+    else:
+        seq = inputs[0] if len(inputs) == 1 and isinstance(inputs[0], (tuple, list)) else inputs
+        items = [(str(i), v) for i, v in enumerate(seq)]
+    if len(items) < 2:
+        raise ValueError(f"features: a contrastive loss needs at least 2 modalities, got {len(items)}")
+    named = [(name, check_features(f"features[{name!r}]", x, min_rows=2)) for name, x in items]
+    check_same_rows([(f"features[{name!r}]", x) for name, x in named])
+    return named
+
+
+class PairwiseContrastiveLoss(nn.Module):
+    """Base class: averages a two-modality loss over modality pairs.
+
+    Subclasses implement :meth:`pair_loss`.
+
+    Args:
+        pairs: ``"all"`` averages over every unordered pair of modalities;
+            ``"anchor"`` over the pairs ``(anchor, other)``.
+        anchor: Name (dict inputs) or position (tuple inputs) of the anchor
+            modality; required when ``pairs="anchor"``.
+
+    """
+
+    def __init__(self, *, pairs: PairMode = "all", anchor: str | int | None = None) -> None:
+        super().__init__()
+        self.pairs = check_choice("pairs", pairs, ("all", "anchor"))
+        if pairs == "anchor" and anchor is None:
+            raise ValueError("anchor: pairs='anchor' needs the anchor modality's name or position")
+        self.anchor = None if anchor is None else str(anchor)
+
+    def pair_loss(self, a: Tensor, b: Tensor) -> Tensor:  # pragma: no cover - abstract
+        """Loss between two L2-normalised feature matrices of shape ``(B, D)``."""
+        raise NotImplementedError
+
+    def _pairs(self, names: list[str]) -> list[tuple[int, int]]:
+        if self.pairs == "all":
+            return list(combinations(range(len(names)), 2))
+        if self.anchor not in names:
+            raise ValueError(f"anchor: {self.anchor!r} is not one of the inputs {names}")
+        k = names.index(self.anchor)
+        return [(k, j) for j in range(len(names)) if j != k]
+
+    def forward(self, *features: FeatureInputs, return_dict: bool = False) -> Tensor | dict[str, Tensor]:
+        """Compute the loss.
+
+        Args:
+            *features: Two or more feature tensors (positionally, as one
+                tuple/list, or as one dict of modality name to tensor); row
+                ``i`` of every tensor is one positive tuple. Shape of each:
+                ``(B, D_m)``, ``B >= 2``; two modalities in a pair need the
+                same ``D``.
+            return_dict: Return ``{"loss": total, "<a>-<b>": pair loss, ...}``
+                instead of the scalar.
+
+        Returns:
+            The mean loss over modality pairs (a scalar), or the dict.
+
+        """
+        named = _named_features(features)
+        names = [n for n, _ in named]
+        normed = [F.normalize(x, dim=-1) for _, x in named]
+        parts: dict[str, Tensor] = {}
+        for i, j in self._pairs(names):
+            if normed[i].shape[1] != normed[j].shape[1]:
+                raise ValueError(
+                    f"features: modalities {names[i]!r} and {names[j]!r} have different dims "
+                    f"({normed[i].shape[1]} vs {normed[j].shape[1]}); project them to a shared space first"
+                )
+            parts[f"{names[i]}-{names[j]}"] = self.pair_loss(normed[i], normed[j])
+        total = torch.stack(list(parts.values())).mean()
+        return {"loss": total, **parts} if return_dict else total
+
+
+class ContrastiveLoss(PairwiseContrastiveLoss):
+    """Symmetric InfoNCE (CLIP) loss with a learnable temperature.
+
+    For L2-normalised features ``a`` and ``b`` of shape ``(B, D)``,
+    ``logits = a @ b.T / temperature`` and the loss is the mean of the
+    cross-entropies of ``logits`` and ``logits.T`` against the diagonal.
+
+    Two parameterisations of the temperature:
+
+    - ``"temperature"`` (default, the FuseMix authors' code): a parameter
+      ``temperature`` initialised at ``temperature_init`` (0.07), clamped in
+      place to ``temperature_range`` (``[0.001, 0.5]``) at every forward, and
+      ``logits = sim / temperature``.
+    - ``"logit_scale"`` (CLIP / open_clip): a parameter ``logit_scale``
+      initialised at ``log(1 / temperature_init)``, clamped in place to
+      ``[0, log(max_logit_scale)]`` at every forward (open_clip clamps after
+      each optimiser step; the effect is the same), and
+      ``logits = exp(logit_scale) * sim``.
+
+    Args:
+        temperature_init: Initial temperature (> 0).
+        learnable: Learn the temperature; ``False`` keeps it fixed (a buffer).
+        parameterization: ``"temperature"`` or ``"logit_scale"``.
+        temperature_range: ``(low, high)`` clamp of the ``"temperature"``
+            parameterisation.
+        max_logit_scale: Upper bound of ``exp(logit_scale)`` in the
+            ``"logit_scale"`` parameterisation (CLIP uses 100).
+        pairs: ``"all"`` or ``"anchor"``, for more than two modalities.
+        anchor: The anchor modality for ``pairs="anchor"``.
+
+    Shape:
+        - Input: two or more tensors of shape ``(B, D)``.
+        - Output: scalar.
+
+    Example:
+        >>> loss_fn = ContrastiveLoss()
+        >>> img, txt = torch.randn(8, 32), torch.randn(8, 32)
+        >>> loss = loss_fn(img, txt)
+        >>> loss.shape, round(loss_fn.temperature.item(), 2)
+        (torch.Size([]), 0.07)
+
+    """
+
+    def __init__(
+        self,
+        *,
+        temperature_init: float = 0.07,
+        learnable: bool = True,
+        parameterization: Literal["temperature", "logit_scale"] = "temperature",
+        temperature_range: tuple[float, float] = (0.001, 0.5),
+        max_logit_scale: float = 100.0,
+        pairs: PairMode = "all",
+        anchor: str | int | None = None,
+    ) -> None:
+        super().__init__(pairs=pairs, anchor=anchor)
+        temperature_init = check_positive("temperature_init", temperature_init)
+        self.parameterization = check_choice("parameterization", parameterization, ("temperature", "logit_scale"))
+        low, high = (check_positive("temperature_range", float(v)) for v in temperature_range)
+        if not low <= temperature_init <= high and parameterization == "temperature":
+            raise ValueError(f"temperature_range: ({low}, {high}) does not contain temperature_init={temperature_init}")
+        self.temperature_range = (low, high)
+        self.max_logit_scale = check_positive("max_logit_scale", max_logit_scale)
+        if parameterization == "temperature":
+            init = torch.tensor(temperature_init)
+            self._clamp = (low, high)
+        else:
+            init = torch.tensor(math.log(1.0 / temperature_init))
+            self._clamp = (0.0, math.log(self.max_logit_scale))
+        name = parameterization
+        if learnable:
+            self.register_parameter(name, nn.Parameter(init))
+        else:
+            self.register_buffer(name, init)
+
+    @property
+    def temperature_param(self) -> Tensor:
+        """The stored tensor: ``temperature`` or ``logit_scale``."""
+        return getattr(self, self.parameterization)
+
+    def current_temperature(self) -> Tensor:
+        """The temperature the next forward uses (after clamping), as a 0-d tensor."""
+        low, high = self._clamp
+        value = self.temperature_param.detach().clamp(low, high)
+        return value if self.parameterization == "temperature" else torch.exp(-value)
+
+    def scale_logits(self, sim: Tensor) -> Tensor:
+        """Turn cosine similarities into logits with the clamped temperature."""
+        param = self.temperature_param
+        with torch.no_grad():
+            param.clamp_(*self._clamp)
+        if self.parameterization == "temperature":
+            return sim / param
+        return sim * param.exp()
+
+    def pair_loss(self, a: Tensor, b: Tensor) -> Tensor:
+        logits = self.scale_logits(a @ b.T)
+        labels = torch.arange(a.shape[0], device=a.device)
+        return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels))
+
+    def extra_repr(self) -> str:
+        return f"parameterization={self.parameterization!r}, pairs={self.pairs!r}"
+
+
+class SigLIPLoss(PairwiseContrastiveLoss):
+    """Sigmoid pairwise loss (SigLIP, Zhai et al. 2023) with learnable scale and bias.
+
+    ``logits = exp(logit_scale) * a @ b.T + logit_bias``; every pair is an
+    independent binary problem (``+1`` on the diagonal, ``-1`` off it) and the
+    loss is ``-sum(logsigmoid(labels * logits)) / B``. The initialisation is
+    SigLIP's: ``exp(logit_scale) = 10``, ``logit_bias = -10``.
+
+    Args:
+        logit_scale_init: Initial ``exp(logit_scale)`` (> 0).
+        logit_bias_init: Initial bias.
+        learnable: Learn scale and bias; ``False`` keeps them fixed.
+        chunk_size: If set, compute the loss over blocks of ``chunk_size``
+            columns, recomputing each block in the backward pass, so at most
+            ``B * chunk_size`` logits exist at any time and the ``B x B``
+            matrix is never built. Same value and gradients, more compute.
+        pairs: ``"all"`` or ``"anchor"``, for more than two modalities.
+        anchor: The anchor modality for ``pairs="anchor"``.
+
+    Shape:
+        - Input: two or more tensors of shape ``(B, D)``.
+        - Output: scalar.
+
+    Example:
+        >>> loss_fn = SigLIPLoss(chunk_size=4)
+        >>> loss_fn(torch.randn(8, 32), torch.randn(8, 32)).shape
+        torch.Size([])
+
+    """
+
+    def __init__(
+        self,
+        *,
+        logit_scale_init: float = 10.0,
+        logit_bias_init: float = -10.0,
+        learnable: bool = True,
+        chunk_size: int | None = None,
+        pairs: PairMode = "all",
+        anchor: str | int | None = None,
+    ) -> None:
+        super().__init__(pairs=pairs, anchor=anchor)
+        scale = torch.tensor(math.log(check_positive("logit_scale_init", logit_scale_init)))
+        if not math.isfinite(logit_bias_init):
+            raise ValueError(f"logit_bias_init: expected a finite number, got {logit_bias_init}")
+        bias = torch.tensor(float(logit_bias_init))
+        self.chunk_size = None if chunk_size is None else check_positive_int("chunk_size", chunk_size)
+        if learnable:
+            self.logit_scale = nn.Parameter(scale)
+            self.logit_bias = nn.Parameter(bias)
+        else:
+            self.register_buffer("logit_scale", scale)
+            self.register_buffer("logit_bias", bias)
+
+    def _block_loss(self, a: Tensor, b_block: Tensor, start: Tensor, scale: Tensor, bias: Tensor) -> Tensor:
+        logits = scale * (a @ b_block.T) + bias
+        rows = torch.arange(a.shape[0], device=a.device)
+        cols = torch.arange(b_block.shape[0], device=a.device) + start
+        labels = (rows[:, None] == cols[None, :]).to(logits.dtype) * 2 - 1
+        return -F.logsigmoid(labels * logits).sum()
+
+    def pair_loss(self, a: Tensor, b: Tensor) -> Tensor:
+        scale = self.logit_scale.exp()
+        n = a.shape[0]
+        if self.chunk_size is None or self.chunk_size >= n:
+            return self._block_loss(a, b, torch.tensor(0, device=a.device), scale, self.logit_bias) / n
+        total = a.new_zeros(())
+        for start in range(0, n, self.chunk_size):
+            block = b[start : start + self.chunk_size]
+            offset = torch.tensor(start, device=a.device)
+            total = total + checkpoint(self._block_loss, a, block, offset, scale, self.logit_bias, use_reentrant=False)
+        return total / n
+
+    def extra_repr(self) -> str:
+        return f"chunk_size={self.chunk_size}, pairs={self.pairs!r}"

@@ -1,0 +1,87 @@
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given
+from hypothesis import strategies as st
+
+from fusemix import FusionAdapter, IdentityAdapter, LinearAdapter
+
+
+def _reference_adapter(adapter: FusionAdapter, x: torch.Tensor) -> torch.Tensor:
+    """The authors' adapter written out by hand from its weights."""
+    for block in adapter.blocks:
+        h = F.layer_norm(x, (x.shape[-1],), block.norm.weight, block.norm.bias)
+        h = F.linear(h, block.fc1.weight, block.fc1.bias)
+        h = F.gelu(h)
+        h = F.linear(h, block.fc2.weight, block.fc2.bias)
+        x = x + h
+    x = F.layer_norm(x, (x.shape[-1],), adapter.norm.weight, adapter.norm.bias)
+    return F.linear(x, adapter.proj.weight, adapter.proj.bias)
+
+
+@given(st.integers(1, 12), st.integers(1, 8), st.integers(0, 4), st.integers(1, 4))
+def test_fusion_adapter_matches_hand_written_reference(in_dim, out_dim, depth, expansion):
+    adapter = FusionAdapter(in_dim, out_dim, depth=depth, expansion=expansion, dropout=0.6).eval()
+    x = torch.randn(5, in_dim)
+    torch.testing.assert_close(adapter(x), _reference_adapter(adapter, x))
+    assert len(adapter.blocks) == depth
+    if depth:
+        assert adapter.blocks[0].fc1.out_features == expansion * in_dim
+
+
+@pytest.mark.parametrize("d", [16, 48])
+def test_parameter_count_formula_in_docstring(d):
+    adapter = FusionAdapter(d, 512, depth=4, expansion=4)
+    assert sum(p.numel() for p in adapter.parameters()) == 32 * d * d + 542 * d + 512
+
+
+def test_dropout_only_in_training_mode():
+    adapter = FusionAdapter(8, 4, depth=2, dropout=0.6)
+    x = torch.randn(32, 8)
+    adapter.eval()
+    assert torch.equal(adapter(x), adapter(x))
+    adapter.train()
+    assert not torch.equal(adapter(x), adapter(x))
+
+
+def test_token_inputs_and_gradients():
+    adapter = FusionAdapter(6, 3, depth=1)
+    x = torch.randn(2, 5, 6, requires_grad=True)
+    out = adapter(x)
+    assert out.shape == (2, 5, 3)
+    out.sum().backward()
+    assert x.grad is not None and all(p.grad is not None for p in adapter.parameters())
+
+
+def test_linear_and_identity_adapters():
+    lin = LinearAdapter(4, 2, bias=False)
+    x = torch.randn(3, 4)
+    torch.testing.assert_close(lin(x), x @ lin.proj.weight.T)
+    assert lin.out_dim == 2
+    assert IdentityAdapter(4)(x) is x
+
+
+@pytest.mark.parametrize(
+    ("build", "match"),
+    [
+        (lambda: FusionAdapter(0, 4), "in_dim"),
+        (lambda: FusionAdapter(4, 0), "out_dim"),
+        (lambda: FusionAdapter(4, 4, depth=-1), "depth"),
+        (lambda: FusionAdapter(4, 4, dropout=1.0), "dropout"),
+        (lambda: FusionAdapter(4, 4, expansion=0), "expansion"),
+        (lambda: LinearAdapter(4, -2), "out_dim"),
+        (lambda: IdentityAdapter(0), "dim"),
+    ],
+)
+def test_bad_configuration_is_refused(build, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        build()
+
+
+def test_wrong_input_width_or_dtype_is_refused():
+    with pytest.raises(ValueError, match="x: expected a last dimension of 4"):
+        FusionAdapter(4, 2)(torch.randn(3, 5))
+    with pytest.raises(TypeError, match="x: expected a floating-point tensor"):
+        LinearAdapter(4, 2)(torch.ones(3, 4, dtype=torch.int64))
+    with pytest.raises(ValueError, match="x: expected a last dimension of 4"):
+        IdentityAdapter(4)(torch.randn(3, 2))
