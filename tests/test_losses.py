@@ -108,6 +108,8 @@ def test_more_than_two_modalities_all_pairs_and_anchored():
     assert set(parts) == {"loss", "image-text", "image-audio", "text-audio"}
     torch.testing.assert_close(parts["loss"], (parts["image-text"] + parts["image-audio"] + parts["text-audio"]) / 3)
     torch.testing.assert_close(parts["image-text"], loss(x["image"], x["text"]))
+    parts["loss"].backward()  # every pair shares the temperature; backward must work through all of them
+    assert loss.temperature.grad is not None
     anchored = ContrastiveLoss(pairs="anchor", anchor="text")(x, return_dict=True)
     assert set(anchored) == {"loss", "text-image", "text-audio"}
     by_position = ContrastiveLoss(pairs="anchor", anchor=0)(x["image"], x["text"], x["audio"], return_dict=True)

@@ -5,6 +5,16 @@ Losses take features (not logits) and return a scalar, like open_clip's
 modalities the loss is averaged over modality pairs: every pair
 (``pairs="all"``) or every pair that contains an anchor modality
 (``pairs="anchor"``).
+
+Under ``torch.distributed`` (``gather_distributed=True``) each rank passes its
+slice of the batch; features are gathered from every rank with gradients, so
+that with ``DistributedDataParallel`` (which averages gradients over ranks)
+every parameter gets exactly the gradient of the loss on the concatenated
+global batch. With ``local_loss=True`` a rank scores only its own rows
+against all columns (``B_local x B_global`` logits instead of
+``B_global x B_global``), which gives the same gradients for less memory; the
+value each rank returns is then its share, and their mean over ranks is the
+global loss.
 """
 
 from __future__ import annotations
@@ -20,6 +30,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from fusemix._checks import check_choice, check_features, check_positive, check_positive_int, check_same_rows
+from fusemix.distributed import check_equal_batch_sizes, gather_with_grad, get_rank, get_world_size
 
 FeatureInputs = Union[Tensor, Sequence[Tensor], Mapping[str, Tensor]]  # noqa: UP007 (runtime alias, Python 3.10)
 PairMode = Literal["all", "anchor"]
@@ -49,18 +60,44 @@ class PairwiseContrastiveLoss(nn.Module):
             ``"anchor"`` over the pairs ``(anchor, other)``.
         anchor: Name (dict inputs) or position (tuple inputs) of the anchor
             modality; required when ``pairs="anchor"``.
+        gather_distributed: Gather features from every ``torch.distributed``
+            rank (with gradients) so negatives come from the global batch.
+            Ignored when no process group is initialised.
+        local_loss: With ``gather_distributed``, score only this rank's rows
+            against the global columns.
 
     """
 
-    def __init__(self, *, pairs: PairMode = "all", anchor: str | int | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        pairs: PairMode = "all",
+        anchor: str | int | None = None,
+        gather_distributed: bool = False,
+        local_loss: bool = False,
+    ) -> None:
         super().__init__()
         self.pairs = check_choice("pairs", pairs, ("all", "anchor"))
         if pairs == "anchor" and anchor is None:
             raise ValueError("anchor: pairs='anchor' needs the anchor modality's name or position")
         self.anchor = None if anchor is None else str(anchor)
+        self.gather_distributed = bool(gather_distributed)
+        self.local_loss = bool(local_loss)
 
-    def pair_loss(self, a: Tensor, b: Tensor) -> Tensor:  # pragma: no cover - abstract
-        """Loss between two L2-normalised feature matrices of shape ``(B, D)``."""
+    def pair_loss(
+        self, a: Tensor, b: Tensor, *, a_all: Tensor | None = None, b_all: Tensor | None = None, offset: int = 0
+    ) -> Tensor:  # pragma: no cover - abstract
+        """Loss between two L2-normalised feature matrices.
+
+        Args:
+            a: Rows of the first modality. Shape: ``(B, D)``.
+            b: The paired rows of the second modality. Shape: ``(B, D)``.
+            a_all: All rows of the first modality across ranks, when scoring
+                local rows against global columns; ``None`` scores ``a``
+                against ``b`` only. Shape: ``(B_global, D)``.
+            b_all: Same for the second modality.
+            offset: Position of row 0 of ``a``/``b`` inside ``a_all``/``b_all``.
+        """
         raise NotImplementedError
 
     def _pairs(self, names: list[str]) -> list[tuple[int, int]]:
@@ -90,14 +127,27 @@ class PairwiseContrastiveLoss(nn.Module):
         named = _named_features(features)
         names = [n for n, _ in named]
         normed = [F.normalize(x, dim=-1) for _, x in named]
-        parts: dict[str, Tensor] = {}
-        for i, j in self._pairs(names):
+        pairs = self._pairs(names)
+        for i, j in pairs:
             if normed[i].shape[1] != normed[j].shape[1]:
                 raise ValueError(
                     f"features: modalities {names[i]!r} and {names[j]!r} have different dims "
                     f"({normed[i].shape[1]} vs {normed[j].shape[1]}); project them to a shared space first"
                 )
-            parts[f"{names[i]}-{names[j]}"] = self.pair_loss(normed[i], normed[j])
+        gathered: list[Tensor] | None = None
+        if self.gather_distributed and get_world_size() > 1:
+            check_equal_batch_sizes(normed[0].shape[0], normed[0].device)
+            gathered = [gather_with_grad(x) for x in normed]
+        parts: dict[str, Tensor] = {}
+        for i, j in pairs:
+            key = f"{names[i]}-{names[j]}"
+            if gathered is None:
+                parts[key] = self.pair_loss(normed[i], normed[j])
+            elif self.local_loss:
+                offset = get_rank() * normed[i].shape[0]
+                parts[key] = self.pair_loss(normed[i], normed[j], a_all=gathered[i], b_all=gathered[j], offset=offset)
+            else:
+                parts[key] = self.pair_loss(gathered[i], gathered[j])
         total = torch.stack(list(parts.values())).mean()
         return {"loss": total, **parts} if return_dict else total
 
@@ -131,6 +181,9 @@ class ContrastiveLoss(PairwiseContrastiveLoss):
             ``"logit_scale"`` parameterisation (CLIP uses 100).
         pairs: ``"all"`` or ``"anchor"``, for more than two modalities.
         anchor: The anchor modality for ``pairs="anchor"``.
+        gather_distributed: Use negatives from every ``torch.distributed``
+            rank (see the module docstring).
+        local_loss: Score local rows against global columns only.
 
     Shape:
         - Input: two or more tensors of shape ``(B, D)``.
@@ -155,8 +208,10 @@ class ContrastiveLoss(PairwiseContrastiveLoss):
         max_logit_scale: float = 100.0,
         pairs: PairMode = "all",
         anchor: str | int | None = None,
+        gather_distributed: bool = False,
+        local_loss: bool = False,
     ) -> None:
-        super().__init__(pairs=pairs, anchor=anchor)
+        super().__init__(pairs=pairs, anchor=anchor, gather_distributed=gather_distributed, local_loss=local_loss)
         temperature_init = check_positive("temperature_init", temperature_init)
         self.parameterization = check_choice("parameterization", parameterization, ("temperature", "logit_scale"))
         low, high = (check_positive("temperature_range", float(v)) for v in temperature_range)
@@ -178,7 +233,7 @@ class ContrastiveLoss(PairwiseContrastiveLoss):
 
     @property
     def temperature_param(self) -> Tensor:
-        """The stored tensor: ``temperature`` or ``logit_scale``."""
+        """The stored tensor, ``temperature`` or ``logit_scale`` depending on the parameterisation."""
         return getattr(self, self.parameterization)
 
     def current_temperature(self) -> Tensor:
@@ -188,18 +243,28 @@ class ContrastiveLoss(PairwiseContrastiveLoss):
         return value if self.parameterization == "temperature" else torch.exp(-value)
 
     def scale_logits(self, sim: Tensor) -> Tensor:
-        """Turn cosine similarities into logits with the clamped temperature."""
+        """Turn cosine similarities into logits with the current temperature."""
         param = self.temperature_param
-        with torch.no_grad():
-            param.clamp_(*self._clamp)
         if self.parameterization == "temperature":
             return sim / param
         return sim * param.exp()
 
-    def pair_loss(self, a: Tensor, b: Tensor) -> Tensor:
-        logits = self.scale_logits(a @ b.T)
-        labels = torch.arange(a.shape[0], device=a.device)
-        return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels))
+    def forward(self, *features: FeatureInputs, return_dict: bool = False) -> Tensor | dict[str, Tensor]:
+        # Clamp in place before use, as the authors' code does. Through ``.data`` so
+        # the clamp does not invalidate graphs of earlier calls awaiting backward.
+        self.temperature_param.data.clamp_(*self._clamp)
+        return super().forward(*features, return_dict=return_dict)
+
+    def pair_loss(
+        self, a: Tensor, b: Tensor, *, a_all: Tensor | None = None, b_all: Tensor | None = None, offset: int = 0
+    ) -> Tensor:
+        labels = torch.arange(a.shape[0], device=a.device) + offset
+        if a_all is None or b_all is None:
+            logits = self.scale_logits(a @ b.T)
+            return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels))
+        a_to_b = F.cross_entropy(self.scale_logits(a @ b_all.T), labels)
+        b_to_a = F.cross_entropy(self.scale_logits(b @ a_all.T), labels)
+        return 0.5 * (a_to_b + b_to_a)
 
     def extra_repr(self) -> str:
         return f"parameterization={self.parameterization!r}, pairs={self.pairs!r}"
@@ -223,6 +288,9 @@ class SigLIPLoss(PairwiseContrastiveLoss):
             matrix is never built. Same value and gradients, more compute.
         pairs: ``"all"`` or ``"anchor"``, for more than two modalities.
         anchor: The anchor modality for ``pairs="anchor"``.
+        gather_distributed: Use negatives from every ``torch.distributed``
+            rank (see the module docstring).
+        local_loss: Score local rows against global columns only.
 
     Shape:
         - Input: two or more tensors of shape ``(B, D)``.
@@ -244,8 +312,10 @@ class SigLIPLoss(PairwiseContrastiveLoss):
         chunk_size: int | None = None,
         pairs: PairMode = "all",
         anchor: str | int | None = None,
+        gather_distributed: bool = False,
+        local_loss: bool = False,
     ) -> None:
-        super().__init__(pairs=pairs, anchor=anchor)
+        super().__init__(pairs=pairs, anchor=anchor, gather_distributed=gather_distributed, local_loss=local_loss)
         scale = torch.tensor(math.log(check_positive("logit_scale_init", logit_scale_init)))
         if not math.isfinite(logit_bias_init):
             raise ValueError(f"logit_bias_init: expected a finite number, got {logit_bias_init}")
@@ -258,23 +328,30 @@ class SigLIPLoss(PairwiseContrastiveLoss):
             self.register_buffer("logit_scale", scale)
             self.register_buffer("logit_bias", bias)
 
-    def _block_loss(self, a: Tensor, b_block: Tensor, start: Tensor, scale: Tensor, bias: Tensor) -> Tensor:
+    def _block_loss(self, a: Tensor, b_block: Tensor, diagonal: int, scale: Tensor, bias: Tensor) -> Tensor:
+        """Summed loss of rows ``a`` against columns ``b_block``; row ``i`` is positive with column ``i - diagonal``."""
         logits = scale * (a @ b_block.T) + bias
         rows = torch.arange(a.shape[0], device=a.device)
-        cols = torch.arange(b_block.shape[0], device=a.device) + start
+        cols = torch.arange(b_block.shape[0], device=a.device) + diagonal
         labels = (rows[:, None] == cols[None, :]).to(logits.dtype) * 2 - 1
         return -F.logsigmoid(labels * logits).sum()
 
-    def pair_loss(self, a: Tensor, b: Tensor) -> Tensor:
+    def pair_loss(
+        self, a: Tensor, b: Tensor, *, a_all: Tensor | None = None, b_all: Tensor | None = None, offset: int = 0
+    ) -> Tensor:
+        # Every (row, column) pair is its own binary problem, so scoring a's rows
+        # against all of b's columns covers each pair exactly once.
+        columns = b if b_all is None else b_all
         scale = self.logit_scale.exp()
-        n = a.shape[0]
-        if self.chunk_size is None or self.chunk_size >= n:
-            return self._block_loss(a, b, torch.tensor(0, device=a.device), scale, self.logit_bias) / n
+        n, m = a.shape[0], columns.shape[0]
+        if self.chunk_size is None or self.chunk_size >= m:
+            return self._block_loss(a, columns, -offset, scale, self.logit_bias) / n
         total = a.new_zeros(())
-        for start in range(0, n, self.chunk_size):
-            block = b[start : start + self.chunk_size]
-            offset = torch.tensor(start, device=a.device)
-            total = total + checkpoint(self._block_loss, a, block, offset, scale, self.logit_bias, use_reentrant=False)
+        for start in range(0, m, self.chunk_size):
+            block = columns[start : start + self.chunk_size]
+            total = total + checkpoint(
+                self._block_loss, a, block, start - offset, scale, self.logit_bias, use_reentrant=False
+            )
         return total / n
 
     def extra_repr(self) -> str:
