@@ -1,0 +1,643 @@
+"""Run a frozen encoder over a dataset once and keep its latents in a store, resumably.
+
+:func:`extract_latents` feeds ``items`` to ``encoder`` in batches and writes
+the outputs to a :class:`~fusemix.store.LatentStore` directory, one shard at a
+time: shard ``k`` holds the latents of items ``[k * shard_size, (k + 1) *
+shard_size)``. Batches never cross a shard boundary, so every shard is computed
+from the same batches however the work is split or interrupted.
+
+Files in ``out_dir`` while an extraction is unfinished (on top of the store
+layout described in :mod:`fusemix.store`)::
+
+    <out_dir>/extraction.json    the run's settings: modality, dtype, encoder identity, shard_size,
+                                 count (null for an iterable not yet fully read), metadata;
+                                 written before the first shard, removed once the store is complete
+    <out_dir>/shards/00000.npy   finished shards (each renamed into place whole), with .json sidecars
+
+**Resuming.** A shard file on disk is always complete, so after a crash or a
+SIGKILL, rerunning the same call skips every shard whose file reads cleanly
+and computes the rest; the final store is byte-identical to an uninterrupted
+run (same shard files, same manifest except ``created``), given a
+deterministic encoder. A rerun with a different encoder identity, modality,
+dtype, shard size or item count is refused instead of mixing two runs' shards
+(pass ``overwrite=True`` to discard the old run). ``metadata`` is descriptive
+and not compared: the manifest records that of the call that finalizes.
+
+**Several workers.** With ``num_workers=n`` and ``worker_index=w`` (e.g. one
+per GPU or node, all writing to one shared ``out_dir``), worker ``w`` computes
+the shards ``k`` with ``k % n == w``. Each worker, once done with its own
+shards, finalizes the store (writes the manifest) if every shard is present
+and returns it; otherwise it returns ``None``. A launcher that starts the
+workers concurrently can instead call :func:`finalize_store` after all have
+exited. The result is byte-identical to a single-worker run.
+
+**Iterables.** ``items`` may be a plain iterable (a generator, an
+``IterableDataset``); it is then consumed in order and, on a rerun, finished
+shards are skipped by advancing the iterator past their items, so it must
+yield the same items in the same order every time. With several workers,
+each worker reads the whole iterable. Its length is unknown up front, so a
+rerun on a complete store returns the store without reading the iterable:
+the item count is only checked for sized ``items``. Delete the store (or use
+another ``out_dir``) after changing the data behind an iterable.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import json
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import IterableDataset
+
+from fusemix._checks import check_positive_int
+from fusemix.store import (
+    MANIFEST,
+    SHARD_DIR,
+    LatentStore,
+    LatentStoreWriter,
+    StoreError,
+    _convert_latents,
+    _json_object,
+    _open_shard,
+    _os_error,
+    _shard_indices,
+    _storage_dtype,
+    _write_json,
+    shard_file,
+)
+
+try:
+    from tqdm.auto import tqdm as _tqdm
+except ImportError:  # pragma: no cover - tqdm is optional
+    _tqdm = None
+
+SPEC = "extraction.json"
+"""Name of the file holding an unfinished extraction's settings."""
+SPEC_FORMAT = "fusemix.extraction"
+_SPEC_VERSION = 1
+_COMPARED = ("modality", "dtype", "encoder", "shard_size", "count")
+
+Encoder = Callable[[list[Any]], Tensor | np.ndarray]
+
+
+def encoder_identity_of(
+    encoder: Callable[..., Any], encoder_identity: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """The JSON identity :func:`extract_latents` records for ``encoder``.
+
+    ``encoder_identity`` if given, else ``encoder.identity`` if that attribute
+    is a dict, else ``{"name": "<module>.<qualified name>"}`` of the
+    encoder's class (of the function itself for plain functions). The last is
+    only as specific as the class: two checkpoints loaded into the same class
+    look alike, so give real encoders an ``identity`` (model name, revision,
+    pooling, ...).
+
+    Example:
+        >>> encoder_identity_of(torch.nn.Linear(2, 3))
+        {'name': 'torch.nn.modules.linear.Linear'}
+        >>> encoder_identity_of(len, {"model": "bge-large-en-v1.5"})
+        {'model': 'bge-large-en-v1.5'}
+
+    """
+    if encoder_identity is not None:
+        return _json_object("encoder_identity", encoder_identity)
+    identity = getattr(encoder, "identity", None)
+    if isinstance(identity, Mapping):
+        return _json_object("encoder.identity", identity)
+    named = encoder if inspect.isroutine(encoder) else type(encoder)
+    return {"name": f"{named.__module__}.{named.__qualname__}"}
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Settings of a run (extraction.json) and the checks against what is already in out_dir
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _read_spec(root: Path) -> dict[str, Any] | None:
+    file = root / SPEC
+    try:
+        spec = json.loads(file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise StoreError(f"{file}: unreadable extraction settings ({err}); pass overwrite=True to start over") from err
+    if (
+        not isinstance(spec, dict)
+        or spec.get("format") != SPEC_FORMAT
+        or spec.get("version") != _SPEC_VERSION
+        or not {*_COMPARED, "metadata"} <= spec.keys()
+    ):
+        raise StoreError(f"{file}: not a fusemix extraction settings file; pass overwrite=True to start over")
+    return spec
+
+
+def _differences(old: Mapping[str, Any], new: Mapping[str, Any], keys: Sequence[str] = _COMPARED) -> list[str]:
+    """Settings among ``keys`` that differ between two runs; a ``None`` count (not yet known) matches any count."""
+    problems = []
+    for key in keys:
+        if key == "count" and (old[key] is None or new[key] is None):
+            continue
+        if old[key] != new[key]:
+            problems.append(f"{key} {json.dumps(old[key])} there, {json.dumps(new[key])} now")
+    return problems
+
+
+def _shard_layout(count: int, shard_size: int) -> list[int]:
+    full, rest = divmod(count, shard_size)
+    return [shard_size] * full + ([rest] if rest else [])
+
+
+def _clear(root: Path) -> None:
+    """Remove what a store or an extraction keeps in ``root`` (manifest first, so it stops counting as complete)."""
+    try:
+        for name in (MANIFEST, SPEC):
+            with contextlib.suppress(FileNotFoundError):
+                (root / name).unlink()
+        if (root / SHARD_DIR).exists():
+            shutil.rmtree(root / SHARD_DIR)
+    except OSError as err:
+        raise _os_error(err, root, "remove the previous store for overwrite=True") from err
+
+
+def _advance(iterator: Iterator[Any], n: int) -> int:
+    """Consume up to ``n`` items of ``iterator``; returns how many there were."""
+    seen = 0
+    for _ in islice(iterator, n):
+        seen += 1
+    return seen
+
+
+def _existing_store(root: Path, settings: Mapping[str, Any], overwrite: bool) -> LatentStore | None:
+    """The complete store in ``root`` if it matches ``settings``; ``None`` if there is none (or it was cleared)."""
+    if not (root / MANIFEST).exists():
+        return None
+    try:
+        store = LatentStore.open(root)
+    except StoreError as err:
+        if overwrite:
+            _clear(root)
+            return None
+        raise StoreError(f"{err}; pick another out_dir or pass overwrite=True to replace it") from err
+    found = {"modality": store.modality, "dtype": store.dtype.name, "encoder": store.encoder, "count": len(store)}
+    problems = _differences(found, settings, ("modality", "dtype", "encoder", "count"))
+    layout = [shard.shape[0] for shard in store.shards]
+    if not problems and layout != _shard_layout(len(store), settings["shard_size"]):
+        problems.append(f"shard rows {layout} there, shard_size {settings['shard_size']} now")
+    if not problems:
+        return store
+    if overwrite:
+        _clear(root)
+        return None
+    raise ValueError(
+        f"out_dir: {root} already holds a complete store made with other settings ({'; '.join(problems)}); "
+        "pick another directory or pass overwrite=True to replace it"
+    )
+
+
+def _claim(root: Path, settings: dict[str, Any], overwrite: bool) -> dict[str, Any]:
+    """Check ``root`` for an unfinished run with other settings, then record ``settings``; returns the record."""
+    try:
+        old = _read_spec(root)
+    except StoreError:
+        if not overwrite:
+            raise
+        _clear(root)
+        old = None
+    if old is None and _shard_indices(root):
+        if not overwrite:
+            raise ValueError(
+                f"out_dir: {root} holds shard files but no {SPEC}, so their settings are unknown; "
+                "pick another directory or pass overwrite=True to discard them"
+            )
+        _clear(root)
+    if old is not None and _differences(old, settings):
+        if not overwrite:
+            raise ValueError(
+                f"out_dir: {root} holds an unfinished extraction with other settings "
+                f"({'; '.join(_differences(old, settings))}); pick another directory, rerun with the same settings "
+                "to resume it, or pass overwrite=True to discard it"
+            )
+        _clear(root)
+        old = None
+    spec = {"format": SPEC_FORMAT, "version": _SPEC_VERSION, **settings}
+    if spec["count"] is None and old is not None:
+        spec["count"] = old["count"]
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise _os_error(err, root, "create the output directory") from err
+    if spec != old:
+        _write_json(root / SPEC, spec, "write the extraction settings")
+    return spec
+
+
+def _existing_dim(root: Path) -> int | None:
+    """Latent dim of the first readable shard already in ``root``, if any."""
+    for index in _shard_indices(root):
+        try:
+            shard = _open_shard(root / shard_file(index))
+        except StoreError:
+            continue
+        if shard.ndim == 2:
+            return int(shard.shape[1])
+    return None
+
+
+def _writer(root: Path, spec: Mapping[str, Any], dim: int) -> LatentStoreWriter:
+    return LatentStoreWriter(
+        root,
+        modality=spec["modality"],
+        dim=dim,
+        dtype=spec["dtype"],
+        encoder=spec["encoder"],
+        metadata=spec["metadata"],
+    )
+
+
+def _try_finalize(root: Path, spec: Mapping[str, Any]) -> tuple[LatentStore | None, list[int]]:
+    """Finalize the store if every shard is present; returns ``(store or None, missing shard indices)``."""
+    if (root / MANIFEST).exists():
+        return LatentStore.open(root), []
+    count = spec["count"]
+    layout = _shard_layout(count, spec["shard_size"])
+    dim = _existing_dim(root)
+    if dim is None:
+        return None, list(range(len(layout)))
+    writer = _writer(root, spec, dim)
+    entries = [writer.shard_entry(index) for index in range(len(layout))]
+    missing = [index for index, entry in enumerate(entries) if entry is None]
+    if missing:
+        return None, missing
+    for index, (entry, rows) in enumerate(zip(entries, layout)):
+        if entry is not None and entry["rows"] != rows:
+            raise StoreError(
+                f"{root / shard_file(index)}: shard holds {entry['rows']} rows, expected {rows} for "
+                f"{count} items in shards of {spec['shard_size']}; it was written by a different run"
+            )
+    store = writer.finalize(len(layout))
+    with contextlib.suppress(FileNotFoundError):
+        (root / SPEC).unlink()
+    return store, []
+
+
+def finalize_store(out_dir: str | os.PathLike[str]) -> LatentStore:
+    """Finalize a store whose shards were written by several :func:`extract_latents` workers.
+
+    Call it once all workers have exited; it is idempotent (a complete store
+    is just opened).
+
+    Args:
+        out_dir: The workers' shared output directory.
+
+    Returns:
+        The complete store.
+
+    Raises:
+        FileNotFoundError: If ``out_dir`` holds neither a store nor an extraction.
+        StoreError: If shards are still missing (names them), or the item
+            count is not known yet (no worker has read a whole iterable).
+
+    """
+    root = Path(out_dir)
+    if (root / MANIFEST).exists():
+        return LatentStore.open(root)
+    spec = _read_spec(root)
+    if spec is None:
+        raise FileNotFoundError(f"{root}: no {MANIFEST} and no {SPEC}; not a fusemix store or extraction directory")
+    if spec["count"] is None:
+        raise StoreError(
+            f"{root}: the number of items is not known yet (no worker has read the whole iterable); "
+            "rerun extract_latents to finish the extraction"
+        )
+    store, missing = _try_finalize(root, spec)
+    if store is None:
+        raise StoreError(
+            f"{root}: cannot finalize: {len(missing)} shard(s) not written yet "
+            f"(first: {[shard_file(i) for i in missing[:5]]}); run the remaining workers (or rerun "
+            "extract_latents) first"
+        )
+    return store
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The extraction loop
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+class _Progress:
+    """tqdm bar over items with a rows/s postfix for encoded rows; does nothing without tqdm or when disabled."""
+
+    def __init__(self, total: int | None, enabled: bool, description: str) -> None:
+        self._bar = _tqdm(total=total, unit="item", desc=description) if enabled and _tqdm is not None else None
+        self._encoded = 0
+        self._start = time.perf_counter()
+
+    def skipped(self, rows: int) -> None:
+        if self._bar is not None and rows:
+            self._bar.update(rows)
+
+    def encoded(self, rows: int) -> None:
+        if self._bar is not None:
+            self._encoded += rows
+            rate = self._encoded / max(time.perf_counter() - self._start, 1e-9)
+            self._bar.set_postfix_str(f"{rate:,.0f} rows/s", refresh=False)
+            self._bar.update(rows)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
+class _Extraction:
+    """One worker's pass over the items: encode its unfinished shards and write them."""
+
+    def __init__(
+        self,
+        encoder: Encoder,
+        root: Path,
+        spec: Mapping[str, Any],
+        *,
+        batch_size: int,
+        num_workers: int,
+        worker_index: int,
+        progress: _Progress,
+    ) -> None:
+        self.encoder = encoder
+        self.root = root
+        self.spec = spec
+        self.shard_size: int = spec["shard_size"]
+        self.dtype = _storage_dtype(spec["dtype"])
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.worker_index = worker_index
+        self.progress = progress
+        dim = _existing_dim(root)
+        self.dim = dim
+        self.writer = _writer(root, spec, dim) if dim is not None else None
+
+    def _mine(self, shard: int) -> bool:
+        return shard % self.num_workers == self.worker_index
+
+    def _finished(self, shard: int) -> dict[str, Any] | None:
+        return self.writer.shard_entry(shard) if self.writer is not None else None
+
+    def encode(self, batch: list[Any], first: int) -> np.ndarray:
+        """Encode one batch of items ``[first, first + len(batch))`` and return it in the storage dtype."""
+        what = f"encoder output for items [{first}, {first + len(batch)})"
+        with torch.inference_mode():
+            out = self.encoder(batch)
+        if not isinstance(out, (Tensor, np.ndarray)):
+            raise TypeError(f"{what}: expected a torch.Tensor or numpy array of shape (batch, dim), got {type(out)}")
+        if out.ndim != 2 or out.shape[0] != len(batch):
+            raise ValueError(
+                f"{what}: expected shape (batch, dim) with batch = {len(batch)} items given, got {tuple(out.shape)}"
+            )
+        is_float = out.is_floating_point() if isinstance(out, Tensor) else out.dtype.kind == "f"
+        if not is_float:
+            raise TypeError(f"{what}: expected floating-point latents, got dtype {out.dtype}")
+        if self.dim is None:
+            self.dim = int(out.shape[1])
+            self.writer = _writer(self.root, self.spec, self.dim)
+        elif out.shape[1] != self.dim:
+            raise ValueError(
+                f"{what}: latent dim is {out.shape[1]}, but earlier batches (or shards already in out_dir) "
+                f"have dim {self.dim}; the encoder must return the same dim for every batch"
+            )
+        latents = _convert_latents(what, out, self.dtype, first_row=first, row_word="item")
+        self.progress.encoded(len(batch))
+        return latents
+
+    def write(self, shard: int, parts: list[np.ndarray]) -> None:
+        assert self.writer is not None  # set by the first encoded batch
+        self.writer.write_shard(shard, parts[0] if len(parts) == 1 else np.concatenate(parts))
+
+    def check_rows(self, shard: int, entry: Mapping[str, Any], rows: int) -> None:
+        if entry["rows"] != rows:
+            raise StoreError(
+                f"{self.root / shard_file(shard)}: finished shard holds {entry['rows']} rows, expected {rows}; "
+                "it was written from different items; pass overwrite=True to start over"
+            )
+
+    def run_sequence(self, items: Sequence[Any], count: int) -> None:
+        """Encode the worker's unfinished shards of an indexable ``items``."""
+        slicing = isinstance(items, (list, tuple))
+        for shard in range(self.worker_index, math.ceil(count / self.shard_size), self.num_workers):
+            start, stop = shard * self.shard_size, min(count, (shard + 1) * self.shard_size)
+            entry = self._finished(shard)
+            if entry is not None:
+                self.check_rows(shard, entry, stop - start)
+                self.progress.skipped(stop - start)
+                continue
+            parts = []
+            for first in range(start, stop, self.batch_size):
+                last = min(first + self.batch_size, stop)
+                batch = list(items[first:last]) if slicing else [items[i] for i in range(first, last)]
+                parts.append(self.encode(batch, first))
+            self.write(shard, parts)
+
+    def run_iterable(self, items: Iterable[Any]) -> int:
+        """Encode the worker's unfinished shards of an iterable ``items``; returns the number of items."""
+        iterator: Iterator[Any] = iter(items)
+        consumed = 0
+        shard = 0
+        while True:
+            entry = self._finished(shard) if self._mine(shard) else None
+            if entry is not None:
+                skipped = _advance(iterator, entry["rows"])
+                if skipped < entry["rows"]:
+                    raise ValueError(
+                        f"items: yielded {consumed + skipped} items, but finished shard {shard} covers items "
+                        f"[{consumed}, {consumed + entry['rows']}); the iterable must yield the same items on a rerun"
+                    )
+                self.progress.skipped(skipped)
+                consumed += skipped
+                if skipped < self.shard_size:
+                    if _advance(iterator, 1):
+                        raise ValueError(
+                            f"items: yields more than the {consumed} items it had when the last shard ({shard}) was "
+                            "written; the iterable must yield the same items on a rerun, or use another out_dir"
+                        )
+                    return consumed
+            elif not self._mine(shard):
+                skipped = _advance(iterator, self.shard_size)
+                consumed += skipped
+                if skipped < self.shard_size:
+                    return consumed
+            else:
+                parts: list[np.ndarray] = []
+                rows = 0
+                while rows < self.shard_size:
+                    batch = list(islice(iterator, min(self.batch_size, self.shard_size - rows)))
+                    if not batch:
+                        break
+                    parts.append(self.encode(batch, consumed + rows))
+                    rows += len(batch)
+                if rows:
+                    self.write(shard, parts)
+                consumed += rows
+                if rows < self.shard_size:
+                    return consumed
+            shard += 1
+
+
+def _is_sequence(items: object) -> bool:
+    return hasattr(items, "__len__") and hasattr(items, "__getitem__") and not isinstance(items, IterableDataset)
+
+
+def extract_latents(
+    encoder: Encoder,
+    items: Sequence[Any] | Iterable[Any],
+    out_dir: str | os.PathLike[str],
+    *,
+    modality: str,
+    batch_size: int = 256,
+    shard_size: int = 65536,
+    dtype: str = "float16",
+    encoder_identity: Mapping[str, Any] | None = None,
+    num_workers: int = 1,
+    worker_index: int = 0,
+    progress: bool = True,
+    metadata: Mapping[str, Any] | None = None,
+    overwrite: bool = False,
+) -> LatentStore | None:
+    """Encode every item once with a frozen encoder and store the latents, resumably.
+
+    See the module docstring for resuming, several workers and iterables.
+
+    Args:
+        encoder: Callable mapping a list of raw items to their latents, a
+            floating torch tensor or numpy array. Shape: ``(len(batch), D)``.
+            Called under ``torch.inference_mode()``; put it in eval mode and
+            on its device yourself.
+        items: A sized, indexable sequence (list, torch ``Dataset`` with
+            ``__len__``) or a plain iterable yielding the same order on
+            every run.
+        out_dir: Store directory (created if needed).
+        modality: Name of the modality, e.g. ``"image"``.
+        batch_size: Items per encoder call (the last batch of a shard may be
+            smaller).
+        shard_size: Items per shard file. An opened store keeps one file
+            descriptor per shard, so keep ``count / shard_size`` in the
+            hundreds at most.
+        dtype: Storage dtype, ``"float16"`` (default; refuses values that
+            overflow it: float16 tops out at 65504, ``|x| >= 65520`` becomes
+            inf) or ``"float32"``.
+        encoder_identity: JSON identity to record for the encoder; see
+            :func:`encoder_identity_of` for the default.
+        num_workers: Number of workers sharing the extraction.
+        worker_index: This worker's index in ``[0, num_workers)``.
+        progress: Show a tqdm progress bar (if tqdm is installed).
+        metadata: Free JSON metadata to record in the manifest.
+        overwrite: Discard a store or unfinished extraction in ``out_dir``
+            made with other settings instead of raising. One made with the
+            same settings is still reused or resumed.
+
+    Returns:
+        The complete store, or ``None`` for a worker that finished its share
+        while other workers' shards are still missing.
+
+    Raises:
+        TypeError: If ``encoder`` is not callable, or it returns something
+            other than a floating tensor/array.
+        ValueError: If the arguments are invalid, ``items`` is empty,
+            ``out_dir`` holds a store or unfinished run with other settings,
+            or an encoder output has the wrong shape, changes dim or holds
+            NaN/Inf (the message names the item range). Nothing is finalized.
+        OSError: If a file cannot be written (the message names the path).
+
+    Example:
+        >>> import tempfile
+        >>> def encode(batch):  # any callable: a list of items in, (len(batch), D) latents out
+        ...     return torch.tensor([[len(text), text.count(" ")] for text in batch], dtype=torch.float32)
+        >>> texts = ["a dog", "a cat on a mat", "birds", "two red kites", "rain"]
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     store = extract_latents(encode, texts, tmp, modality="text", batch_size=2, shard_size=3, progress=False)
+        ...     print(store.shape, store.encoder["name"], store[[1, 4]].tolist())
+        (5, 2) fusemix.extract.encode [[14.0, 4.0], [4.0, 0.0]]
+
+    """
+    if not callable(encoder):
+        raise TypeError(
+            f"encoder: expected a callable mapping a list of items to latents, got {type(encoder).__name__}"
+        )
+    if not isinstance(modality, str) or not modality:
+        raise ValueError(f"modality: expected a non-empty string, got {modality!r}")
+    check_positive_int("batch_size", batch_size)
+    check_positive_int("shard_size", shard_size)
+    dtype_name = _storage_dtype(dtype).name
+    check_positive_int("num_workers", num_workers)
+    if isinstance(worker_index, bool) or not isinstance(worker_index, int) or not 0 <= worker_index < num_workers:
+        raise ValueError(f"worker_index: expected an int in [0, num_workers={num_workers}), got {worker_index!r}")
+    if isinstance(items, (str, bytes, Mapping)):
+        raise TypeError(f"items: expected a sequence or iterable of items, got {type(items).__name__}")
+    sequence = _is_sequence(items)
+    if not sequence and not isinstance(items, Iterable):
+        raise TypeError(f"items: expected a sequence or iterable of items, got {type(items).__name__}")
+    count = len(items) if sequence else None  # type: ignore[arg-type]
+    if count == 0:
+        raise ValueError("items: is empty; nothing to extract")
+    settings = {
+        "modality": modality,
+        "dtype": dtype_name,
+        "encoder": encoder_identity_of(encoder, encoder_identity),
+        "shard_size": shard_size,
+        "count": count,
+        "metadata": _json_object("metadata", {} if metadata is None else metadata),
+    }
+    root = Path(out_dir)
+    if root.exists() and not root.is_dir():
+        raise NotADirectoryError(f"out_dir: {root} exists and is not a directory")
+    store = _existing_store(root, settings, overwrite)
+    if store is not None:
+        return store
+    spec = _claim(root, settings, overwrite)
+
+    if count is not None:
+        shards = range(worker_index, math.ceil(count / shard_size), num_workers)
+        total = sum(min(shard_size, count - k * shard_size) for k in shards)
+    else:
+        total = None
+    description = f"extract {modality}" if num_workers == 1 else f"extract {modality} [{worker_index}/{num_workers}]"
+    bar = _Progress(total, progress, description)
+    try:
+        run = _Extraction(
+            encoder,
+            root,
+            spec,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            worker_index=worker_index,
+            progress=bar,
+        )
+        if count is not None:
+            run.run_sequence(items, count)  # type: ignore[arg-type]
+        else:
+            count = run.run_iterable(items)
+    finally:
+        bar.close()
+    if count == 0:
+        raise ValueError("items: is empty; nothing to extract")
+    if spec["count"] is None:
+        spec = {**spec, "count": count}
+        _write_json(root / SPEC, spec, "write the extraction settings")
+    elif spec["count"] != count:
+        raise ValueError(
+            f"items: yielded {count} items, but an earlier run over the same out_dir saw {spec['count']}; "
+            "the iterable must yield the same items on every run"
+        )
+    store, _ = _try_finalize(root, spec)
+    return store
+
+
+__all__ = ["SPEC", "encoder_identity_of", "extract_latents", "finalize_store"]
