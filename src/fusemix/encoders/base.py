@@ -1,0 +1,237 @@
+"""The encoder interface and the micro-batching base shared by fusemix's adapters.
+
+An *encoder* is anything that maps a list of raw items (texts, images,
+waveforms, arrays...) to one latent per item: a ``(B, D)`` floating tensor.
+The extraction code calls ``encoder(items)`` inside
+``torch.inference_mode()`` and, when the encoder has an ``identity``
+attribute (a JSON-serialisable dict), records it in the latent store so that
+a later run can check it is reading latents from the same encoder.
+
+Every adapter in :mod:`fusemix.encoders` derives from :class:`BatchEncoder`:
+it splits a long list into micro-batches of at most ``max_batch_size`` items,
+runs them without autograd and checks every output (2-D, one row per item,
+floating, finite, the advertised width) before returning one CPU ``float32``
+tensor. Returning on the CPU keeps a long list from piling up on the
+accelerator and is what the latent store writes anyway.
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from fusemix._checks import check_positive_int
+
+DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@runtime_checkable
+class Encoder(Protocol):
+    """Anything that maps a list of raw items to one latent per item.
+
+    An encoder may also carry two optional attributes, which the extraction
+    code reads when they are present (see :class:`IdentifiedEncoder`):
+    ``identity``, a JSON-serialisable dict describing everything that changes
+    the latents, and ``dim``, the latent width (``None`` if unknown).
+
+    Shape:
+        - Input: a sequence of ``B`` raw items.
+        - Output: ``(B, D)``, floating.
+
+    Example:
+        >>> def encode(items):
+        ...     return torch.stack([torch.as_tensor(x, dtype=torch.float32) for x in items])
+        >>> isinstance(encode, Encoder)
+        True
+
+    """
+
+    def __call__(self, items: Sequence[Any]) -> Tensor: ...
+
+
+@runtime_checkable
+class IdentifiedEncoder(Encoder, Protocol):
+    """An :class:`Encoder` that also describes itself: every adapter in :mod:`fusemix.encoders`.
+
+    Attributes:
+        identity: JSON-serialisable dict that changes whenever the latents
+            would (model, weights, preprocessing, pooling, dtype), and does
+            not change with the device or the batch size.
+        dim: Width ``D`` of the latents, or ``None`` when only a call reveals it.
+
+    Example:
+        >>> from fusemix.encoders import CallableEncoder
+        >>> isinstance(CallableEncoder(lambda x: x, identity="identity-map"), IdentifiedEncoder)
+        True
+
+    """
+
+    @property
+    def identity(self) -> Mapping[str, Any]: ...
+
+    @property
+    def dim(self) -> int | None: ...
+
+
+class BatchEncoder(ABC):
+    """Base of fusemix's encoders: micro-batching, no autograd, output checks.
+
+    Subclasses implement :meth:`_encode_batch` for one micro-batch and set
+    ``identity``, ``dim`` and ``max_batch_size``.
+
+    Attributes:
+        identity: JSON-serialisable description of everything that changes the latents.
+        dim: Width of the latents, or ``None`` when unknown before a call.
+        max_batch_size: Largest number of items given to the model at once;
+            ``None`` sends the whole list in one call.
+
+    Shape:
+        - Input: a sequence of ``B >= 1`` items.
+        - Output: ``(B, dim)``, ``float32``, on the CPU.
+
+    """
+
+    identity: dict[str, Any]
+    dim: int | None
+    max_batch_size: int | None
+
+    def __call__(self, items: Sequence[Any]) -> Tensor:
+        """Encode ``items`` into one latent per item.
+
+        Args:
+            items: Raw items of the kind the encoder expects.
+
+        Returns:
+            Latents, shape ``(len(items), dim)``, ``float32`` on the CPU.
+
+        Raises:
+            TypeError: If ``items`` is not a sequence or an item has the wrong type.
+            ValueError: If ``items`` is empty, an item is malformed or the
+                model returns a malformed output.
+
+        """
+        batch_items = _as_item_list(items)
+        step = self.max_batch_size or len(batch_items)
+        outputs = []
+        with torch.no_grad():
+            for start in range(0, len(batch_items), step):
+                batch = batch_items[start : start + step]
+                outputs.append(self._check_output(self._encode_batch(batch, start), len(batch)))
+        return outputs[0] if len(outputs) == 1 else torch.cat(outputs)
+
+    @abstractmethod
+    def _encode_batch(self, batch: list[Any], offset: int) -> Tensor | np.ndarray:
+        """Encode one micro-batch; ``offset`` is the index of ``batch[0]`` in the caller's list."""
+
+    def _check_output(self, output: object, rows: int) -> Tensor:
+        if isinstance(output, np.ndarray):
+            if not np.issubdtype(output.dtype, np.floating):
+                raise TypeError(f"{self!r} output: expected floating values, got numpy dtype {output.dtype}")
+            output = torch.from_numpy(output)
+        if not isinstance(output, Tensor):
+            raise TypeError(f"{self!r} output: expected a torch.Tensor or numpy array, got {type(output).__name__}")
+        if not output.is_floating_point():
+            raise TypeError(f"{self!r} output: expected floating values, got dtype {output.dtype}")
+        if output.ndim != 2 or output.shape[0] != rows:
+            raise ValueError(
+                f"{self!r} output: expected shape ({rows}, D) for {rows} item(s), got {tuple(output.shape)}"
+            )
+        if self.dim is not None and output.shape[1] != self.dim:
+            raise ValueError(f"{self!r} output: expected {self.dim} features, got {output.shape[1]}")
+        output = output.detach().to(device="cpu", dtype=torch.float32)
+        if not bool(torch.isfinite(output).all()):
+            bad = int((~torch.isfinite(output)).any(dim=1).sum())
+            raise ValueError(f"{self!r} output: {bad} of {rows} row(s) contain NaN or Inf")
+        return output
+
+
+def _as_item_list(items: Sequence[Any]) -> list[Any]:
+    if isinstance(items, (str, bytes)):
+        raise TypeError(f"items: expected a sequence of items, got a single {type(items).__name__}; wrap it in a list")
+    if not isinstance(items, Iterable):
+        raise TypeError(f"items: expected a sequence of items, got {type(items).__name__}")
+    batch_items = list(items)
+    if not batch_items:
+        raise ValueError("items: expected at least one item, got an empty sequence")
+    return batch_items
+
+
+def json_identity(name: str, identity: Mapping[str, Any]) -> dict[str, Any]:
+    """Return ``identity`` as a plain JSON dict (tuples become lists), or raise ``TypeError``.
+
+    Args:
+        name: Argument name used in the error message.
+        identity: Mapping with string keys and JSON values.
+
+    Returns:
+        A deep copy that survives a JSON round trip unchanged.
+
+    Example:
+        >>> json_identity("identity", {"model": "m", "size": (2, 3)})
+        {'model': 'm', 'size': [2, 3]}
+
+    """
+    if not isinstance(identity, Mapping):
+        raise TypeError(f"{name}: expected a mapping, got {type(identity).__name__}")
+    try:
+        return json.loads(json.dumps(dict(identity), allow_nan=False))
+    except (TypeError, ValueError) as err:
+        raise TypeError(
+            f"{name}: must be JSON-serialisable (str keys; str, number, bool, None, list, dict values): {err}"
+        ) from err
+
+
+def check_max_batch_size(max_batch_size: int | None) -> int | None:
+    """Return ``max_batch_size`` if it is ``None`` or an int >= 1."""
+    return None if max_batch_size is None else check_positive_int("max_batch_size", max_batch_size)
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """Return ``device`` as a ``torch.device``; ``None`` picks CUDA when available, else the CPU.
+
+    Example:
+        >>> resolve_device("cpu")
+        device(type='cpu')
+
+    """
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"device: not a valid torch device: {device!r}") from err
+
+
+def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    """Return the torch dtype for ``"float32"``, ``"float16"`` or ``"bfloat16"`` (or the dtype itself).
+
+    Example:
+        >>> resolve_dtype("bfloat16")
+        torch.bfloat16
+
+    """
+    if isinstance(dtype, torch.dtype):
+        if dtype not in DTYPES.values():
+            raise ValueError(f"dtype: expected one of {list(DTYPES)}, got {dtype}")
+        return dtype
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype: expected one of {list(DTYPES)}, got {dtype!r}")
+    return DTYPES[dtype]
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """Return the short name of a floating dtype, e.g. ``"float16"`` (as recorded in identities)."""
+    return str(dtype).removeprefix("torch.")
+
+
+def freeze(module: nn.Module) -> nn.Module:
+    """Put ``module`` in eval mode with every parameter frozen, and return it."""
+    module.eval()
+    module.requires_grad_(False)
+    return module
