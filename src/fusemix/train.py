@@ -1,0 +1,1041 @@
+"""Training: :func:`fit` runs the FuseMix recipe on paired latents, with checkpoints, exact resume and logs.
+
+The defaults of :class:`TrainConfig` are the authors' image-text recipe:
+AdamW (betas 0.9/0.999, weight decay 0.1 on the weights of linear layers
+only), learning rate 1e-3 with 100 linear warm-up steps from 1e-6 and a
+per-epoch cosine to 1e-6, 500 epochs of batches of 40,960 pairs mixed in
+halves with one ``lam ~ Beta(1, 1)`` per batch, fusion adapters of depth 4,
+expansion 4, dropout 0.6 into a 512-d space, InfoNCE with a learnable
+temperature initialised at 0.07. One default departs from it: ``amp="auto"``
+trains under bf16 autocast on CUDA, where the authors used fp32
+(``amp="off"``).
+
+A run in ``out_dir`` writes ``log.jsonl`` / ``log.csv`` (one record per log
+event), ``curves.png`` (loss and recall against epochs, when matplotlib is
+installed), a training checkpoint in ``checkpoint/`` every
+``checkpoint_every`` epochs and at the end, and the final model in
+``model/`` (see :func:`fusemix.checkpoint.load_model`). Calling :func:`fit`
+again on the same ``out_dir`` resumes from the checkpoint and, on the same
+device and seed, ends with exactly the weights of an uninterrupted run.
+
+safetensors, tqdm and matplotlib are optional (``pip install "fusemix[train]"``):
+this module imports without them.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import time
+import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from fusemix._checks import check_choice, check_positive, check_positive_int
+from fusemix.checkpoint import (
+    INSTALL_HINT,
+    _safetensors,
+    load_training_checkpoint,
+    save_model,
+    save_training_checkpoint,
+    write_text_atomic,
+)
+from fusemix.data import LatentBatcher, PairedLatents
+from fusemix.losses import ContrastiveLoss, SigLIPLoss
+from fusemix.metrics import retrieval_metrics
+from fusemix.mixing import PAIRINGS, CosineAlphaSchedule, ExponentialAlphaSchedule, FuseMix, LatentNoise
+from fusemix.model import FusionModel
+
+AUGMENTATIONS: tuple[str, ...] = ("fusemix", "none", "noise", "fusemix-independent")
+AMP_MODES: tuple[str, ...] = ("auto", "off", "bf16", "fp16")
+RESULT_NEUTRAL_FIELDS: frozenset[str] = frozenset(
+    {"eval_every", "checkpoint_every", "log_every", "eval_chunk_size", "device", "preload"}
+)
+"""Config fields that do not change the trained weights; a resume may change them."""
+
+CHECKPOINT_DIR = "checkpoint"
+MODEL_DIR = "model"
+CHECKPOINT_FORMAT = "fusemix-training-checkpoint"
+
+
+def _check_int(name: str, value: object, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name}: expected an int, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name}: expected an int >= {minimum}, got {value}")
+    return value
+
+
+def _check_nonnegative(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name}: expected a number, got {type(value).__name__}")
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name}: expected a finite number >= 0, got {value}")
+    return float(value)
+
+
+def _check_bool(name: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name}: expected True or False, got {value!r}")
+    return value
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run; the defaults are the paper's recipe.
+
+    Attributes:
+        epochs: Passes over the training pairs (paper: 500).
+        batch_size: Pairs per optimizer step, before mixing (paper: 40,960;
+            FuseMix in halves feeds the loss ``batch_size / 2`` pairs).
+        lr: Peak learning rate (paper: 1e-3).
+        warmup_steps: Optimizer steps of linear warm-up (paper: 100).
+        warmup_start_lr: Learning rate of the first step (paper: 1e-6).
+        min_lr: Learning rate the per-epoch cosine ends at (paper: 1e-6).
+        weight_decay: AdamW decay, applied to the weights of ``nn.Linear``
+            layers only, never to biases, norms or the temperature (paper: 0.1).
+        betas: AdamW betas (paper: (0.9, 0.999)).
+        eps: AdamW epsilon.
+        shared_dim: Dimension of the shared space (paper: 512).
+        adapter: ``"fusion"`` (the paper's residual MLP) or ``"linear"``.
+        depth: Residual blocks per fusion adapter (paper: 4).
+        expansion: Hidden width multiplier of each block (paper: 4).
+        dropout: Dropout inside each block (paper: 0.6).
+        augmentation: ``"fusemix"`` (the method), ``"none"``, ``"noise"``
+            (Gaussian latent noise baseline) or ``"fusemix-independent"``
+            (one lambda per modality: the ablation that breaks the pairs).
+        alpha: ``Beta(alpha, alpha)`` concentration (paper: 1.0).
+        alpha_schedule: ``None`` (constant ``alpha``), ``"cosine"`` or
+            ``"exponential"``: per-epoch schedule from ``alpha`` to
+            ``alpha_end`` over ``epochs``, as in the authors' code.
+        alpha_end: Final alpha of ``alpha_schedule``; only with a schedule.
+        pairing: ``"halves"`` (paper) or ``"permute"``.
+        per_sample_lambda: One lambda per mixed row instead of per batch.
+        noise_std: Relative std of ``augmentation="noise"``.
+        loss: ``"contrastive"`` (InfoNCE, paper) or ``"siglip"`` (SigLIP's
+            own initialisation; ``temperature_init`` does not apply).
+        temperature_init: Initial temperature of the contrastive loss (paper: 0.07).
+        temperature_parameterization: ``"temperature"`` (authors' code) or
+            ``"logit_scale"`` (CLIP).
+        grad_clip: Max global gradient norm, or ``None`` for no clipping (paper).
+        device: ``"auto"`` (CUDA when available, else CPU) or a torch device string.
+        amp: ``"auto"`` (bf16 autocast on CUDA, off elsewhere), ``"off"``
+            (fp32, the paper), ``"bf16"`` or ``"fp16"`` (CUDA only, with a
+            gradient scaler).
+        preload: Put all training latents on the device once (see
+            :class:`~fusemix.data.LatentBatcher`); ``True``, ``False`` or ``"auto"``.
+        seed: Seeds the initialisation, the shuffling, the augmentation and dropout.
+        eval_every: Evaluate every this many epochs (0: only at the end).
+        checkpoint_every: Checkpoint every this many epochs (0: only at the
+            end); with ``out_dir`` a checkpoint is always written at the end.
+        log_every: Log the mean training loss every this many steps.
+        eval_chunk_size: Queries scored at once during evaluation (``None``:
+            automatic).
+
+    Raises:
+        TypeError: If a field has the wrong type.
+        ValueError: If a field is out of range or inconsistent; the message
+            starts with the field's name.
+
+    Example:
+        >>> config = TrainConfig(epochs=20, batch_size=256, shared_dim=64)
+        >>> TrainConfig.from_dict(config.to_dict()) == config
+        True
+        >>> TrainConfig(batch_size=255)
+        Traceback (most recent call last):
+        ...
+        ValueError: batch_size: must be even with pairing='halves' (FuseMix mixes the two halves), got 255
+
+    """
+
+    epochs: int = 500
+    batch_size: int = 40960
+    lr: float = 1e-3
+    warmup_steps: int = 100
+    warmup_start_lr: float = 1e-6
+    min_lr: float = 1e-6
+    weight_decay: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    shared_dim: int = 512
+    adapter: str = "fusion"
+    depth: int = 4
+    expansion: int = 4
+    dropout: float = 0.6
+    augmentation: str = "fusemix"
+    alpha: float = 1.0
+    alpha_schedule: str | None = None
+    alpha_end: float | None = None
+    pairing: str = "halves"
+    per_sample_lambda: bool = False
+    noise_std: float = 0.1
+    loss: str = "contrastive"
+    temperature_init: float = 0.07
+    temperature_parameterization: str = "temperature"
+    grad_clip: float | None = None
+    device: str = "auto"
+    amp: str = "auto"
+    preload: bool | str = "auto"
+    seed: int = 0
+    eval_every: int = 10
+    checkpoint_every: int = 10
+    log_every: int = 50
+    eval_chunk_size: int | None = None
+
+    def __post_init__(self) -> None:
+        check_positive_int("epochs", self.epochs)
+        _check_int("batch_size", self.batch_size, 2)
+        check_positive("lr", self.lr)
+        _check_int("warmup_steps", self.warmup_steps, 0)
+        if _check_nonnegative("warmup_start_lr", self.warmup_start_lr) > self.lr:
+            raise ValueError(f"warmup_start_lr: must not exceed lr={self.lr}, got {self.warmup_start_lr}")
+        if _check_nonnegative("min_lr", self.min_lr) > self.lr:
+            raise ValueError(f"min_lr: must not exceed lr={self.lr}, got {self.min_lr}")
+        _check_nonnegative("weight_decay", self.weight_decay)
+        self.betas = self._check_betas(self.betas)
+        check_positive("eps", self.eps)
+        check_positive_int("shared_dim", self.shared_dim)
+        check_choice("adapter", self.adapter, ("fusion", "linear"))
+        _check_int("depth", self.depth, 0)
+        check_positive_int("expansion", self.expansion)
+        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout: expected a probability in [0, 1), got {self.dropout!r}")
+        check_choice("augmentation", self.augmentation, AUGMENTATIONS)
+        check_positive("alpha", self.alpha)
+        if self.alpha_schedule is not None:
+            check_choice("alpha_schedule", self.alpha_schedule, ("cosine", "exponential"))
+            if self.alpha_end is None:
+                raise ValueError(f"alpha_end: alpha_schedule={self.alpha_schedule!r} needs the final alpha")
+            check_positive("alpha_end", self.alpha_end)
+        elif self.alpha_end is not None:
+            raise ValueError("alpha_end: only used with alpha_schedule='cosine' or 'exponential'; leave it None")
+        check_choice("pairing", self.pairing, PAIRINGS)
+        _check_bool("per_sample_lambda", self.per_sample_lambda)
+        check_positive("noise_std", self.noise_std)
+        check_choice("loss", self.loss, ("contrastive", "siglip"))
+        check_positive("temperature_init", self.temperature_init)
+        check_choice("temperature_parameterization", self.temperature_parameterization, ("temperature", "logit_scale"))
+        if self.loss == "contrastive" and self.temperature_parameterization == "temperature":
+            if not 0.001 <= self.temperature_init <= 0.5:
+                raise ValueError(
+                    f"temperature_init: must lie in the clamp range [0.001, 0.5], got {self.temperature_init}"
+                )
+        if self.grad_clip is not None:
+            check_positive("grad_clip", self.grad_clip)
+        self._check_device()
+        check_choice("amp", self.amp, AMP_MODES)
+        if not (isinstance(self.preload, bool) or self.preload == "auto"):
+            raise ValueError(f"preload: expected True, False or 'auto', got {self.preload!r}")
+        _check_int("seed", self.seed, 0)
+        _check_int("eval_every", self.eval_every, 0)
+        _check_int("checkpoint_every", self.checkpoint_every, 0)
+        check_positive_int("log_every", self.log_every)
+        if self.eval_chunk_size is not None:
+            check_positive_int("eval_chunk_size", self.eval_chunk_size)
+        mixing = self.augmentation in ("fusemix", "fusemix-independent")
+        if mixing and self.pairing == "halves" and self.batch_size % 2:
+            raise ValueError(
+                f"batch_size: must be even with pairing='halves' (FuseMix mixes the two halves), got {self.batch_size}"
+            )
+
+    @staticmethod
+    def _check_betas(betas: object) -> tuple[float, float]:
+        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+            raise ValueError(f"betas: expected two numbers (beta1, beta2), got {betas!r}")
+        for b in betas:
+            if isinstance(b, bool) or not isinstance(b, (int, float)) or not 0 <= b < 1:
+                raise ValueError(f"betas: each must lie in [0, 1), got {betas!r}")
+        return (float(betas[0]), float(betas[1]))
+
+    def _check_device(self) -> None:
+        if not isinstance(self.device, str):
+            raise TypeError(f"device: expected a string such as 'auto', 'cpu' or 'cuda:0', got {self.device!r}")
+        if self.device != "auto":
+            try:
+                torch.device(self.device)
+            except (RuntimeError, ValueError) as err:
+                raise ValueError(f"device: {self.device!r} is not a torch device ({err})") from err
+
+    def to_dict(self) -> dict[str, Any]:
+        """The config as a JSON-safe dict (``betas`` as a list)."""
+        out = asdict(self)
+        out["betas"] = list(self.betas)
+        return out
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> TrainConfig:
+        """Build a config from :meth:`to_dict` output (missing keys take their defaults).
+
+        Raises:
+            TypeError: If ``values`` is not a mapping.
+            ValueError: If it has keys that are not config fields, or a
+                field is invalid.
+
+        """
+        if not isinstance(values, Mapping):
+            raise TypeError(f"values: expected a mapping of config fields, got {type(values).__name__}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(k for k in values if k not in known)
+        if unknown:
+            raise ValueError(f"values: unknown TrainConfig keys {unknown}")
+        kwargs = dict(values)
+        if "betas" in kwargs and isinstance(kwargs["betas"], list):
+            kwargs["betas"] = tuple(kwargs["betas"])
+        return cls(**kwargs)
+
+
+def lr_at(step: int, epoch: int, steps_per_epoch: int, config: TrainConfig) -> float:
+    """Learning rate of optimizer step ``step`` (0-based), taken in epoch ``epoch``, as in the authors' code.
+
+    Linear warm-up over the first ``warmup_steps`` steps, from
+    ``warmup_start_lr`` (at step 0) towards ``lr``; then a cosine **per
+    epoch** from ``lr`` (epoch 0) to ``min_lr``::
+
+        cosine(e) = min_lr + (lr - min_lr) * (1 + cos(pi * e / epochs)) / 2
+        lr(step, e) = min(warmup_start_lr + (lr - warmup_start_lr) * step / warmup_steps, cosine(e))
+                          while step < warmup_steps
+                    = cosine(e) afterwards
+
+    The rate is constant within an epoch after the warm-up (the authors'
+    LAVIS scheduler sets it from the epoch, not the step). When the warm-up
+    fits in the first epoch (the paper: 100 warm-up steps, ~122 steps per
+    epoch) this is their schedule exactly; when it does not, their code cuts
+    the warm-up short at the end of epoch 0, while here it continues by step,
+    capped by the cosine.
+
+    Args:
+        step: Global index of the optimizer step (>= 0).
+        epoch: Epoch the step belongs to, ``0 <= epoch < config.epochs``.
+        steps_per_epoch: Optimizer steps per epoch; ``step`` must lie in
+            ``[epoch * steps_per_epoch, (epoch + 1) * steps_per_epoch)``.
+        config: The run's config.
+
+    Returns:
+        The learning rate.
+
+    Example:
+        >>> config = TrainConfig(epochs=4, lr=1e-3, warmup_steps=2, warmup_start_lr=0.0, min_lr=0.0)
+        >>> [round(lr_at(s, s // 3, 3, config), 6) for s in range(12)]
+        [0.0, 0.0005, 0.001, 0.000854, 0.000854, 0.000854, 0.0005, 0.0005, 0.0005, 0.000146, 0.000146, 0.000146]
+
+    """
+    check_positive_int("steps_per_epoch", steps_per_epoch)
+    _check_int("step", step, 0)
+    _check_int("epoch", epoch, 0)
+    if epoch >= config.epochs:
+        raise ValueError(f"epoch: expected an epoch in [0, {config.epochs}), got {epoch}")
+    if not epoch * steps_per_epoch <= step < (epoch + 1) * steps_per_epoch:
+        raise ValueError(f"step: {step} does not belong to epoch {epoch} of {steps_per_epoch} steps")
+    cosine = config.min_lr + (config.lr - config.min_lr) * 0.5 * (1.0 + math.cos(math.pi * epoch / config.epochs))
+    if step < config.warmup_steps:
+        warm = config.warmup_start_lr + (config.lr - config.warmup_start_lr) * step / config.warmup_steps
+        return min(warm, cosine)
+    return cosine
+
+
+def alpha_at(epoch: int, config: TrainConfig) -> float:
+    """Mixing alpha of epoch ``epoch``: ``config.alpha``, or its per-epoch schedule to ``alpha_end``.
+
+    Example:
+        >>> config = TrainConfig(epochs=10, alpha=0.1, alpha_schedule="cosine", alpha_end=1.0)
+        >>> [round(alpha_at(e, config), 3) for e in (0, 5, 10)]
+        [0.1, 0.55, 1.0]
+
+    """
+    if config.alpha_schedule is None:
+        return config.alpha
+    kind = CosineAlphaSchedule if config.alpha_schedule == "cosine" else ExponentialAlphaSchedule
+    return kind(config.alpha, config.alpha_end, config.epochs)(epoch)  # type: ignore[arg-type]
+
+
+def weight_decay_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Split trainable parameters into AdamW groups: decay on ``nn.Linear`` weights only.
+
+    Biases, normalisation weights, temperatures, logit scales and biases,
+    and every other parameter get no decay. Empty groups are left out.
+
+    Args:
+        model: The model to optimise.
+        weight_decay: Decay of the linear weights.
+
+    Returns:
+        Parameter groups ``[{"params": [...], "weight_decay": weight_decay},
+        {"params": [...], "weight_decay": 0.0}]``.
+
+    Example:
+        >>> groups = weight_decay_groups(nn.Sequential(nn.Linear(3, 2), nn.LayerNorm(2)), 0.1)
+        >>> [(len(g["params"]), g["weight_decay"]) for g in groups]
+        [(1, 0.1), (3, 0.0)]
+
+    """
+    linear_weights = {id(m.weight) for m in model.modules() if isinstance(m, nn.Linear)}
+    decay, no_decay, seen = [], [], set()
+    for p in model.parameters():
+        if not p.requires_grad or id(p) in seen:
+            continue
+        seen.add(id(p))
+        (decay if id(p) in linear_weights else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": float(weight_decay)}, {"params": no_decay, "weight_decay": 0.0}]
+    return [g for g in groups if g["params"]]
+
+
+def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
+    """AdamW over :func:`weight_decay_groups` with the config's betas and eps (fused on CUDA)."""
+    device = next(model.parameters()).device
+    return torch.optim.AdamW(
+        weight_decay_groups(model, config.weight_decay),
+        lr=config.lr,
+        betas=config.betas,
+        eps=config.eps,
+        fused=device.type == "cuda" or None,
+    )
+
+
+def model_from_config(dims: Mapping[str, int], config: TrainConfig) -> FusionModel:
+    """The :class:`~fusemix.FusionModel` a config describes, for latents of ``dims``.
+
+    Example:
+        >>> model = model_from_config({"image": 12, "text": 8}, TrainConfig(shared_dim=4, depth=1))
+        >>> model.modalities, model.embed("text", torch.randn(3, 8)).shape
+        (['image', 'text'], torch.Size([3, 4]))
+
+    """
+    loss: nn.Module
+    if config.loss == "contrastive":
+        loss = ContrastiveLoss(
+            temperature_init=config.temperature_init,
+            parameterization=config.temperature_parameterization,  # type: ignore[arg-type]
+        )
+    else:
+        loss = SigLIPLoss()
+    return FusionModel.from_dims(
+        dims,
+        shared_dim=config.shared_dim,
+        adapter=config.adapter,
+        depth=config.depth,
+        expansion=config.expansion,
+        dropout=config.dropout,
+        loss=loss,
+    )
+
+
+def augmentation_from_config(config: TrainConfig, generator: torch.Generator | None) -> nn.Module | None:
+    """The augmentation a config describes (``None`` for ``"none"``), drawing from ``generator``."""
+    if config.augmentation == "none":
+        return None
+    if config.augmentation == "noise":
+        return LatentNoise(config.noise_std, generator=generator)
+    return FuseMix(
+        config.alpha,
+        pairing=config.pairing,  # type: ignore[arg-type]
+        per_sample=config.per_sample_lambda,
+        share_lambda=config.augmentation == "fusemix",
+        generator=generator,
+    )
+
+
+def _metric_names(query: str, key: str) -> tuple[str, str]:
+    return (query[0], key[0]) if query[0] != key[0] else (query, key)
+
+
+@torch.no_grad()
+def _embed(model: FusionModel, modality: str, latents: Tensor, batch_size: int, device: torch.device) -> Tensor:
+    chunks = [model.embed(modality, latents[s : s + batch_size].to(device)) for s in range(0, len(latents), batch_size)]
+    return torch.cat(chunks).float()
+
+
+def evaluate_retrieval(
+    model: FusionModel,
+    data: PairedLatents,
+    pair: tuple[str, str] | None = None,
+    *,
+    batch_size: int = 8192,
+    chunk_size: int | None = None,
+    device: str | torch.device | None = None,
+) -> dict[str, float]:
+    """Recall@1/5/10 in both directions between two modalities of ``data``.
+
+    The model embeds the latents in batches under ``torch.no_grad()`` in
+    eval mode (its mode is restored afterwards); ranks follow
+    :func:`fusemix.retrieval_metrics`.
+
+    Args:
+        model: The trained model.
+        data: Paired latents; see :meth:`PairedLatents.retrieval_task`.
+        pair: ``(query, key)`` modalities, e.g. ``("image", "text")``; the
+            first two modalities of ``data`` when ``None``.
+        batch_size: Rows embedded at once.
+        chunk_size: Queries scored at once (``None``: automatic).
+        device: Where to embed; the model's device when ``None``.
+
+    Returns:
+        Metrics such as ``{"i2t_R@1": ..., "t2i_R@10": ..., "mean": ...}``, in percent.
+
+    Example:
+        >>> data = PairedLatents({"image": np.random.randn(20, 6), "text": np.random.randn(20, 4)})
+        >>> model = model_from_config(data.dims, TrainConfig(shared_dim=3, depth=1))
+        >>> metrics = evaluate_retrieval(model, data, ("image", "text"))
+        >>> sorted(k for k in metrics if k.endswith("R@1"))
+        ['i2t_R@1', 't2i_R@1']
+
+    """
+    query, key = _check_pair(data, pair, "pair")
+    return _evaluate(model, data.retrieval_task(query, key), (query, key), batch_size, chunk_size, device)
+
+
+def _check_pair(data: PairedLatents, pair: tuple[str, str] | None, name: str) -> tuple[str, str]:
+    if pair is None:
+        return data.modalities[0], data.modalities[1]
+    if not isinstance(pair, (tuple, list)) or len(pair) != 2 or pair[0] == pair[1]:
+        raise ValueError(f"{name}: expected two different modality names (query, key), got {pair!r}")
+    for m in pair:
+        if m not in data.modalities:
+            raise ValueError(f"{name}: {m!r} is not one of {data.modalities}")
+    return pair[0], pair[1]
+
+
+def _evaluate(
+    model: FusionModel,
+    task: tuple[Tensor, Tensor, Tensor],
+    pair: tuple[str, str],
+    batch_size: int,
+    chunk_size: int | None,
+    device: str | torch.device | None,
+) -> dict[str, float]:
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        query = _embed(model, pair[0], task[0], batch_size, device)
+        key = _embed(model, pair[1], task[1], batch_size, device)
+    finally:
+        model.train(was_training)
+    return retrieval_metrics(query, key, task[2], chunk_size=chunk_size, names=_metric_names(*pair))
+
+
+@dataclass(frozen=True)
+class TrainState:
+    """What a callback sees after each optimizer step.
+
+    Attributes:
+        epoch: Epoch of the step (0-based).
+        step: Optimizer steps done so far, this one included.
+        loss: The step's loss, a detached 0-d tensor on the training device
+            (``float(state.loss)`` reads it, at the cost of a device sync).
+        lr: The step's learning rate.
+
+    """
+
+    epoch: int
+    step: int
+    loss: Tensor
+    lr: float
+
+
+@dataclass
+class FitResult:
+    """What :func:`fit` returns.
+
+    Attributes:
+        model: The trained model, in eval mode.
+        history: The log records (also in ``log.jsonl``): ``kind`` ``"step"``
+            every ``log_every`` steps and ``"epoch"`` at each epoch's end,
+            with ``epoch``, ``step``, ``loss``, ``lr``, ``temperature``,
+            ``alpha`` and, when evaluated, ``metrics``.
+        metrics: Validation metrics at the end, or ``None`` without ``val``.
+        out_dir: The run directory, or ``None``.
+        config: The config trained with.
+
+    """
+
+    model: FusionModel
+    history: list[dict[str, Any]]
+    metrics: dict[str, float] | None
+    out_dir: Path | None
+    config: TrainConfig = field(repr=False)
+
+
+def _resolve_device(config: TrainConfig) -> torch.device:
+    if config.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(config.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device: {config.device!r} requested but CUDA is not available")
+    return device
+
+
+def _resolve_amp(config: TrainConfig, device: torch.device) -> torch.dtype | None:
+    if config.amp == "auto":
+        return torch.bfloat16 if device.type == "cuda" else None
+    if config.amp == "fp16" and device.type != "cuda":
+        raise ValueError(f"amp: 'fp16' needs a CUDA device, got {device}; use 'bf16' or 'off'")
+    return {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[config.amp]
+
+
+def _derived_seed(seed: int, stream: int) -> int:
+    """An independent 63-bit seed for random stream ``stream`` of a run seeded by ``seed``."""
+    return int(np.random.SeedSequence(seed, spawn_key=(2**32 + stream,)).generate_state(1, np.uint64)[0] >> 1)
+
+
+def _seed_torch(seed: int, device: torch.device) -> None:
+    """Seed torch's CPU generator and, for a CUDA run, that device's generator (and no other)."""
+    torch.random.default_generator.manual_seed(seed)
+    if device.type == "cuda":
+        with torch.cuda.device(device):
+            torch.cuda.manual_seed(seed)
+
+
+def _temperature(model: nn.Module) -> float | None:
+    loss = getattr(model, "loss", None)
+    if isinstance(loss, ContrastiveLoss):
+        return float(loss.current_temperature())
+    if isinstance(loss, SigLIPLoss):
+        return float(torch.exp(-loss.logit_scale.detach()))
+    return None
+
+
+@contextmanager
+def _progress_bar(enabled: bool, total: int, initial: int) -> Iterator[Any]:
+    bar = None
+    if enabled:
+        try:
+            from tqdm.auto import tqdm
+        except ImportError:
+            warnings.warn(f"fit: no progress bar because tqdm is not installed ({INSTALL_HINT})", stacklevel=2)
+        else:
+            bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True)
+    try:
+        yield bar
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+class _RunLog:
+    """History in memory, mirrored to ``log.jsonl`` (appended) and ``log.csv`` (rewritten)."""
+
+    COLUMNS = ("kind", "epoch", "step", "loss", "lr", "temperature", "alpha", "epoch_seconds")
+
+    def __init__(self, out_dir: Path | None, history: list[dict[str, Any]]) -> None:
+        self.out_dir = out_dir
+        self.history = history
+        self._jsonl = None
+        if out_dir is not None:
+            text = "".join(json.dumps(r, allow_nan=False) + "\n" for r in history)
+            write_text_atomic(out_dir / "log.jsonl", text)
+            self._jsonl = open(out_dir / "log.jsonl", "a", encoding="utf-8")  # noqa: SIM115 (closed in close())
+            self.write_csv()
+
+    def append(self, record: dict[str, Any]) -> None:
+        self.history.append(record)
+        if self._jsonl is not None:
+            self._jsonl.write(json.dumps(record, allow_nan=False) + "\n")
+            self._jsonl.flush()
+
+    def write_csv(self) -> None:
+        if self.out_dir is None:
+            return
+        metric_keys = sorted({k for r in self.history for k in r.get("metrics", {})})
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow([*self.COLUMNS, *metric_keys])
+        for r in self.history:
+            metrics = r.get("metrics", {})
+            writer.writerow(
+                [_csv_value(r.get(c)) for c in self.COLUMNS] + [_csv_value(metrics.get(k)) for k in metric_keys]
+            )
+        write_text_atomic(self.out_dir / "log.csv", buf.getvalue())
+
+    def close(self) -> None:
+        if self._jsonl is not None:
+            self._jsonl.close()
+            self._jsonl = None
+
+
+def _csv_value(value: object) -> object:
+    return "" if value is None else value
+
+
+def plot_curves(history: Sequence[Mapping[str, Any]], path: str | Path) -> bool:
+    """Plot the epoch loss and the recall metrics of ``history`` against epochs into a PNG.
+
+    Args:
+        history: Log records as in :attr:`FitResult.history`.
+        path: The PNG to write (atomically).
+
+    Returns:
+        ``True`` when written, ``False`` (with a warning) when matplotlib is
+        not installed.
+
+    """
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        warnings.warn(f"fit: {Path(path).name} skipped because matplotlib is not installed", stacklevel=2)
+        return False
+    epochs = [r for r in history if r.get("kind") == "epoch"]
+    evals = [r for r in epochs if r.get("metrics")]
+    fig = Figure(figsize=(10, 4), layout="constrained")
+    loss_ax, recall_ax = fig.subplots(1, 2)
+    loss_ax.plot([r["epoch"] + 1 for r in epochs], [r["loss"] for r in epochs], marker=".")
+    loss_ax.set(xlabel="epoch", ylabel="training loss (epoch mean)", title="loss")
+    keys = sorted({k for r in evals for k in r["metrics"] if k.endswith("_R@1")}) + ["mean"]
+    for k in keys:
+        points = [(r["epoch"] + 1, r["metrics"][k]) for r in evals if k in r["metrics"]]
+        if points:
+            recall_ax.plot(*zip(*points), marker="o", label=k)
+    recall_ax.set(xlabel="epoch", ylabel="recall (%)", title="validation retrieval")
+    if evals:
+        recall_ax.legend()
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fig.savefig(tmp, format="png", dpi=100)
+    tmp.replace(path)
+    return True
+
+
+def _compare_config(saved: Mapping[str, Any], config: TrainConfig, where: Path) -> None:
+    current = config.to_dict()
+    saved_config = TrainConfig.from_dict(saved).to_dict()
+    differ = [
+        f"{k}={current[k]!r} (checkpoint: {saved_config[k]!r})"
+        for k in current
+        if k not in RESULT_NEUTRAL_FIELDS and current[k] != saved_config[k]
+    ]
+    if differ:
+        raise ValueError(
+            f"config: differs from the checkpoint in {where}: {', '.join(differ)}; resume with the checkpoint's "
+            "config (TrainConfig.from_dict of its state.json 'config'), or train in another out_dir"
+        )
+
+
+class _Run:
+    """One call of :func:`fit`: the pieces of the run and the loop over epochs."""
+
+    def __init__(
+        self,
+        train: PairedLatents,
+        config: TrainConfig,
+        val: PairedLatents | None,
+        val_pair: tuple[str, str] | None,
+        out_dir: Path | None,
+        model: FusionModel | None,
+        callbacks: Sequence[Callable[[TrainState], None]],
+    ) -> None:
+        self.train_data, self.config, self.out_dir, self.callbacks = train, config, out_dir, tuple(callbacks)
+        self.device = _resolve_device(config)
+        self.amp_dtype = _resolve_amp(config, self.device)
+        self.model = (model if model is not None else model_from_config(train.dims, config)).to(self.device)
+        missing = [m for m in train.modalities if m not in self.model.modalities]
+        if missing:
+            raise ValueError(f"model: has no adapter for the training modalities {missing}")
+        self.eval_pair = None if val is None else _check_pair(val, val_pair, "val_pair")
+        if self.eval_pair is not None and any(m not in self.model.modalities for m in self.eval_pair):
+            raise ValueError(f"val_pair: the model has no adapter for one of {self.eval_pair}")
+        self.eval_task = None if val is None else val.retrieval_task(*self.eval_pair)  # type: ignore[misc]
+        aug_device = self.device if config.augmentation == "noise" else torch.device("cpu")
+        self.generator = torch.Generator(device=aug_device).manual_seed(_derived_seed(config.seed, 1))
+        self.augment = augmentation_from_config(config, self.generator)
+        self.optimizer = build_optimizer(self.model, config)
+        self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
+        if len(train) < config.batch_size:
+            raise ValueError(
+                f"batch_size: {config.batch_size} exceeds the {len(train)} training pairs; lower batch_size"
+            )
+        self.batcher = LatentBatcher(
+            train,
+            config.batch_size,
+            shuffle=True,
+            drop_last=True,
+            seed=config.seed,
+            device=self.device,
+            preload=config.preload,  # type: ignore[arg-type]
+        )
+        self.steps_per_epoch = len(self.batcher)
+        self.epoch, self.step = 0, 0
+        self.history: list[dict[str, Any]] = []
+
+    # -- checkpoints ---------------------------------------------------------------------------------------------
+
+    def _rng_state(self) -> dict[str, Any]:
+        cuda = torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None
+        return {"torch_cpu": torch.get_rng_state(), "torch_cuda": cuda, "augmentation": self.generator.get_state()}
+
+    def save_checkpoint(self) -> None:
+        import fusemix
+
+        assert self.out_dir is not None
+        state = {
+            "format": CHECKPOINT_FORMAT,
+            "fusemix_version": fusemix.__version__,
+            "epoch": self.epoch,
+            "step": self.step,
+            "batcher": self.batcher.state_dict(),
+            "config": self.config.to_dict(),
+            "device_type": self.device.type,
+            "train": {"num_pairs": len(self.train_data), "dims": self.train_data.dims},
+            "history": self.history,
+        }
+        optimizer = {
+            "optimizer": self.optimizer.state_dict(),
+            "grad_scaler": None if self.scaler is None else self.scaler.state_dict(),
+        }
+        save_training_checkpoint(
+            self.out_dir / CHECKPOINT_DIR,
+            model=self.model,
+            optimizer_state=optimizer,
+            rng_state=self._rng_state(),
+            state=state,
+        )
+
+    def restore(self, resume: bool) -> None:
+        """Load the checkpoint of ``out_dir`` if there is one (and ``resume``), else start afresh."""
+        if self.out_dir is None:
+            return
+        where = self.out_dir / CHECKPOINT_DIR
+        ckpt = load_training_checkpoint(where)
+        if ckpt is None:
+            return
+        state = ckpt.state
+        if not resume:
+            raise FileExistsError(
+                f"out_dir: {self.out_dir} holds a checkpoint (epoch {state.get('epoch')} of "
+                f"{state.get('config', {}).get('epochs')}); pass resume=True to continue it, or use another out_dir"
+            )
+        if state.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"checkpoint: {where} is not a fusemix training checkpoint")
+        _compare_config(state["config"], self.config, where)
+        saved = state["train"]
+        if saved["num_pairs"] != len(self.train_data) or saved["dims"] != self.train_data.dims:
+            raise ValueError(
+                f"train: has {len(self.train_data)} pairs with dims {self.train_data.dims}, but the checkpoint in "
+                f"{where} was trained on {saved['num_pairs']} pairs with dims {saved['dims']}"
+            )
+        try:
+            self.model.load_state_dict(ckpt.model_state, strict=True)
+        except RuntimeError as err:
+            raise ValueError(f"model: does not fit the checkpoint in {where}: {err}") from err
+        self.optimizer.load_state_dict(ckpt.optimizer_state["optimizer"])
+        if self.scaler is not None and ckpt.optimizer_state.get("grad_scaler") is not None:
+            self.scaler.load_state_dict(ckpt.optimizer_state["grad_scaler"])
+        self._restore_rng(ckpt.rng_state, state.get("device_type"))
+        self.batcher.load_state_dict(state["batcher"])
+        self.epoch, self.step, self.history = int(state["epoch"]), int(state["step"]), list(state["history"])
+
+    def _restore_rng(self, rng: Mapping[str, Any], saved_device_type: str | None) -> None:
+        torch.set_rng_state(rng["torch_cpu"])
+        same_device = saved_device_type == self.device.type
+        if not same_device:
+            warnings.warn(
+                f"fit: resuming a run saved on {saved_device_type} on {self.device.type}; weights, optimizer and CPU "
+                "random state continue, device random streams restart, so results differ from an uninterrupted run",
+                stacklevel=3,
+            )
+        if same_device and self.device.type == "cuda" and rng.get("torch_cuda") is not None:
+            torch.cuda.set_rng_state(rng["torch_cuda"], self.device)
+        if same_device or self.generator.device.type == "cpu":
+            self.generator.set_state(rng["augmentation"])
+
+    # -- training ------------------------------------------------------------------------------------------------
+
+    def _due(self, every: int, epoch: int) -> bool:
+        return epoch + 1 == self.config.epochs or (every > 0 and (epoch + 1) % every == 0)
+
+    def _record(self, kind: str, epoch: int, loss: float, lr: float, alpha: float | None) -> dict[str, Any]:
+        if not math.isfinite(loss):
+            raise FloatingPointError(
+                f"loss: became {loss} at step {self.step} (epoch {epoch}); lower lr, set grad_clip or use amp='off'"
+            )
+        temperature = _temperature(self.model)
+        return dict(kind=kind, epoch=epoch, step=self.step, loss=loss, lr=lr, temperature=temperature, alpha=alpha)
+
+    def _train_step(self, batch: dict[str, Tensor], lr: float) -> Tensor:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+            loss = self.model(self.augment(batch) if self.augment is not None else batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        clip = self.config.grad_clip
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            if clip is not None:
+                self.scaler.unscale_(self.optimizer)
+                nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            loss.backward()
+            if clip is not None:
+                nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+            self.optimizer.step()
+        return loss.detach()
+
+    def run_epoch(self, log: _RunLog, bar: Any) -> None:
+        epoch, config = self.epoch, self.config
+        alpha = alpha_at(epoch, config) if isinstance(self.augment, FuseMix) else None
+        if alpha is not None:
+            self.augment.alpha = alpha  # type: ignore[union-attr]
+        self.model.train()
+        if bar is not None:
+            bar.set_description(f"epoch {epoch + 1}/{config.epochs}")
+        started = time.perf_counter()
+        epoch_sum = torch.zeros((), device=self.device)
+        window_sum = torch.zeros((), device=self.device)
+        window, lr = 0, config.lr
+        first_batch = self.batcher.batch_index
+        for batch in self.batcher:
+            lr = lr_at(self.step, epoch, self.steps_per_epoch, config)
+            loss = self._train_step(batch, lr)
+            self.step += 1
+            epoch_sum += loss.float()
+            window_sum += loss.float()
+            window += 1
+            if self.step % config.log_every == 0:
+                log.append(self._record("step", epoch, float(window_sum) / window, lr, alpha))
+                window_sum.zero_()
+                window = 0
+                if bar is not None:
+                    bar.set_postfix(
+                        loss=f"{log.history[-1]['loss']:.4f}", lr=f"{lr:.2e}", temp=log.history[-1]["temperature"]
+                    )
+            if bar is not None:
+                bar.update(1)
+            if self.callbacks:
+                state = TrainState(epoch=epoch, step=self.step, loss=loss, lr=lr)
+                for callback in self.callbacks:
+                    callback(state)
+        record = self._record("epoch", epoch, float(epoch_sum) / (self.steps_per_epoch - first_batch), lr, alpha)
+        if self.eval_task is not None and self._due(config.eval_every, epoch):
+            record["metrics"] = self.evaluate()
+        record["epoch_seconds"] = time.perf_counter() - started
+        log.append(record)
+        self.epoch = epoch + 1
+        if self.out_dir is not None and self._due(config.checkpoint_every, epoch):
+            self.save_checkpoint()
+        log.write_csv()
+
+    def evaluate(self) -> dict[str, float]:
+        assert self.eval_task is not None and self.eval_pair is not None
+        return _evaluate(
+            self.model, self.eval_task, self.eval_pair, self.config.batch_size, self.config.eval_chunk_size, self.device
+        )
+
+
+def fit(
+    train: PairedLatents,
+    config: TrainConfig | None = None,
+    *,
+    val: PairedLatents | None = None,
+    val_pair: tuple[str, str] | None = None,
+    out_dir: str | Path | None = None,
+    model: FusionModel | None = None,
+    resume: bool = True,
+    progress: bool = True,
+    callbacks: Sequence[Callable[[TrainState], None]] = (),
+) -> FitResult:
+    """Train fusion adapters on paired latents with FuseMix.
+
+    Builds :func:`model_from_config` (unless ``model`` is given), the
+    augmentation, AdamW with :func:`weight_decay_groups`, and a
+    :class:`~fusemix.data.LatentBatcher` (shuffled, ``drop_last=True`` so
+    every batch is full and even); then per step: learning rate from
+    :func:`lr_at`, ``loss = model(augment(batch))`` under the configured
+    autocast, backward (scaled for fp16), optional gradient clipping, AdamW
+    step. The mixing alpha follows :func:`alpha_at` per epoch. No device
+    sync happens on a step unless it logs.
+
+    Every ``eval_every`` epochs and at the end, the model embeds ``val`` and
+    :func:`fusemix.retrieval_metrics` scores ``val_pair``.
+
+    With ``out_dir``: logs (``log.jsonl``, ``log.csv``, ``curves.png``),
+    checkpoints in ``out_dir/checkpoint`` every ``checkpoint_every`` epochs
+    and at the end, and the final model in ``out_dir/model``. A later call
+    with the same ``out_dir`` and ``resume=True`` continues from the
+    checkpoint, restoring weights, optimizer, random generators and the
+    batcher's place, so a run killed at any point and resumed ends with the
+    same weights as one never interrupted (same device, same seed); logs are
+    rolled back to the checkpoint. Randomness comes from ``config.seed``;
+    torch's global random state of the caller is left as it was.
+
+    Args:
+        train: Training pairs (two or more modalities).
+        config: The run's settings; the paper's recipe when ``None``.
+        val: Validation pairs, scored during and at the end of training.
+        val_pair: ``(query, key)`` modalities of ``val`` to score (e.g.
+            ``("image", "text")``); its first two modalities when ``None``.
+        out_dir: Directory for logs, checkpoints and the final model;
+            nothing is written when ``None``.
+        model: A model to train instead of building one from ``config``.
+        resume: Continue from a checkpoint in ``out_dir``. With ``False``, a
+            checkpoint there is an error rather than silently overwritten.
+        progress: Show a tqdm progress bar (when tqdm is installed).
+        callbacks: Called after every optimizer step with a :class:`TrainState`.
+
+    Returns:
+        A :class:`FitResult`.
+
+    Raises:
+        ImportError: If ``out_dir`` is given and safetensors is not installed.
+        ValueError: If the config, the data or a checkpoint do not fit; in
+            particular a checkpoint saved with another config (fields in
+            :data:`RESULT_NEUTRAL_FIELDS` may change).
+        FileExistsError: If ``resume=False`` and ``out_dir`` holds a checkpoint.
+        FloatingPointError: If the loss becomes NaN or infinite.
+
+    Example:
+        >>> g = torch.Generator().manual_seed(0)
+        >>> z = torch.randn(256, 8, generator=g)
+        >>> data = PairedLatents({"image": (z @ torch.randn(8, 12, generator=g)).numpy(),
+        ...                       "text": (z @ torch.randn(8, 10, generator=g)).numpy()})
+        >>> config = TrainConfig(epochs=3, batch_size=64, shared_dim=8, depth=1, dropout=0.0, warmup_steps=2)
+        >>> result = fit(data, config, val=data, progress=False)
+        >>> sorted(result.metrics)[:3], len(result.history)
+        (['i2t_R@1', 'i2t_R@10', 'i2t_R@5'], 3)
+
+    """
+    if not isinstance(train, PairedLatents):
+        raise TypeError(f"train: expected a PairedLatents, got {type(train).__name__}")
+    if val is not None and not isinstance(val, PairedLatents):
+        raise TypeError(f"val: expected a PairedLatents or None, got {type(val).__name__}")
+    config = TrainConfig() if config is None else config
+    if not isinstance(config, TrainConfig):
+        raise TypeError(f"config: expected a TrainConfig or None, got {type(config).__name__}")
+    if model is not None and not isinstance(model, FusionModel):
+        raise TypeError(f"model: expected a FusionModel or None, got {type(model).__name__}")
+    run_dir = None if out_dir is None else Path(out_dir)
+    if run_dir is not None:
+        _safetensors()
+        run_dir.mkdir(parents=True, exist_ok=True)
+    device = _resolve_device(config)
+    cuda_devices = (
+        [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+    )
+    with torch.random.fork_rng(devices=cuda_devices, device_type="cuda"):
+        _seed_torch(_derived_seed(config.seed, 0), device)
+        run = _Run(train, config, val, val_pair, run_dir, model, callbacks)
+        run.restore(resume)
+        log = _RunLog(run_dir, run.history)
+        try:
+            total = config.epochs * run.steps_per_epoch
+            initial = run.epoch * run.steps_per_epoch + run.batcher.batch_index
+            with _progress_bar(progress, total, initial) as bar:
+                while run.epoch < config.epochs:
+                    run.run_epoch(log, bar)
+        finally:
+            log.close()
+    run.model.eval()
+    evaluated = [r["metrics"] for r in run.history if r.get("kind") == "epoch" and "metrics" in r]
+    if run_dir is not None:
+        save_model(run.model, run_dir / MODEL_DIR, config=config)
+        plot_curves(run.history, run_dir / "curves.png")
+    metrics = evaluated[-1] if evaluated else None
+    return FitResult(model=run.model, history=run.history, metrics=metrics, out_dir=run_dir, config=config)

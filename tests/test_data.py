@@ -1,0 +1,312 @@
+import numpy as np
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+import fusemix.data
+from fusemix import retrieval_metrics
+from fusemix.data import LatentBatcher, PairedLatents
+
+
+def _coco_like(num_images=4, captions_per_image=5, seed=0):
+    """Images and captions whose first column is their own row id (so pairings can be read back)."""
+    rng = np.random.default_rng(seed)
+    images = rng.standard_normal((num_images, 6)).astype(np.float32)
+    images[:, 0] = np.arange(num_images)
+    num_captions = num_images * captions_per_image
+    captions = rng.standard_normal((num_captions, 3)).astype(np.float32)
+    captions[:, 0] = np.arange(num_captions)
+    image_of_caption = rng.permutation(np.repeat(np.arange(num_images), captions_per_image))
+    return images, captions, image_of_caption
+
+
+class FakeStore:
+    """A read-only on-disk-store stand-in: shape, numpy dtype, fancy __getitem__, to_tensor."""
+
+    def __init__(self, array: np.ndarray) -> None:
+        self._array = array
+        self.reads: list[np.ndarray] = []
+
+    @property
+    def shape(self):
+        return self._array.shape
+
+    @property
+    def dtype(self):
+        return self._array.dtype
+
+    def __len__(self):
+        return len(self._array)
+
+    def __getitem__(self, index):
+        index = np.asarray(index)
+        assert index.dtype == np.int64 and index.ndim == 1
+        self.reads.append(index)
+        out = self._array[index]
+        out.flags.writeable = False
+        return out
+
+    def to_tensor(self, dtype, device):
+        return torch.from_numpy(self._array.copy()).to(device=device, dtype=dtype)
+
+
+class PlainStore(FakeStore):
+    """A store without to_tensor: preloading reads it in blocks through __getitem__."""
+
+    to_tensor = None
+
+
+# -- PairedLatents ---------------------------------------------------------------------------------------------------
+
+
+def test_validation_errors_name_the_modality():
+    img, txt = np.zeros((3, 2), np.float32), np.zeros((10, 4), np.float32)
+    with pytest.raises(ValueError, match=r"rows\['image'\]: has 9 entries but rows\['text'\] has 10"):
+        PairedLatents({"text": txt, "image": img}, rows={"text": np.arange(10), "image": np.zeros(9, int)})
+    with pytest.raises(ValueError, match=r"latents\['text'\]: has 10 rows but no rows mapping and P=5"):
+        PairedLatents({"image": img, "text": txt}, rows={"image": np.zeros(5, int)})
+    with pytest.raises(ValueError, match=r"latents\['text'\]: has 10 rows but no rows mapping and latents\['image'\]"):
+        PairedLatents({"image": img, "text": txt})
+    with pytest.raises(ValueError, match=r"rows\['image'\]: indices must lie in \[0, 3\).*found \[3, -1\]"):
+        PairedLatents({"image": img, "text": txt}, rows={"image": [0, 3, 1, -1, 0, 0, 0, 0, 0, 0]})
+    with pytest.raises(TypeError, match=r"rows\['image'\]: expected integer"):
+        PairedLatents({"image": img, "text": txt}, rows={"image": np.zeros(10)})
+    with pytest.raises(TypeError, match=r"rows\['image'\]: expected integer"):
+        PairedLatents({"image": img, "text": txt}, rows={"image": np.zeros(10, bool)})
+    with pytest.raises(ValueError, match=r"rows\['image'\]: expected a 1-D"):
+        PairedLatents({"image": img, "text": txt}, rows={"image": np.zeros((10, 1), int)})
+    with pytest.raises(ValueError, match=r"rows: modalities \['audio'\] are not in latents"):
+        PairedLatents({"image": img, "text": txt}, rows={"audio": np.zeros(10, int)})
+    with pytest.raises(ValueError, match=r"latents\['image'\]: expected shape \(N, D\)"):
+        PairedLatents({"image": np.zeros(3, np.float32), "text": txt})
+    with pytest.raises(TypeError, match=r"latents\['image'\]: expected floating-point"):
+        PairedLatents({"image": np.zeros((10, 2), np.int32), "text": txt})
+    with pytest.raises(TypeError, match=r"latents\['image'\]: expected an array-like"):
+        PairedLatents({"image": [[0.0]], "text": txt})
+    with pytest.raises(ValueError, match="at least 2 modalities"):
+        PairedLatents({"text": txt})
+    with pytest.raises(ValueError, match="at least one pair"):
+        PairedLatents({"image": img, "text": txt}, rows={"image": [], "text": []})
+
+
+def test_properties_and_identity_pairing():
+    a, b = np.ones((5, 3), np.float16), torch.zeros(5, 7, dtype=torch.float64)
+    data = PairedLatents({"a": a, "b": b})
+    assert data.modalities == ["a", "b"] and data.dims == {"a": 3, "b": 7} and len(data) == 5
+    np.testing.assert_array_equal(data.row_index("a"), np.arange(5))
+    out = data.gather(np.array([4, 0]))
+    assert out["a"].dtype == torch.float32 and out["b"].dtype == torch.float32
+    assert out["a"].shape == (2, 3) and out["b"].shape == (2, 7)
+    assert data.gather([1], dtype=torch.float64)["a"].dtype == torch.float64
+    with pytest.raises(ValueError, match="pair_indices"):
+        data.gather([5])
+    with pytest.raises(KeyError, match="modality"):
+        data.row_index("c")
+
+
+def test_gather_one_to_many_matches_a_hand_reference():
+    images, captions, image_of_caption = _coco_like()
+    data = PairedLatents({"image": images, "text": captions}, rows={"image": image_of_caption})
+    pairs = np.array([7, 7, 0, 19, 3, 12])
+    out = data.gather(pairs)
+    expected_img = np.stack([images[image_of_caption[p]] for p in pairs])
+    expected_txt = np.stack([captions[p] for p in pairs])
+    np.testing.assert_array_equal(out["image"].numpy(), expected_img)
+    np.testing.assert_array_equal(out["text"].numpy(), expected_txt)
+    # Tensor and store sources give the same rows; the store is read at sorted, unique rows.
+    store = FakeStore(images)
+    same = PairedLatents({"image": store, "text": torch.from_numpy(captions)}, rows={"image": image_of_caption})
+    out2 = same.gather(pairs)
+    assert torch.equal(out2["image"], out["image"]) and torch.equal(out2["text"], out["text"])
+    read = store.reads[-1]
+    assert np.all(np.diff(read) > 0)
+
+
+def test_subset_composes_and_shares_the_sources():
+    images, captions, image_of_caption = _coco_like()
+    store = FakeStore(captions)
+    data = PairedLatents({"image": images, "text": store}, rows={"image": image_of_caption})
+    sub = data.subset([5, 2, 9])
+    assert len(sub) == 3 and sub.latents["text"] is store and sub.latents["image"] is images
+    inner = sub.subset(np.array([2, 0]))
+    for m in ("image", "text"):
+        assert torch.equal(inner.gather([0, 1])[m], data.gather([9, 5])[m])
+
+
+def test_retrieval_task_on_coco_like_data_equals_the_reference():
+    images, captions, image_of_caption = _coco_like(num_images=6)
+    # Pairs are shuffled and image 5 is never used: it must not appear among the queries.
+    keep = np.flatnonzero(image_of_caption != 5)
+    order = np.random.default_rng(1).permutation(keep)
+    data = PairedLatents({"image": images, "text": captions[order]}, rows={"image": image_of_caption[order]})
+    q, k, k2q = data.retrieval_task("image", "text")
+    np.testing.assert_array_equal(q.numpy(), images[:5])
+    np.testing.assert_array_equal(k.numpy(), captions[order])
+    np.testing.assert_array_equal(k2q.numpy(), image_of_caption[order])
+    # It plugs straight into retrieval_metrics; perfect embeddings give 100%.
+    img_emb = torch.eye(5)
+    txt_emb = img_emb[k2q]
+    assert retrieval_metrics(img_emb, txt_emb, k2q)["mean"] == 100.0
+
+
+def test_retrieval_task_with_rows_on_both_sides_and_conflicts():
+    a = np.arange(8, dtype=np.float32).reshape(4, 2)
+    b = np.arange(12, dtype=np.float32).reshape(6, 2)
+    data = PairedLatents({"a": a, "b": b}, rows={"a": [3, 1, 3, 3], "b": [5, 0, 2, 5]})
+    q, k, k2q = data.retrieval_task("a", "b")
+    np.testing.assert_array_equal(q.numpy(), a[[1, 3]])
+    np.testing.assert_array_equal(k.numpy(), b[[0, 2, 5]])
+    assert k2q.tolist() == [0, 1, 1]
+    bad = PairedLatents({"a": a, "b": b}, rows={"a": [3, 1, 3, 0], "b": [5, 0, 2, 5]})
+    with pytest.raises(ValueError, match=r"key: row 5 of 'b' is paired with several rows of 'a' \(\[0, 3\]\)"):
+        bad.retrieval_task("a", "b")
+    with pytest.raises(ValueError, match="key: must differ"):
+        data.retrieval_task("a", "a")
+    with pytest.raises(KeyError, match="query"):
+        data.retrieval_task("c", "a")
+
+
+# -- LatentBatcher ---------------------------------------------------------------------------------------------------
+
+
+def _epoch_pairs(batcher):
+    """The pair ids of every batch of one epoch, read back from the id column of modality 'text'."""
+    return [b["text"][:, 0].to(torch.int64).numpy() for b in batcher]
+
+
+@given(st.integers(1, 40), st.integers(1, 12), st.booleans(), st.integers(0, 3))
+def test_every_pair_exactly_once_per_epoch(num_images, batch_size, shuffle, seed):
+    images, captions, image_of_caption = _coco_like(num_images, 2, seed)
+    data = PairedLatents({"image": images, "text": captions}, rows={"image": image_of_caption})
+    batcher = LatentBatcher(data, batch_size, shuffle=shuffle, drop_last=False, seed=seed, preload=False)
+    batches = list(batcher)
+    assert len(batches) == len(batcher) == -(-len(data) // batch_size)
+    seen = np.concatenate([b["text"][:, 0].numpy() for b in batches]).astype(int)
+    np.testing.assert_array_equal(np.sort(seen), np.arange(len(data)))
+    if not shuffle:
+        np.testing.assert_array_equal(seen, np.arange(len(data)))
+    for b in batches:
+        assert b["image"].shape[1] == 6 and b["text"].shape[1] == 3 and b["image"].dtype == torch.float32
+        # Pairing is kept: the image of each row is the image of its caption.
+        np.testing.assert_array_equal(b["image"][:, 0].numpy(), image_of_caption[b["text"][:, 0].numpy().astype(int)])
+    assert all(len(b["text"]) == batch_size for b in batches[:-1])
+
+
+def test_drop_last_batches_are_full_and_too_large_batches_are_refused():
+    images, captions, rows = _coco_like(5, 2)
+    data = PairedLatents({"image": images, "text": captions}, rows={"image": rows})
+    batcher = LatentBatcher(data, 4)
+    assert len(batcher) == 2 and [len(b["text"]) for b in batcher] == [4, 4]
+    with pytest.raises(ValueError, match="batch_size: 11 exceeds the 10 pairs"):
+        LatentBatcher(data, 11)
+    assert len(LatentBatcher(data, 11, drop_last=False)) == 1
+    with pytest.raises(ValueError, match="preload"):
+        LatentBatcher(data, 2, preload="yes")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="seed"):
+        LatentBatcher(data, 2, seed=-1)
+
+
+def test_epochs_are_reproducible_from_seed_and_epoch_alone():
+    images, captions, rows = _coco_like(8, 3)
+    data = PairedLatents({"image": images, "text": captions}, rows={"image": rows})
+    replay = LatentBatcher(data, 5, seed=7)
+    epochs = [_epoch_pairs(replay) for _ in range(4)]
+    assert replay.epoch == 4 and replay.batch_index == 0
+    direct = LatentBatcher(data, 5, seed=7)
+    direct.set_epoch(3)
+    assert all(np.array_equal(x, y) for x, y in zip(_epoch_pairs(direct), epochs[3]))
+    assert not np.array_equal(np.concatenate(epochs[0]), np.concatenate(epochs[1]))
+    other_seed = LatentBatcher(data, 5, seed=8)
+    assert not np.array_equal(np.concatenate(_epoch_pairs(other_seed)), np.concatenate(epochs[0]))
+    np.testing.assert_array_equal(direct.permutation(2), replay.permutation(2))
+
+
+@given(st.integers(2, 30), st.integers(1, 7), st.integers(0, 50), st.booleans())
+def test_resume_from_state_dict_mid_epoch_yields_the_remaining_batches(num_pairs, batch_size, cut, drop_last):
+    rng = np.random.default_rng(num_pairs)
+    text = rng.standard_normal((num_pairs, 2)).astype(np.float32)
+    text[:, 0] = np.arange(num_pairs)
+    data = PairedLatents({"image": rng.standard_normal((num_pairs, 3)), "text": text})
+    batch_size = min(batch_size, num_pairs)
+    full = LatentBatcher(data, batch_size, seed=3, drop_last=drop_last)
+    reference = [_epoch_pairs(full) for _ in range(3)]
+    flat = [b for epoch in reference for b in epoch]
+    cut = cut % (len(flat) + 1)
+    interrupted = LatentBatcher(data, batch_size, seed=3, drop_last=drop_last)
+    it = iter(interrupted)
+    consumed = []
+    while len(consumed) < cut:
+        try:
+            consumed.append(next(it)["text"][:, 0].to(torch.int64).numpy())
+        except StopIteration:
+            it = iter(interrupted)
+    state = interrupted.state_dict()
+    resumed = LatentBatcher(data, batch_size, seed=3, drop_last=drop_last, preload=False)
+    resumed.load_state_dict(state)
+    rest = []
+    while resumed.epoch < 3:
+        rest.extend(_epoch_pairs(resumed))
+    assert len(consumed) + len(rest) == len(flat)
+    assert all(np.array_equal(x, y) for x, y in zip(consumed + rest, flat))
+
+
+def test_load_state_dict_refuses_other_settings():
+    data = PairedLatents({"a": np.zeros((10, 2)), "b": np.zeros((10, 2))})
+    state = LatentBatcher(data, 4, seed=1).state_dict()
+    with pytest.raises(ValueError, match=r"seed=1 \(here 2\)"):
+        LatentBatcher(data, 4, seed=2).load_state_dict(state)
+    with pytest.raises(ValueError, match="batch_size"):
+        LatentBatcher(data, 5, seed=1).load_state_dict(state)
+    with pytest.raises(ValueError, match="batch_index"):
+        LatentBatcher(data, 4, seed=1).load_state_dict({**state, "batch_index": 9})
+    with pytest.raises(KeyError, match="epoch"):
+        LatentBatcher(data, 4, seed=1).load_state_dict({"batch_index": 0})
+
+
+def test_memmap_and_store_paths_equal_the_in_memory_path(tmp_path, monkeypatch):
+    images, captions, rows = _coco_like(30, 5, seed=4)
+    path = tmp_path / "captions.f16"
+    on_disk = np.memmap(path, dtype=np.float16, mode="w+", shape=captions.shape)
+    on_disk[:] = captions
+    on_disk.flush()
+    read_only = np.memmap(path, dtype=np.float16, mode="r", shape=captions.shape)
+    in_memory = PairedLatents({"image": images, "text": captions.astype(np.float16)}, rows={"image": rows})
+    store = FakeStore(images)
+    mapped = PairedLatents({"image": store, "text": read_only}, rows={"image": rows})
+    a = LatentBatcher(in_memory, 16, seed=5, drop_last=False)
+    b = LatentBatcher(mapped, 16, seed=5, drop_last=False)
+    assert a.preloaded and not b.preloaded  # "auto": in-memory preloads on CPU, memmaps/stores stream
+    for _ in range(2):
+        for x, y in zip(a, b, strict=True):
+            assert torch.equal(x["image"], y["image"]) and torch.equal(x["text"], y["text"])
+            assert x["text"].dtype == torch.float32
+    # Preloading a store goes through its to_tensor; a memmap, or a store without to_tensor, is copied in blocks.
+    monkeypatch.setattr(fusemix.data, "LOAD_BLOCK_BYTES", 100)
+    plain = PlainStore(images)
+    for sources in ({"image": store, "text": read_only}, {"image": plain, "text": read_only}):
+        c = LatentBatcher(PairedLatents(sources, rows={"image": rows}), 16, seed=5, drop_last=False, preload=True)
+        assert c._device_latents["text"].dtype == torch.float16
+        a.set_epoch(0)
+        for x, y in zip(a, c, strict=True):
+            assert torch.equal(x["image"], y["image"]) and torch.equal(x["text"], y["text"])
+    assert len(plain.reads) == -(-len(images) // (100 // (6 * 4)))
+
+
+@given(
+    st.integers(1, 12),
+    st.integers(1, 4),
+    st.integers(1, 9),
+    st.booleans(),
+    st.sampled_from([torch.float32, torch.float64]),
+)
+def test_preload_path_equals_streaming_path(num_images, per_image, batch_size, drop_last, dtype):
+    images, captions, rows = _coco_like(num_images, per_image, seed=num_images)
+    data = PairedLatents({"image": images.astype(np.float64), "text": torch.from_numpy(captions)}, rows={"image": rows})
+    batch_size = min(batch_size, len(data))
+    pre = LatentBatcher(data, batch_size, seed=2, drop_last=drop_last, dtype=dtype, preload=True)
+    stream = LatentBatcher(data, batch_size, seed=2, drop_last=drop_last, dtype=dtype, preload=False)
+    for x, y in zip(pre, stream, strict=True):
+        assert set(x) == {"image", "text"}
+        for m in x:
+            assert x[m].dtype == dtype and torch.equal(x[m], y[m])
