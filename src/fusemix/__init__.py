@@ -4,6 +4,7 @@ The core (mixing, adapters, losses, metrics) imports nothing from the I/O half
 of the package.
 """
 
+from fusemix.aligners import CCAAligner, ProcrustesAligner
 from fusemix.losses import ContrastiveLoss, PairwiseContrastiveLoss, SigLIPLoss
 from fusemix.metrics import metrics_from_ranks, recall_at_k, retrieval_metrics, retrieval_ranks, similarity_ranks
 from fusemix.mixing import (
@@ -23,6 +24,7 @@ __version__ = "0.1.0.dev0"
 
 __all__ = [
     "AlphaSchedule",
+    "CCAAligner",
     "ContrastiveLoss",
     "CosineAlphaSchedule",
     "ExponentialAlphaSchedule",
@@ -34,6 +36,7 @@ __all__ = [
     "LinearAdapter",
     "MixParams",
     "PairwiseContrastiveLoss",
+    "ProcrustesAligner",
     "ResidualMLPBlock",
     "SigLIPLoss",
     "__version__",

@@ -1,0 +1,329 @@
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+import fusemix.aligners as aligners_module
+from fusemix import retrieval_metrics
+from fusemix.aligners import CCAAligner, ProcrustesAligner
+
+
+def planted(n, k, dx, dy, noise=0.01, seed=0):
+    """x = z A + noise, y = z B + noise for a shared k-d latent z."""
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(n, k, generator=g)
+    x = z @ torch.randn(k, dx, generator=g) + noise * torch.randn(n, dx, generator=g)
+    y = z @ torch.randn(k, dy, generator=g) + noise * torch.randn(n, dy, generator=g)
+    return x, y
+
+
+def random_orthogonal(d, rng):
+    q, r = np.linalg.qr(rng.standard_normal((d, d)))
+    return q * np.sign(np.diag(r))
+
+
+def random_invertible(d, rng):
+    """A well-conditioned invertible matrix (singular values in [0.3, 3])."""
+    return random_orthogonal(d, rng) @ np.diag(rng.uniform(0.3, 3.0, d)) @ random_orthogonal(d, rng)
+
+
+def correlated(rng, n, dx, dy):
+    """Latents with a few genuine cross-correlations of different strengths."""
+    shared = rng.standard_normal((n, min(dx, dy)))
+    x = shared @ rng.standard_normal((shared.shape[1], dx)) + rng.standard_normal((n, dx))
+    y = shared @ rng.standard_normal((shared.shape[1], dy)) + 2 * rng.standard_normal((n, dy))
+    return x, y
+
+
+def recalls(aligner, x, y):
+    index = torch.arange(x.shape[0])
+    return retrieval_metrics(aligner.embed("image", x), aligner.embed("text", y), index)
+
+
+# --- CCA --------------------------------------------------------------------------------------------------------
+
+
+def test_cca_recovers_a_planted_linear_relation():
+    k = 5
+    x, y = planted(800, k, dx=24, dy=16)
+    cca = CCAAligner(dim=k, regularization=1e-3).fit({"image": x[:600], "text": y[:600]})
+    assert cca.modalities == ["image", "text"] and cca.out_dim == k
+    assert cca.correlations_.shape == (k,) and bool((cca.correlations_ > 0.99).all())
+    metrics = recalls(cca, x[600:], y[600:])
+    assert metrics["i2t_R@1"] == 100.0 and metrics["t2i_R@1"] == 100.0
+    full = CCAAligner().fit({"image": x[:600], "text": y[:600]})
+    assert full.out_dim == 16  # min(d_x, d_y, N - 1)
+    assert bool((full.correlations_.diff() <= 0).all())
+    assert float(full.correlations_[k]) < 0.5  # beyond the planted k only chance correlations remain
+
+
+def textbook_cca(x, y, regularization):
+    """Canonical correlations and directions from inv(sqrtm(Cxx)) Cxy inv(sqrtm(Cyy)), in float64."""
+    linalg = pytest.importorskip("scipy.linalg")
+    xc, yc = x - x.mean(0), y - y.mean(0)
+    n = x.shape[0]
+    cxx, cyy, cxy = xc.T @ xc / (n - 1), yc.T @ yc / (n - 1), xc.T @ yc / (n - 1)
+    cxx = cxx + regularization * np.trace(cxx) / cxx.shape[0] * np.eye(cxx.shape[0])
+    cyy = cyy + regularization * np.trace(cyy) / cyy.shape[0] * np.eye(cyy.shape[0])
+    wx, wy = np.linalg.inv(linalg.sqrtm(cxx).real), np.linalg.inv(linalg.sqrtm(cyy).real)
+    u, rho, vt = np.linalg.svd(wx @ cxy @ wy)
+    return rho, wx @ u, wy @ vt.T, (cxx, cyy, cxy)
+
+
+@pytest.mark.parametrize("regularization", [0.0, 0.1])
+def test_cca_matches_the_textbook_solution(regularization):
+    rng = np.random.default_rng(0)
+    x, y = correlated(rng, 400, dx=7, dy=5)
+    rho, ax, ay, (cxx, cyy, cxy) = textbook_cca(x, y, regularization)
+    cca = CCAAligner(regularization=regularization, correlation_power=0.0).fit({"image": x, "text": y})
+    np.testing.assert_allclose(cca.correlations_.numpy(), rho, rtol=1e-9, atol=1e-12)
+    proj_x, proj_y = cca.projections_["image"].numpy(), cca.projections_["text"].numpy()
+    signs = np.sign((proj_x * ax[:, :5]).sum(0))  # directions are defined up to a sign per pair
+    np.testing.assert_allclose(proj_x, ax[:, :5] * signs, atol=1e-9)
+    np.testing.assert_allclose(proj_y, ay * signs, atol=1e-9)
+    # Whitened canonical variates: unit variance, cross-covariance diag(rho).
+    np.testing.assert_allclose(proj_x.T @ cxx @ proj_x, np.eye(5), atol=1e-9)
+    np.testing.assert_allclose(proj_y.T @ cyy @ proj_y, np.eye(5), atol=1e-9)
+    np.testing.assert_allclose(proj_x.T @ cxy @ proj_y, np.diag(rho), atol=1e-9)
+    np.testing.assert_allclose(cca.means_["image"].numpy(), x.mean(0))
+
+
+def test_correlation_power_scales_the_shared_dimensions():
+    rng = np.random.default_rng(1)
+    x, y = correlated(rng, 300, dx=6, dy=4)
+    plain = CCAAligner(correlation_power=0.0).fit({"a": x, "b": y})
+    for power in (0.5, 2.0):
+        weighted = CCAAligner(correlation_power=power).fit({"a": x, "b": y})
+        for name in ("a", "b"):
+            expected = plain.projections_[name] * plain.correlations_**power
+            torch.testing.assert_close(weighted.projections_[name], expected)
+
+
+@st.composite
+def cca_problems(draw):
+    seed = draw(st.integers(0, 2**32 - 1))
+    dx, dy = draw(st.integers(1, 6)), draw(st.integers(1, 6))
+    rng = np.random.default_rng(seed)
+    x, y = correlated(rng, 120, dx, dy)
+    return rng, x, y
+
+
+@given(cca_problems())
+def test_cca_correlations_are_invariant_to_invertible_maps_shifts_and_row_order(problem):
+    rng, x, y = problem
+    reference = CCAAligner(regularization=0.0).fit({"x": x, "y": y}).correlations_
+    x2 = x @ random_invertible(x.shape[1], rng) + rng.standard_normal(x.shape[1]) * 10
+    y2 = y @ random_invertible(y.shape[1], rng) - 5.0
+    order = rng.permutation(x.shape[0])
+    moved = CCAAligner(regularization=0.0).fit({"x": x2[order], "y": y2[order]}).correlations_
+    torch.testing.assert_close(moved, reference, atol=1e-8, rtol=1e-8)
+
+
+@given(cca_problems(), st.floats(1e-3, 1e3))
+def test_relative_regularization_is_invariant_to_scaled_rotations(problem, scale):
+    rng, x, y = problem
+    reference = CCAAligner(regularization=0.05).fit({"x": x, "y": y}).correlations_
+    moved = CCAAligner(regularization=0.05).fit({"x": scale * x @ random_orthogonal(x.shape[1], rng), "y": y})
+    torch.testing.assert_close(moved.correlations_, reference, atol=1e-8, rtol=1e-8)
+
+
+def test_consistent_row_permutation_gives_the_same_projections():
+    rng = np.random.default_rng(2)
+    x, y = correlated(rng, 200, dx=8, dy=5)
+    order = rng.permutation(200)
+    a = CCAAligner().fit({"x": x, "y": y})
+    b = CCAAligner().fit({"x": x[order], "y": y[order]})
+    for name in ("x", "y"):
+        torch.testing.assert_close(a.projections_[name], b.projections_[name], atol=1e-8, rtol=1e-6)
+
+
+# --- Procrustes -------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("whiten", [False, True])
+def test_procrustes_recovers_an_orthogonal_map(whiten):
+    rng = np.random.default_rng(3)
+    q = random_orthogonal(6, rng)
+    x = rng.standard_normal((300, 6)) @ np.diag([3.0, 2.5, 2.0, 1.5, 1.0, 0.5]) + 4.0
+    y = x @ q + 1e-4 * rng.standard_normal((300, 6))
+    aligner = ProcrustesAligner(pca=False, whiten=whiten).fit({"image": torch.tensor(x), "text": torch.tensor(y)})
+    assert aligner.modalities == ["image", "text"] and aligner.out_dim == 6
+    rotation = aligner.rotation_.numpy()
+    np.testing.assert_allclose(rotation @ rotation.T, np.eye(6), atol=1e-10)
+    if not whiten:
+        np.testing.assert_allclose(rotation, q, atol=1e-3)
+        torch.testing.assert_close(aligner.projections_["text"], torch.eye(6, dtype=torch.float64))
+    xs, ys = torch.tensor(x, dtype=torch.float32), torch.tensor(y, dtype=torch.float32)
+    torch.testing.assert_close(aligner.embed("image", xs), aligner.embed("text", ys), atol=2e-3, rtol=0)
+
+
+def test_procrustes_with_pca_retrieves_across_unequal_dims():
+    x, y = planted(800, 5, dx=24, dy=16)
+    aligner = ProcrustesAligner(dim=5).fit({"image": x[:600], "text": y[:600]})
+    assert aligner.out_dim == 5 and aligner.projections_["image"].shape == (24, 5)
+    metrics = recalls(aligner, x[600:], y[600:])
+    assert metrics["i2t_R@1"] == 100.0 and metrics["t2i_R@1"] == 100.0
+    assert ProcrustesAligner().fit({"image": x[:600], "text": y[:600]}).out_dim == 16
+
+
+def test_procrustes_target_keeps_its_own_space():
+    x, y = planted(200, 3, dx=5, dy=4)
+    aligner = ProcrustesAligner(dim=3).fit({"image": x, "text": y}, target="image")
+    assert aligner.modalities == ["text", "image"]
+    reversed_ = ProcrustesAligner(dim=3).fit({"text": y, "image": x})
+    torch.testing.assert_close(aligner.projections_["image"], reversed_.projections_["image"])
+    torch.testing.assert_close(aligner.rotation_, reversed_.rotation_)
+
+
+def test_procrustes_whitening_makes_the_target_variates_white():
+    x, y = planted(500, 4, dx=10, dy=8, noise=0.3)
+    aligner = ProcrustesAligner(dim=4, regularization=0.0).fit({"image": x, "text": y})
+    t = aligner.project("text", y.double())
+    torch.testing.assert_close(t.T @ t / 499, torch.eye(4, dtype=torch.float64), atol=1e-8, rtol=0)
+
+
+# --- Shared behaviour -------------------------------------------------------------------------------------------
+
+ALIGNERS = [
+    lambda: CCAAligner(),
+    lambda: CCAAligner(dim=3, correlation_power=0.0),
+    lambda: ProcrustesAligner(),
+    lambda: ProcrustesAligner(dim=2, whiten=False),
+]
+
+
+@pytest.mark.parametrize("make", ALIGNERS)
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(4, 40), dx=st.integers(3, 12), dy=st.integers(3, 12))
+def test_embeddings_are_unit_norm_and_finite_even_when_d_exceeds_n(make, seed, n, dx, dy):
+    rng = np.random.default_rng(seed)
+    x, y = correlated(rng, n, dx, dy)
+    aligner = make().fit({"image": x, "text": y})
+    assert aligner.out_dim <= min(dx, dy, n - 1)
+    for name, latents in (("image", x), ("text", y)):
+        emb = aligner.embed(name, torch.tensor(latents, dtype=torch.float32))
+        assert emb.dtype == torch.float32 and emb.shape == (n, aligner.out_dim)
+        assert bool(torch.isfinite(emb).all())
+        torch.testing.assert_close(emb.norm(dim=1), torch.ones(n))
+    if isinstance(aligner, CCAAligner):
+        rho = aligner.correlations_
+        assert bool(torch.isfinite(rho).all()) and bool(((rho >= 0) & (rho <= 1)).all())
+
+
+def test_unregularized_cca_with_more_dims_than_rows_stays_finite():
+    rng = np.random.default_rng(4)
+    x, y = rng.standard_normal((10, 30)), rng.standard_normal((10, 25))
+    cca = CCAAligner(regularization=0.0).fit({"image": x, "text": y})
+    assert cca.out_dim == 9 and bool(torch.isfinite(cca.projections_["image"]).all())
+    torch.testing.assert_close(cca.correlations_, torch.ones(9, dtype=torch.float64))  # in-sample overfit
+
+
+@pytest.mark.parametrize("make", [CCAAligner, ProcrustesAligner])
+def test_state_dict_round_trips_through_safetensors(make, tmp_path):
+    safetensors = pytest.importorskip("safetensors.torch")
+    x, y = planted(100, 3, dx=7, dy=5)
+    aligner = make(dim=3).fit({"image": x, "text": y})
+    safetensors.save_file(aligner.state_dict(), tmp_path / "aligner.safetensors")
+    loaded = make()
+    loaded.load_state_dict(safetensors.load_file(tmp_path / "aligner.safetensors"))
+    assert sorted(loaded.modalities) == ["image", "text"] and loaded.out_dim == 3
+    for name, latents in (("image", x), ("text", y)):
+        torch.testing.assert_close(loaded.embed(name, latents), aligner.embed(name, latents), atol=0, rtol=0)
+    with pytest.raises(ValueError, match="lacks"):
+        (ProcrustesAligner if make is CCAAligner else CCAAligner)().load_state_dict(aligner.state_dict())
+    with pytest.raises(RuntimeError, match="Unexpected"):
+        make().load_state_dict({**aligner.state_dict(), "extra": torch.zeros(1)})
+    with pytest.raises(ValueError, match="state_dict"):
+        make().load_state_dict({"maps.image.mean": torch.zeros(3)})
+
+
+def test_dtype_numpy_memmap_chunking_and_module_conversions(tmp_path, monkeypatch):
+    x, y = planted(90, 3, dx=6, dy=4)
+    reference = CCAAligner().fit({"image": x.clone().requires_grad_(), "text": y})
+    assert not any(t.requires_grad for t in reference.state_dict().values())
+    assert reference.projections_["image"].dtype == torch.float64
+    np.save(tmp_path / "x.npy", x.numpy())
+    monkeypatch.setattr(aligners_module, "_CHUNK_ELEMENTS", 50)  # 5 rows per chunk
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        streamed = CCAAligner().fit({"image": np.load(tmp_path / "x.npy", mmap_mode="r"), "text": y.numpy()})
+    for name in ("image", "text"):
+        torch.testing.assert_close(streamed.projections_[name], reference.projections_[name])
+    assert reference.embed("text", y.double()).dtype == torch.float64
+    assert reference.project("text", y[:2].bfloat16()).dtype == torch.bfloat16
+    single = reference.to("cpu").float()
+    assert single.projections_["text"].dtype == torch.float32
+    torch.testing.assert_close(single.embed("text", y), reference.embed("text", y))
+    assert reference.project("text", y[0]).shape == (4,)
+
+
+def test_bad_input_is_refused():
+    x, y = planted(20, 2, dx=4, dy=3)
+    for make in (CCAAligner, ProcrustesAligner):
+        name = make.__name__
+        with pytest.raises(RuntimeError, match=r"call fit\(\) first"):
+            make().embed("image", x)
+        with pytest.raises(ValueError, match=f"{name} fits exactly two modalities"):
+            make().fit({"a": x, "b": y, "c": y})
+        with pytest.raises(ValueError, match=r"at least 2 row\(s\), got 1"):
+            make().fit({"a": x[:1], "b": y[:1]})
+        with pytest.raises(ValueError, match=r"at least 2 row\(s\), got 1"):
+            make().fit({"a": x[:1].numpy(), "b": y[:1]})
+        with pytest.raises(ValueError, match="row counts differ"):
+            make().fit({"a": x, "b": y[:10]})
+        bad_y = y.clone()
+        bad_y[5, 1] = float("nan")
+        with pytest.raises(ValueError, match=r"latents\['b'\]: contains 1 non-finite"):
+            make().fit({"a": x, "b": bad_y})
+        with pytest.raises(ValueError, match=r"latents\['a'\]: contains 1 non-finite"):
+            bad = x.numpy().copy()
+            bad[3, 1] = np.inf
+            make().fit({"a": bad, "b": y})
+        with pytest.raises(ValueError, match="zero variance"):
+            make().fit({"a": x, "b": torch.ones(20, 3)})
+        with pytest.raises(TypeError, match=r"latents\['a'\]"):
+            make().fit({"a": x.long(), "b": y})
+        with pytest.raises(TypeError, match=r"latents\['a'\]"):
+            make().fit({"a": x.numpy().astype(np.int64), "b": y})
+        with pytest.raises(TypeError, match=r"latents\['a'\]"):
+            make().fit({"a": x.tolist(), "b": y})
+        with pytest.raises(TypeError, match="latents"):
+            make().fit([x, y])
+        with pytest.raises(ValueError, match="modality names"):
+            make().fit({"a.b": x, "c": y})
+        with pytest.raises(ValueError, match="dim: 4 is larger"):
+            make(dim=4).fit({"a": x, "b": y})
+        with pytest.raises(ValueError, match="dim"):
+            make(dim=0)
+        with pytest.raises(ValueError, match="regularization"):
+            make(regularization=-1.0)
+        fitted = make().fit({"image": x, "text": y})
+        with pytest.raises(KeyError, match="modality"):
+            fitted.embed("audio", x)
+        with pytest.raises(ValueError, match="last dimension of 3"):
+            fitted.embed("text", x)
+        with pytest.raises(TypeError, match="latents"):
+            fitted.embed("text", y.long())
+    with pytest.raises(RuntimeError, match=r"call fit\(\) first"):
+        _ = CCAAligner().correlations_
+    with pytest.raises(RuntimeError, match=r"call fit\(\) first"):
+        _ = ProcrustesAligner().rotation_
+    with pytest.raises(ValueError, match="correlation_power"):
+        CCAAligner(correlation_power=-0.5)
+    with pytest.raises(ValueError, match="dim: must be None when pca=False"):
+        ProcrustesAligner(dim=2, pca=False)
+    with pytest.raises(TypeError, match="whiten"):
+        ProcrustesAligner(whiten=1)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="pca=False needs equal dims"):
+        ProcrustesAligner(pca=False).fit({"a": x, "b": y})
+    with pytest.raises(ValueError, match="target"):
+        ProcrustesAligner().fit({"a": x, "b": y}, target="c")
+    rng = np.random.default_rng(5)
+    with pytest.raises(ValueError, match="regularization > 0"):
+        ProcrustesAligner(pca=False, regularization=0.0).fit(
+            {"a": rng.standard_normal((5, 8)), "b": rng.standard_normal((5, 8))}
+        )
+    with pytest.raises(ValueError, match="dim: 3 is larger"):  # rank 2 after dropping null directions
+        CCAAligner(dim=3, regularization=0.0).fit({"a": x[:, :2] @ torch.randn(2, 4), "b": y})
