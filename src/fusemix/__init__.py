@@ -5,6 +5,14 @@ of the package.
 """
 
 from fusemix.aligners import CCAAligner, ProcrustesAligner
+from fusemix.fixed_target import (
+    ConditioningLayout,
+    FixedTargetLoss,
+    SequenceTemplate,
+    TargetRegressionLoss,
+    TargetStandardizer,
+    fixed_target_model,
+)
 from fusemix.losses import ContrastiveLoss, PairwiseContrastiveLoss, SigLIPLoss
 from fusemix.metrics import metrics_from_ranks, recall_at_k, retrieval_metrics, retrieval_ranks, similarity_ranks
 from fusemix.mixing import (
@@ -25,9 +33,11 @@ __version__ = "0.1.0.dev0"
 __all__ = [
     "AlphaSchedule",
     "CCAAligner",
+    "ConditioningLayout",
     "ContrastiveLoss",
     "CosineAlphaSchedule",
     "ExponentialAlphaSchedule",
+    "FixedTargetLoss",
     "FuseMix",
     "FusionAdapter",
     "FusionModel",
@@ -38,8 +48,12 @@ __all__ = [
     "PairwiseContrastiveLoss",
     "ProcrustesAligner",
     "ResidualMLPBlock",
+    "SequenceTemplate",
     "SigLIPLoss",
+    "TargetRegressionLoss",
+    "TargetStandardizer",
     "__version__",
+    "fixed_target_model",
     "metrics_from_ranks",
     "mix_latents",
     "recall_at_k",

@@ -31,6 +31,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from fusemix.fixed_target import FixedTargetLoss, TargetRegressionLoss
 from fusemix.losses import ContrastiveLoss, SigLIPLoss
 from fusemix.model import FusionModel
 from fusemix.projectors import FusionAdapter, IdentityAdapter, LinearAdapter
@@ -234,8 +235,19 @@ def _describe_loss(loss: nn.Module) -> dict[str, Any]:
             "pairs": loss.pairs,
             "anchor": loss.anchor,
         }
+    if type(loss) is FixedTargetLoss and type(loss.regression) is TargetRegressionLoss:
+        return {
+            "type": "fixed-target",
+            "source": loss.source,
+            "target": loss.target,
+            "regression_weight": loss.regression_weight,
+            "contrastive_weight": loss.contrastive_weight,
+            "contrastive": _describe_loss(loss.contrastive),
+            "regression": {"type": "target-regression", "eps": loss.regression.eps},
+        }
     raise TypeError(
-        f"model: loss is a {type(loss).__name__}; a model directory can describe only ContrastiveLoss and SigLIPLoss"
+        f"model: loss is a {type(loss).__name__}; a model directory can describe only ContrastiveLoss, SigLIPLoss "
+        "and FixedTargetLoss (with TargetRegressionLoss)"
     )
 
 
@@ -309,7 +321,11 @@ def build_model(description: Mapping[str, Any]) -> FusionModel:
             adapters[name] = IdentityAdapter(spec["dim"])
         else:
             raise ValueError(f"{MODEL_CONFIG}: adapter {name!r} has unknown type {kind!r}")
-    spec = description["loss"]
+    return FusionModel(adapters, loss=_build_loss(description["loss"]))
+
+
+def _build_loss(spec: Mapping[str, Any]) -> nn.Module:
+    """The loss module a :func:`_describe_loss` description stands for."""
     loss: nn.Module
     if spec.get("type") == "contrastive":
         low, high = spec["temperature_range"]
@@ -326,9 +342,18 @@ def build_model(description: Mapping[str, Any]) -> FusionModel:
         loss = SigLIPLoss(
             learnable=spec["learnable"], chunk_size=spec["chunk_size"], pairs=spec["pairs"], anchor=spec["anchor"]
         )
+    elif spec.get("type") == "fixed-target":
+        loss = FixedTargetLoss(
+            spec["source"],
+            spec["target"],
+            regression_weight=spec["regression_weight"],
+            contrastive_weight=spec["contrastive_weight"],
+            contrastive=_build_loss(spec["contrastive"]),  # type: ignore[arg-type]
+            regression=TargetRegressionLoss(eps=spec["regression"]["eps"]),
+        )
     else:
         raise ValueError(f"{MODEL_CONFIG}: unknown loss type {spec.get('type')!r}")
-    return FusionModel(adapters, loss=loss)
+    return loss
 
 
 def _config_dict(config: object) -> dict[str, Any] | None:
