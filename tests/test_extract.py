@@ -402,22 +402,37 @@ def test_permission_denied_names_the_path(tmp_path, monkeypatch):
     assert not (tmp_path / MANIFEST).exists()
 
 
-def _failing_write(after_bytes: int):
-    original = store_module._HashingWriter.write
+def _failing_shard_write(after_bytes: int):
+    """``store._atomic_write`` whose shard files hit a full disk after ``after_bytes`` bytes."""
+    original = store_module._atomic_write
 
-    def write(self, data):
-        if self.bytes + memoryview(data).nbytes > after_bytes:
-            original(self, memoryview(data).cast("B")[: max(after_bytes - self.bytes, 0)])
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return original(self, data)
+    def atomic_write(target, write, doing):
+        if not str(target).endswith(".npy"):
+            return original(target, write, doing)
 
-    return write
+        def limited(file):
+            class Limited:
+                written = 0
+
+                def write(self, data):
+                    data = memoryview(data).cast("B")
+                    if self.written + data.nbytes > after_bytes:
+                        file.write(data[: max(after_bytes - self.written, 0)])
+                        raise OSError(errno.ENOSPC, "No space left on device")
+                    self.written += data.nbytes
+                    return file.write(data)
+
+            write(Limited())
+
+        return original(target, limited, doing)
+
+    return atomic_write
 
 
 @pytest.mark.parametrize("where", ["write", "replace"])
 def test_full_disk_leaves_no_partial_shard_and_resumes(tmp_path, monkeypatch, where):
     if where == "write":
-        monkeypatch.setattr(store_module._HashingWriter, "write", _failing_write(200))
+        monkeypatch.setattr(store_module, "_atomic_write", _failing_shard_write(200))
     else:
         real_replace = os.replace
 

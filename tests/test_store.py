@@ -355,8 +355,12 @@ def test_shard_entry_resumes_from_files_with_or_without_sidecar(tmp_path):
 def test_failed_write_leaves_no_shard_and_names_the_path(tmp_path, monkeypatch):
     writer = LatentStoreWriter(tmp_path, modality="m", dim=2, encoder=ENCODER)
 
+    real_replace = os.replace
+
     def full_disk(src, dst):
-        raise OSError(errno.ENOSPC, "No space left on device")
+        if str(dst).endswith(".npy"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_replace(src, dst)
 
     monkeypatch.setattr(os, "replace", full_disk)
     with pytest.raises(OSError, match=r"00000\.npy: could not write shard 0 \(No space left on device\)") as info:

@@ -274,7 +274,12 @@ def _try_finalize(root: Path, spec: Mapping[str, Any]) -> tuple[LatentStore | No
     dim = _existing_dim(root)
     if dim is None:
         return None, list(range(len(layout)))
-    writer = _writer(root, spec, dim)
+    try:
+        writer = _writer(root, spec, dim)
+    except StoreError:
+        if (root / MANIFEST).exists():  # another worker finalized it meanwhile
+            return LatentStore.open(root), []
+        raise
     entries = [writer.shard_entry(index) for index in range(len(layout))]
     missing = [index for index, entry in enumerate(entries) if entry is None]
     if missing:

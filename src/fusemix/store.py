@@ -47,6 +47,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import hashlib
+import io
 import json
 import os
 import re
@@ -226,22 +227,6 @@ def _file_sha256(path: Path) -> str:
         while chunk := file.read(_HASH_CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-class _HashingWriter:
-    """File wrapper that hashes and counts every byte written through it."""
-
-    def __init__(self, file: BinaryIO) -> None:
-        self._file = file
-        self.sha256 = hashlib.sha256()
-        self.bytes = 0
-
-    def write(self, data: bytes | memoryview) -> int:
-        self._file.write(data)
-        self.sha256.update(data)
-        size = memoryview(data).nbytes
-        self.bytes += size
-        return size
 
 
 def _open_shard(path: Path) -> np.memmap:
@@ -774,23 +759,31 @@ class LatentStoreWriter:
         sidecar = self._sidecar_path(index)
         _remove_quietly(target.parent.glob(f".{target.name}.*.tmp"))
         _remove_quietly([sidecar])
-        hashing: list[_HashingWriter] = []
-
-        def write(file: BinaryIO) -> None:
-            out = _HashingWriter(file)
-            np.lib.format.write_array_header_1_0(out, np.lib.format.header_data_from_array_1_0(data))
-            out.write(memoryview(data).cast("B"))
-            hashing.append(out)
-
-        _atomic_write(target, write, f"write shard {index}")
-        written = hashing[0]
+        header = io.BytesIO()
+        np.lib.format.write_array_header_1_0(header, np.lib.format.header_data_from_array_1_0(data))
+        body = memoryview(data).cast("B")
+        digest = hashlib.sha256(header.getvalue())
+        digest.update(body)
         entry = {
             "file": shard_file(index),
             "rows": int(data.shape[0]),
-            "sha256": written.sha256.hexdigest(),
-            "bytes": written.bytes,
+            "sha256": digest.hexdigest(),
+            "bytes": len(header.getvalue()) + body.nbytes,
         }
+        # The sidecar lands before the shard: once the shard is in place nothing of this
+        # write is pending, so a worker that finalizes the store at that moment (and
+        # cleans up temporary files) cannot break it. A sidecar without its shard is ignored.
         _write_json(sidecar, entry, f"write the sidecar of shard {index}")
+
+        def write(file: BinaryIO) -> None:
+            file.write(header.getvalue())
+            file.write(body)
+
+        try:
+            _atomic_write(target, write, f"write shard {index}")
+        except BaseException:
+            _remove_quietly([sidecar])
+            raise
         return entry
 
     def shard_entry(self, index: int) -> dict[str, Any] | None:
