@@ -444,6 +444,15 @@ class LatentBatcher:
     odd. FuseMix with ``pairing="halves"`` needs even batches: use
     ``drop_last=True`` with an even ``batch_size`` (as :func:`fusemix.train.fit` does).
 
+    **Several processes.** With ``num_replicas=N`` and ``rank=r`` (one
+    batcher per data-parallel process), ``batch_size`` stays the *global*
+    batch: every rank draws the same permutation for an epoch and yields rows
+    ``[r * B / N, (r + 1) * B / N)`` of each global batch, so the ranks'
+    batches together are exactly the batches of ``num_replicas=1``, and all
+    ranks take the same number of steps. This needs ``drop_last=True`` and a
+    ``batch_size`` divisible by ``N``; :meth:`state_dict` is the same on
+    every rank.
+
     Args:
         paired: The pairs to batch.
         batch_size: Pairs per batch.
@@ -454,10 +463,14 @@ class LatentBatcher:
         device: Device of the batches.
         dtype: Floating dtype of the batches.
         preload: ``True``, ``False`` or ``"auto"`` (see above).
+        num_replicas: Number of data-parallel processes sharing each batch.
+        rank: This process's rank, in ``[0, num_replicas)``.
 
     Raises:
-        ValueError: If ``batch_size`` is not a positive int, or with
-            ``drop_last=True`` exceeds the number of pairs.
+        ValueError: If ``batch_size`` is not a positive int, with
+            ``drop_last=True`` exceeds the number of pairs, or is not
+            divisible by ``num_replicas``; or if ``num_replicas > 1`` without
+            ``drop_last=True``, or ``rank`` is out of range.
 
     Example:
         >>> data = PairedLatents({"a": np.random.randn(10, 4), "b": np.random.randn(10, 2)})
@@ -466,6 +479,10 @@ class LatentBatcher:
         (2, [(4, 4), (4, 4)])
         >>> batcher.epoch, batcher.batch_index
         (1, 0)
+        >>> halves = [LatentBatcher(data, batch_size=4, seed=0, num_replicas=2, rank=r) for r in (0, 1)]
+        >>> whole = next(iter(LatentBatcher(data, batch_size=4, seed=0)))["a"]
+        >>> torch.equal(torch.cat([next(iter(h))["a"] for h in halves]), whole)
+        True
 
     """
 
@@ -480,6 +497,8 @@ class LatentBatcher:
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.float32,
         preload: Preload = "auto",
+        num_replicas: int = 1,
+        rank: int = 0,
     ) -> None:
         if not isinstance(paired, PairedLatents):
             raise TypeError(f"paired: expected a PairedLatents, got {type(paired).__name__}")
@@ -501,6 +520,21 @@ class LatentBatcher:
                 f"batch_size: {self.batch_size} exceeds the {len(paired)} pairs, so with drop_last=True an epoch "
                 "has no batch; lower batch_size"
             )
+        self.num_replicas = check_positive_int("num_replicas", num_replicas)
+        if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < num_replicas:
+            raise ValueError(f"rank: expected an int in [0, num_replicas={num_replicas}), got {rank!r}")
+        self.rank = rank
+        if num_replicas > 1:
+            if not self.drop_last:
+                raise ValueError(
+                    f"drop_last: must be True with num_replicas={num_replicas}, so that every rank gets a full "
+                    "slice of every batch"
+                )
+            if self.batch_size % num_replicas:
+                raise ValueError(
+                    f"batch_size: {self.batch_size} (the global batch) is not divisible by num_replicas="
+                    f"{num_replicas}; every rank takes batch_size / num_replicas rows of each batch"
+                )
         self.preloaded = self._decide_preload(preload)
         self._device_latents: dict[str, Tensor] = {}
         self._device_rows: dict[str, Tensor | None] = {}
@@ -525,8 +559,13 @@ class LatentBatcher:
         needed = sum(s.shape[0] * s.shape[1] * _preload_dtype(s, self.dtype).itemsize for s in sources)
         return needed <= PRELOAD_DEVICE_FRACTION * free
 
+    @property
+    def local_batch_size(self) -> int:
+        """Rows of each global batch this rank yields: ``batch_size // num_replicas``."""
+        return self.batch_size // self.num_replicas
+
     def __len__(self) -> int:
-        """Batches per epoch."""
+        """Batches per epoch (the same on every rank)."""
         n = len(self.paired)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
@@ -572,8 +611,12 @@ class LatentBatcher:
         n, size = len(self.paired), self.batch_size
         if self.preloaded:
             device_order = torch.from_numpy(order).to(self.device)
+        local = self.local_batch_size
         for b in range(start, len(self)):
             lo, hi = b * size, min((b + 1) * size, n)
+            if self.num_replicas > 1:
+                lo = lo + self.rank * local
+                hi = lo + local
             if self.preloaded:
                 batch = self._device_batch(device_order[lo:hi])
             else:
@@ -600,7 +643,8 @@ class LatentBatcher:
 
         Returns:
             ``{"epoch", "batch_index", "seed", "batch_size", "num_pairs",
-            "shuffle", "drop_last"}``.
+            "shuffle", "drop_last", "num_replicas"}``; the rank is left
+            out, so every rank can load rank 0's state.
 
         """
         self._normalise_position()
@@ -612,6 +656,7 @@ class LatentBatcher:
             "num_pairs": len(self.paired),
             "shuffle": self.shuffle,
             "drop_last": self.drop_last,
+            "num_replicas": self.num_replicas,
         }
 
     def load_state_dict(self, state: Mapping[str, int | bool]) -> None:

@@ -14,9 +14,35 @@ A run in ``out_dir`` writes ``log.jsonl`` / ``log.csv`` (one record per log
 event), ``curves.png`` (loss and recall against epochs, when matplotlib is
 installed), a training checkpoint in ``checkpoint/`` every
 ``checkpoint_every`` epochs and at the end, and the final model in
-``model/`` (see :func:`fusemix.checkpoint.load_model`). Calling :func:`fit`
+``model/`` (see ``fusemix.checkpoint.load_model``). Calling :func:`fit`
 again on the same ``out_dir`` resumes from the checkpoint and, on the same
 device and seed, ends with exactly the weights of an uninterrupted run.
+
+**Several processes.** The same script runs data-parallel under
+``torchrun --nproc_per_node=N`` (or any launcher that sets ``WORLD_SIZE``,
+``RANK``, ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``) with no change:
+:func:`fit` joins the job (NCCL on CUDA, Gloo on the CPU, collective timeout
+``dist_timeout_s``) unless the caller already initialised a process group,
+trains on ``cuda:LOCAL_RANK``, wraps the model in
+``DistributedDataParallel`` and gathers the loss's negatives from every rank.
+``batch_size`` stays the global batch: every rank takes its
+``batch_size / N`` rows of each batch (see
+:class:`~fusemix.data.LatentBatcher`), so with ``augmentation="none"`` and no
+dropout the run computes the single-process run (up to float rounding).
+FuseMix mixes within each rank's slice, from a generator seeded by
+``(seed, rank)``, as the authors' per-GPU code would; dropout masks are
+seeded by ``(seed, rank)`` too. Rank 0 alone writes logs, checkpoints, plots
+and the final model and shows the progress bar; every rank evaluates
+identically (so each returns the same metrics). ``out_dir`` must be visible
+to every rank (one machine, or a shared filesystem): a resume loads the
+checkpoint on every rank, which also restores every rank's own random
+streams; resuming on another number of processes is refused. A process
+group that :func:`fit` initialised stays for later calls (re-initialising
+the default group in one job is unreliable) and is destroyed at exit.
+The loss: with ``local_loss=True`` (default) each rank scores its own rows
+against the whole gathered batch (``B/N x B`` logits per rank) instead of
+every rank scoring the full ``B x B`` (same gradients, ``N`` times less
+logit memory and compute).
 
 safetensors, tqdm and matplotlib are optional (``pip install "fusemix[train]"``):
 this module imports without them.
@@ -24,6 +50,7 @@ this module imports without them.
 
 from __future__ import annotations
 
+import atexit
 import csv
 import io
 import json
@@ -38,19 +65,31 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 
 from fusemix._checks import check_choice, check_positive, check_positive_int
 from fusemix.checkpoint import (
     INSTALL_HINT,
+    TrainingCheckpoint,
     _safetensors,
     load_training_checkpoint,
+    recover_directory,
     save_model,
     save_training_checkpoint,
     write_text_atomic,
 )
 from fusemix.data import LatentBatcher, PairedLatents
-from fusemix.losses import ContrastiveLoss, SigLIPLoss
+from fusemix.distributed import (
+    ProcessPlace,
+    all_gather_tensors,
+    all_reduce_sum,
+    barrier,
+    init_from_environment,
+    launch_environment,
+)
+from fusemix.losses import ContrastiveLoss, PairwiseContrastiveLoss, SigLIPLoss
 from fusemix.metrics import retrieval_metrics
 from fusemix.mixing import PAIRINGS, CosineAlphaSchedule, ExponentialAlphaSchedule, FuseMix, LatentNoise
 from fusemix.model import FusionModel
@@ -58,7 +97,7 @@ from fusemix.model import FusionModel
 AUGMENTATIONS: tuple[str, ...] = ("fusemix", "none", "noise", "fusemix-independent")
 AMP_MODES: tuple[str, ...] = ("auto", "off", "bf16", "fp16")
 RESULT_NEUTRAL_FIELDS: frozenset[str] = frozenset(
-    {"eval_every", "checkpoint_every", "log_every", "eval_chunk_size", "device", "preload"}
+    {"eval_every", "checkpoint_every", "log_every", "eval_chunk_size", "device", "preload", "dist_timeout_s"}
 )
 """Config fields that do not change the trained weights; a resume may change them."""
 
@@ -140,6 +179,15 @@ class TrainConfig:
         log_every: Log the mean training loss every this many steps.
         eval_chunk_size: Queries scored at once during evaluation (``None``:
             automatic).
+        local_loss: Under several processes, each rank scores only its own
+            ``batch_size / N`` rows against the ``batch_size`` gathered
+            columns (``B/N x B`` logits per rank), instead of every rank
+            computing the full ``B x B`` loss: the same gradients for ``N``
+            times less logit memory and compute. No effect on one process.
+        dist_timeout_s: Under several processes, seconds a collective may
+            wait (for a rank that died or stalled) before it fails with an
+            error instead of hanging; applies to process groups that
+            :func:`fit` initialises (default 600).
 
     Raises:
         TypeError: If a field has the wrong type.
@@ -190,6 +238,8 @@ class TrainConfig:
     checkpoint_every: int = 10
     log_every: int = 50
     eval_chunk_size: int | None = None
+    local_loss: bool = True
+    dist_timeout_s: float = 600.0
 
     def __post_init__(self) -> None:
         check_positive_int("epochs", self.epochs)
@@ -241,6 +291,8 @@ class TrainConfig:
         check_positive_int("log_every", self.log_every)
         if self.eval_chunk_size is not None:
             check_positive_int("eval_chunk_size", self.eval_chunk_size)
+        _check_bool("local_loss", self.local_loss)
+        check_positive("dist_timeout_s", self.dist_timeout_s)
         mixing = self.augmentation in ("fusemix", "fusemix-independent")
         if mixing and self.pairing == "halves" and self.batch_size % 2:
             raise ValueError(
@@ -403,6 +455,10 @@ def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
 def model_from_config(dims: Mapping[str, int], config: TrainConfig) -> FusionModel:
     """The :class:`~fusemix.FusionModel` a config describes, for latents of ``dims``.
 
+    Its loss gathers negatives across ``torch.distributed`` ranks
+    (``gather_distributed=True``, ``local_loss=config.local_loss``), which
+    changes nothing in a single process.
+
     Example:
         >>> model = model_from_config({"image": 12, "text": 8}, TrainConfig(shared_dim=4, depth=1))
         >>> model.modalities, model.embed("text", torch.randn(3, 8)).shape
@@ -414,9 +470,11 @@ def model_from_config(dims: Mapping[str, int], config: TrainConfig) -> FusionMod
         loss = ContrastiveLoss(
             temperature_init=config.temperature_init,
             parameterization=config.temperature_parameterization,  # type: ignore[arg-type]
+            gather_distributed=True,
+            local_loss=config.local_loss,
         )
     else:
-        loss = SigLIPLoss()
+        loss = SigLIPLoss(gather_distributed=True, local_loss=config.local_loss)
     return FusionModel.from_dims(
         dims,
         shared_dim=config.shared_dim,
@@ -470,7 +528,7 @@ def evaluate_retrieval(
 
     Args:
         model: The trained model.
-        data: Paired latents; see :meth:`PairedLatents.retrieval_task`.
+        data: Paired latents; see :meth:`~fusemix.data.PairedLatents.retrieval_task`.
         pair: ``(query, key)`` modalities, e.g. ``("image", "text")``; the
             first two modalities of ``data`` when ``None``.
         batch_size: Rows embedded at once.
@@ -564,13 +622,42 @@ class FitResult:
     config: TrainConfig = field(repr=False)
 
 
-def _resolve_device(config: TrainConfig) -> torch.device:
+def _resolve_device(config: TrainConfig, place: ProcessPlace | None = None) -> torch.device:
+    """The training device; under several processes ``"auto"`` and ``"cuda"`` mean ``cuda:LOCAL_RANK``."""
     if config.device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(config.device)
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        device = torch.device(config.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device: {config.device!r} requested but CUDA is not available")
+    if place is not None and place.world_size > 1 and device.type == "cuda" and device.index is None:
+        if place.local_rank is None:
+            return torch.device("cuda", torch.cuda.current_device())
+        if place.local_rank >= torch.cuda.device_count():
+            raise ValueError(
+                f"LOCAL_RANK: {place.local_rank}, but this machine shows {torch.cuda.device_count()} CUDA device(s); "
+                "start at most one process per GPU"
+            )
+        return torch.device("cuda", place.local_rank)
     return device
+
+
+def _check_world(config: TrainConfig, world_size: int) -> None:
+    """Refuse, before training, a global batch that the ranks cannot split evenly."""
+    if world_size == 1:
+        return
+    if config.batch_size % world_size:
+        raise ValueError(
+            f"batch_size: {config.batch_size} is not divisible by the world size {world_size}; batch_size is the "
+            f"global batch, split evenly over the ranks, so use a multiple of {world_size}"
+        )
+    mixing = config.augmentation in ("fusemix", "fusemix-independent")
+    if mixing and config.pairing == "halves" and (config.batch_size // world_size) % 2:
+        raise ValueError(
+            f"batch_size: {config.batch_size} over world size {world_size} gives {config.batch_size // world_size} "
+            "rows per rank, but pairing='halves' mixes the two halves of each rank's rows and needs an even "
+            f"number; use a multiple of {2 * world_size}"
+        )
 
 
 def _resolve_amp(config: TrainConfig, device: torch.device) -> torch.dtype | None:
@@ -581,9 +668,13 @@ def _resolve_amp(config: TrainConfig, device: torch.device) -> torch.dtype | Non
     return {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[config.amp]
 
 
-def _derived_seed(seed: int, stream: int) -> int:
-    """An independent 63-bit seed for random stream ``stream`` of a run seeded by ``seed``."""
-    return int(np.random.SeedSequence(seed, spawn_key=(2**32 + stream,)).generate_state(1, np.uint64)[0] >> 1)
+def _derived_seed(seed: int, stream: int, rank: int = 0) -> int:
+    """An independent 63-bit seed for random stream ``stream`` of rank ``rank`` of a run seeded by ``seed``.
+
+    Rank 0's streams are those of a single-process run.
+    """
+    key = (2**32 + stream,) if rank == 0 else (2**32 + stream, rank)
+    return int(np.random.SeedSequence(seed, spawn_key=key).generate_state(1, np.uint64)[0] >> 1)
 
 
 def _seed_torch(seed: int, device: torch.device) -> None:
@@ -669,7 +760,7 @@ def plot_curves(history: Sequence[Mapping[str, Any]], path: str | Path) -> bool:
     """Plot the epoch loss and the recall metrics of ``history`` against epochs into a PNG.
 
     Args:
-        history: Log records as in :attr:`FitResult.history`.
+        history: Log records as in ``FitResult.history``.
         path: The PNG to write (atomically).
 
     Returns:
@@ -730,20 +821,27 @@ class _Run:
         out_dir: Path | None,
         model: FusionModel | None,
         callbacks: Sequence[Callable[[TrainState], None]],
+        place: ProcessPlace,
+        device: torch.device,
     ) -> None:
         self.train_data, self.config, self.out_dir, self.callbacks = train, config, out_dir, tuple(callbacks)
-        self.device = _resolve_device(config)
+        self.place, self.device = place, device
         self.amp_dtype = _resolve_amp(config, self.device)
         self.model = (model if model is not None else model_from_config(train.dims, config)).to(self.device)
         missing = [m for m in train.modalities if m not in self.model.modalities]
         if missing:
             raise ValueError(f"model: has no adapter for the training modalities {missing}")
+        self.forward_model: nn.Module = self.model
+        if place.world_size > 1:
+            self.forward_model = self._data_parallel()
+            if place.rank > 0:  # every rank starts from the same weights, then draws its own dropout masks
+                _seed_torch(_derived_seed(config.seed, 0, place.rank), device)
         self.eval_pair = None if val is None else _check_pair(val, val_pair, "val_pair")
         if self.eval_pair is not None and any(m not in self.model.modalities for m in self.eval_pair):
             raise ValueError(f"val_pair: the model has no adapter for one of {self.eval_pair}")
         self.eval_task = None if val is None else val.retrieval_task(*self.eval_pair)  # type: ignore[misc]
         aug_device = self.device if config.augmentation == "noise" else torch.device("cpu")
-        self.generator = torch.Generator(device=aug_device).manual_seed(_derived_seed(config.seed, 1))
+        self.generator = torch.Generator(device=aug_device).manual_seed(_derived_seed(config.seed, 1, place.rank))
         self.augment = augmentation_from_config(config, self.generator)
         self.optimizer = build_optimizer(self.model, config)
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
@@ -759,10 +857,25 @@ class _Run:
             seed=config.seed,
             device=self.device,
             preload=config.preload,  # type: ignore[arg-type]
+            num_replicas=place.world_size,
+            rank=place.rank,
         )
         self.steps_per_epoch = len(self.batcher)
         self.epoch, self.step = 0, 0
         self.history: list[dict[str, Any]] = []
+
+    def _data_parallel(self) -> DistributedDataParallel:
+        """The model wrapped for data parallelism; its loss must gather the other ranks' negatives."""
+        loss = self.model.loss
+        if isinstance(loss, PairwiseContrastiveLoss) and not loss.gather_distributed:
+            raise ValueError(
+                f"model: its {type(loss).__name__} has gather_distributed=False, so on {self.place.world_size} "
+                "processes each rank would contrast its own rows only; build the loss with gather_distributed=True "
+                "(as model_from_config does)"
+            )
+        unused = any(m not in self.train_data.modalities for m in self.model.modalities)
+        device_ids = [self.device.index] if self.device.type == "cuda" else None
+        return DistributedDataParallel(self.model, device_ids=device_ids, find_unused_parameters=unused)
 
     # -- checkpoints ---------------------------------------------------------------------------------------------
 
@@ -770,10 +883,24 @@ class _Run:
         cuda = torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None
         return {"torch_cpu": torch.get_rng_state(), "torch_cuda": cuda, "augmentation": self.generator.get_state()}
 
+    def _all_rng_states(self) -> dict[str, Any]:
+        """This rank's random states; under several processes (a collective) also every rank's, as ``per_rank``."""
+        mine = self._rng_state()
+        if self.place.world_size == 1:
+            return mine
+        gathered = {k: None if v is None else all_gather_tensors(v, self.device) for k, v in mine.items()}
+        per_rank = [{k: None if v is None else v[r] for k, v in gathered.items()} for r in range(self.place.world_size)]
+        return {**mine, "per_rank": per_rank}
+
     def save_checkpoint(self) -> None:
+        """Write the checkpoint from rank 0, with every rank's random states; all ranks wait for it."""
         import fusemix
 
         assert self.out_dir is not None
+        rng_state = self._all_rng_states()
+        if not self.place.is_main:
+            barrier(self.device)
+            return
         state = {
             "format": CHECKPOINT_FORMAT,
             "fusemix_version": fusemix.__version__,
@@ -782,6 +909,7 @@ class _Run:
             "batcher": self.batcher.state_dict(),
             "config": self.config.to_dict(),
             "device_type": self.device.type,
+            "world_size": self.place.world_size,
             "train": {"num_pairs": len(self.train_data), "dims": self.train_data.dims},
             "history": self.history,
         }
@@ -793,18 +921,29 @@ class _Run:
             self.out_dir / CHECKPOINT_DIR,
             model=self.model,
             optimizer_state=optimizer,
-            rng_state=self._rng_state(),
+            rng_state=rng_state,
             state=state,
         )
+        barrier(self.device)
 
     def restore(self, resume: bool) -> None:
-        """Load the checkpoint of ``out_dir`` if there is one (and ``resume``), else start afresh."""
-        if self.out_dir is None:
-            return
-        where = self.out_dir / CHECKPOINT_DIR
-        ckpt = load_training_checkpoint(where)
+        """Load the checkpoint of ``out_dir`` if there is one (and ``resume``), else start afresh.
+
+        Under several processes rank 0 first settles an interrupted checkpoint
+        write, then every rank loads the checkpoint and the ranks check that
+        they all saw the same one.
+        """
+        ckpt = None
+        if self.out_dir is not None and self.place.is_main:
+            recover_directory(self.out_dir / CHECKPOINT_DIR)
+        barrier(self.device)
+        if self.out_dir is not None:
+            ckpt = load_training_checkpoint(self.out_dir / CHECKPOINT_DIR)
+        self._check_ranks_agree(ckpt)
         if ckpt is None:
             return
+        assert self.out_dir is not None
+        where = self.out_dir / CHECKPOINT_DIR
         state = ckpt.state
         if not resume:
             raise FileExistsError(
@@ -813,6 +952,14 @@ class _Run:
             )
         if state.get("format") != CHECKPOINT_FORMAT:
             raise ValueError(f"checkpoint: {where} is not a fusemix training checkpoint")
+        saved_world = int(state.get("world_size", 1))
+        if saved_world != self.place.world_size:
+            raise ValueError(
+                f"out_dir: the checkpoint in {where} was saved by a run on {saved_world} process(es), but this run "
+                f"has {self.place.world_size}; every rank's slice of the batch and its mixing and dropout streams "
+                f"depend on the world size, so resume it on {saved_world} process(es) (torchrun "
+                f"--nproc_per_node={saved_world}) or train in another out_dir"
+            )
         _compare_config(state["config"], self.config, where)
         saved = state["train"]
         if saved["num_pairs"] != len(self.train_data) or saved["dims"] != self.train_data.dims:
@@ -827,9 +974,32 @@ class _Run:
         self.optimizer.load_state_dict(ckpt.optimizer_state["optimizer"])
         if self.scaler is not None and ckpt.optimizer_state.get("grad_scaler") is not None:
             self.scaler.load_state_dict(ckpt.optimizer_state["grad_scaler"])
-        self._restore_rng(ckpt.rng_state, state.get("device_type"))
+        rng = ckpt.rng_state if self.place.world_size == 1 else ckpt.rng_state["per_rank"][self.place.rank]
+        self._restore_rng(rng, state.get("device_type"))
         self.batcher.load_state_dict(state["batcher"])
         self.epoch, self.step, self.history = int(state["epoch"]), int(state["step"]), list(state["history"])
+
+    def _check_ranks_agree(self, ckpt: TrainingCheckpoint | None) -> None:
+        """Refuse (on every rank) to go on when the ranks got different ``out_dir`` or saw different checkpoints."""
+        if self.place.world_size == 1:
+            return
+        view = [-1, -1] if ckpt is None else [int(ckpt.state.get("epoch", -1)), int(ckpt.state.get("step", -1))]
+        mine = torch.tensor([int(self.out_dir is not None), *view], dtype=torch.int64)
+        views = [v.tolist() for v in all_gather_tensors(mine, self.device)]
+        if all(v == views[0] for v in views):
+            return
+        if len({v[0] for v in views}) > 1:
+            given = [r for r, v in enumerate(views) if v[0]]
+            raise ValueError(
+                f"out_dir: given on ranks {given} only; pass the same out_dir on every rank (only rank 0 writes to it)"
+            )
+        seen = ", ".join(
+            f"rank {r}: " + ("no checkpoint" if v[1] < 0 else f"epoch {v[1]}, step {v[2]}") for r, v in enumerate(views)
+        )
+        raise ValueError(
+            f"out_dir: the ranks see different checkpoints in {self.out_dir / CHECKPOINT_DIR} ({seen}); out_dir must "
+            "be on a filesystem that every rank reads (one machine, or a shared filesystem)"
+        )
 
     def _restore_rng(self, rng: Mapping[str, Any], saved_device_type: str | None) -> None:
         torch.set_rng_state(rng["torch_cpu"])
@@ -862,7 +1032,7 @@ class _Run:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-            loss = self.model(self.augment(batch) if self.augment is not None else batch)
+            loss = self.forward_model(self.augment(batch) if self.augment is not None else batch)
         self.optimizer.zero_grad(set_to_none=True)
         clip = self.config.grad_clip
         if self.scaler is not None:
@@ -900,7 +1070,8 @@ class _Run:
             window_sum += loss.float()
             window += 1
             if self.step % config.log_every == 0:
-                log.append(self._record("step", epoch, float(window_sum) / window, lr, alpha))
+                window_loss = float(all_reduce_sum(window_sum)) / (window * self.place.world_size)
+                log.append(self._record("step", epoch, window_loss, lr, alpha))
                 window_sum.zero_()
                 window = 0
                 if bar is not None:
@@ -913,7 +1084,8 @@ class _Run:
                 state = TrainState(epoch=epoch, step=self.step, loss=loss, lr=lr)
                 for callback in self.callbacks:
                     callback(state)
-        record = self._record("epoch", epoch, float(epoch_sum) / (self.steps_per_epoch - first_batch), lr, alpha)
+        steps = (self.steps_per_epoch - first_batch) * self.place.world_size
+        record = self._record("epoch", epoch, float(all_reduce_sum(epoch_sum)) / steps, lr, alpha)
         if self.eval_task is not None and self._due(config.eval_every, epoch):
             record["metrics"] = self.evaluate()
         record["epoch_seconds"] = time.perf_counter() - started
@@ -956,6 +1128,14 @@ def fit(
     Every ``eval_every`` epochs and at the end, the model embeds ``val`` and
     :func:`fusemix.retrieval_metrics` scores ``val_pair``.
 
+    Under ``torchrun`` (``WORLD_SIZE > 1``) the same call trains
+    data-parallel: see the module docstring. ``config.batch_size`` is the
+    global batch and must split evenly over the ranks; callbacks run on every
+    rank and see that rank's loss (with ``local_loss=True`` its share: the
+    mean over ranks is the global loss); logged losses are averaged over
+    ranks. A ``model`` passed in must have a loss that gathers across ranks
+    (``gather_distributed=True``) or handles several processes itself.
+
     With ``out_dir``: logs (``log.jsonl``, ``log.csv``, ``curves.png``),
     checkpoints in ``out_dir/checkpoint`` every ``checkpoint_every`` epochs
     and at the end, and the final model in ``out_dir/model``. A later call
@@ -987,9 +1167,11 @@ def fit(
         ImportError: If ``out_dir`` is given and safetensors is not installed.
         ValueError: If the config, the data or a checkpoint do not fit; in
             particular a checkpoint saved with another config (fields in
-            :data:`RESULT_NEUTRAL_FIELDS` may change).
+            ``RESULT_NEUTRAL_FIELDS`` may change).
         FileExistsError: If ``resume=False`` and ``out_dir`` holds a checkpoint.
         FloatingPointError: If the loss becomes NaN or infinite.
+        RuntimeError: Under several processes, if a collective fails: another
+            rank died, or stalled for longer than ``config.dist_timeout_s``.
 
     Example:
         >>> g = torch.Generator().manual_seed(0)
@@ -1011,31 +1193,67 @@ def fit(
         raise TypeError(f"config: expected a TrainConfig or None, got {type(config).__name__}")
     if model is not None and not isinstance(model, FusionModel):
         raise TypeError(f"model: expected a FusionModel or None, got {type(model).__name__}")
+    place = launch_environment()
+    _check_world(config, place.world_size)
     run_dir = None if out_dir is None else Path(out_dir)
     if run_dir is not None:
         _safetensors()
-        run_dir.mkdir(parents=True, exist_ok=True)
-    device = _resolve_device(config)
-    cuda_devices = (
-        [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
-    )
-    with torch.random.fork_rng(devices=cuda_devices, device_type="cuda"):
-        _seed_torch(_derived_seed(config.seed, 0), device)
-        run = _Run(train, config, val, val_pair, run_dir, model, callbacks)
-        run.restore(resume)
-        log = _RunLog(run_dir, run.history)
-        try:
-            total = config.epochs * run.steps_per_epoch
-            initial = run.epoch * run.steps_per_epoch + run.batcher.batch_index
-            with _progress_bar(progress, total, initial) as bar:
-                while run.epoch < config.epochs:
-                    run.run_epoch(log, bar)
-        finally:
-            log.close()
-    run.model.eval()
-    evaluated = [r["metrics"] for r in run.history if r.get("kind") == "epoch" and "metrics" in r]
-    if run_dir is not None:
-        save_model(run.model, run_dir / MODEL_DIR, config=config)
-        plot_curves(run.history, run_dir / "curves.png")
+        if place.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+    device = _resolve_device(config, place)
+    joins = place.world_size > 1 and not place.initialized
+    if place.world_size > 1 and device.type == "cuda":
+        torch.cuda.set_device(device)
+    if joins:
+        init_from_environment(device, config.dist_timeout_s)
+        atexit.register(_destroy_process_group)
+    run: _Run | None = None
+    try:
+        cuda_devices = (
+            [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+        )
+        with torch.random.fork_rng(devices=cuda_devices, device_type="cuda"):
+            _seed_torch(_derived_seed(config.seed, 0), device)
+            run = _Run(train, config, val, val_pair, run_dir, model, callbacks, place, device)
+            run.restore(resume)
+            log = _RunLog(run_dir if place.is_main else None, run.history)
+            try:
+                total = config.epochs * run.steps_per_epoch
+                initial = run.epoch * run.steps_per_epoch + run.batcher.batch_index
+                with _progress_bar(progress and place.is_main, total, initial) as bar:
+                    while run.epoch < config.epochs:
+                        run.run_epoch(log, bar)
+            finally:
+                log.close()
+        run.model.eval()
+        evaluated = [r["metrics"] for r in run.history if r.get("kind") == "epoch" and "metrics" in r]
+        if run_dir is not None and place.is_main:
+            save_model(run.model, run_dir / MODEL_DIR, config=config)
+            plot_curves(run.history, run_dir / "curves.png")
+        barrier(device)
+    except Exception as err:
+        if place.world_size > 1:
+            _note_rank(err, place, config, run)
+        raise
     metrics = evaluated[-1] if evaluated else None
     return FitResult(model=run.model, history=run.history, metrics=metrics, out_dir=run_dir, config=config)
+
+
+def _destroy_process_group() -> None:
+    """At exit: destroy the process group :func:`fit` created, if it is still there."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def _note_rank(err: Exception, place: ProcessPlace, config: TrainConfig, run: _Run | None) -> None:
+    """Add which rank failed, and where, to an error raised under several processes (Python 3.11+)."""
+    where = "" if run is None else f" in epoch {run.epoch} after {run.step} optimizer steps"
+    note = (
+        f"fusemix.train.fit: raised on rank {place.rank} of {place.world_size}{where}. A communication error "
+        "(timeout, connection closed or reset) usually means another rank died or stalled first: its own output "
+        "says why; a collective fails after the process group's timeout (config.dist_timeout_s="
+        f"{config.dist_timeout_s:g} s when fit started the group)."
+    )
+    add_note = getattr(err, "add_note", None)
+    if callable(add_note):
+        add_note(note)
