@@ -29,6 +29,14 @@ def test_fusion_adapter_matches_hand_written_reference(in_dim, out_dim, depth, e
         assert adapter.blocks[0].fc1.out_features == expansion * in_dim
 
 
+@given(st.integers(1, 12), st.integers(1, 8), st.integers(1, 3), st.integers(1, 9))
+def test_hidden_dim_overrides_expansion(in_dim, out_dim, depth, hidden):
+    adapter = FusionAdapter(in_dim, out_dim, depth=depth, expansion=4, hidden_dim=hidden).eval()
+    assert all(block.fc1.out_features == hidden and block.fc2.in_features == hidden for block in adapter.blocks)
+    x = torch.randn(3, in_dim)
+    torch.testing.assert_close(adapter(x), _reference_adapter(adapter, x))
+
+
 @pytest.mark.parametrize("d", [16, 48])
 def test_parameter_count_formula_in_docstring(d):
     adapter = FusionAdapter(d, 512, depth=4, expansion=4)
@@ -69,6 +77,7 @@ def test_linear_and_identity_adapters():
         (lambda: FusionAdapter(4, 4, depth=-1), "depth"),
         (lambda: FusionAdapter(4, 4, dropout=1.0), "dropout"),
         (lambda: FusionAdapter(4, 4, expansion=0), "expansion"),
+        (lambda: FusionAdapter(4, 4, hidden_dim=0), "hidden_dim"),
         (lambda: LinearAdapter(4, -2), "out_dim"),
         (lambda: IdentityAdapter(0), "dim"),
     ],

@@ -198,7 +198,7 @@ def _describe_adapter(name: str, adapter: nn.Module) -> dict[str, Any]:
             "in_dim": adapter.in_dim,
             "out_dim": adapter.out_dim,
             "depth": len(blocks),
-            "expansion": blocks[0].fc1.out_features // adapter.in_dim if blocks else 1,
+            "hidden_dim": blocks[0].fc1.out_features if blocks else None,
             "dropout": float(blocks[0].drop.p) if blocks else 0.0,
         }
     if type(adapter) is LinearAdapter:
@@ -312,7 +312,8 @@ def build_model(description: Mapping[str, Any]) -> FusionModel:
                 spec["in_dim"],
                 spec["out_dim"],
                 depth=spec["depth"],
-                expansion=spec["expansion"],
+                expansion=spec.get("expansion", 4),
+                hidden_dim=spec.get("hidden_dim"),
                 dropout=spec["dropout"],
             )
         elif kind == "linear":

@@ -28,6 +28,7 @@ class ResidualMLPBlock(nn.Module):
         expansion: Hidden width multiplier; the hidden layer has
             ``expansion * d`` units.
         dropout: Dropout probability after the GELU.
+        hidden_dim: Hidden width; overrides ``expansion`` when given.
 
     Shape:
         - Input: ``(*, dim)``.
@@ -35,16 +36,17 @@ class ResidualMLPBlock(nn.Module):
 
     """
 
-    def __init__(self, dim: int, *, expansion: int = 4, dropout: float = 0.0) -> None:
+    def __init__(self, dim: int, *, expansion: int = 4, dropout: float = 0.0, hidden_dim: int | None = None) -> None:
         super().__init__()
         check_positive_int("dim", dim)
         check_positive_int("expansion", expansion)
+        hidden = expansion * dim if hidden_dim is None else check_positive_int("hidden_dim", hidden_dim)
         _check_dropout(dropout)
         self.norm = nn.LayerNorm(dim)
-        self.fc1 = nn.Linear(dim, expansion * dim)
+        self.fc1 = nn.Linear(dim, hidden)
         self.act = nn.GELU()
         self.drop = nn.Dropout(dropout)
-        self.fc2 = nn.Linear(expansion * dim, dim)
+        self.fc2 = nn.Linear(hidden, dim)
 
     def forward(self, x: Tensor) -> Tensor:
         return x + self.fc2(self.drop(self.act(self.fc1(self.norm(x)))))
@@ -70,6 +72,9 @@ class FusionAdapter(nn.Module):
             ``LayerNorm -> Linear``).
         expansion: Hidden width multiplier of each block.
         dropout: Dropout probability inside each block (the paper uses 0.6).
+        hidden_dim: Hidden width of each block, overriding ``expansion``:
+            a cheaper adapter for wide latents (``hidden_dim=256`` on a
+            1280-d latent costs a fifth of ``expansion=1``).
 
     Shape:
         - Input: ``(*, in_dim)``.
@@ -82,14 +87,26 @@ class FusionAdapter(nn.Module):
 
     """
 
-    def __init__(self, in_dim: int, out_dim: int, *, depth: int = 4, expansion: int = 4, dropout: float = 0.0) -> None:
+    def __init__(
+        self,
+        in_dim: int,
+        out_dim: int,
+        *,
+        depth: int = 4,
+        expansion: int = 4,
+        dropout: float = 0.0,
+        hidden_dim: int | None = None,
+    ) -> None:
         super().__init__()
         self.in_dim = check_positive_int("in_dim", in_dim)
         self.out_dim = check_positive_int("out_dim", out_dim)
         if isinstance(depth, bool) or not isinstance(depth, int) or depth < 0:
             raise ValueError(f"depth: expected an int >= 0, got {depth!r}")
         self.blocks = nn.Sequential(
-            *(ResidualMLPBlock(in_dim, expansion=expansion, dropout=dropout) for _ in range(depth))
+            *(
+                ResidualMLPBlock(in_dim, expansion=expansion, dropout=dropout, hidden_dim=hidden_dim)
+                for _ in range(depth)
+            )
         )
         _check_dropout(dropout)
         self.norm = nn.LayerNorm(in_dim)
