@@ -138,6 +138,38 @@ def test_callable_passes_non_array_items_as_a_list():
     torch.testing.assert_close(encoder(["ab", "abcd"]), torch.tensor([[2.0], [4.0]]))
 
 
+def test_callable_without_stacking_passes_the_items_unchanged():
+    seen = []
+
+    def clip_stats(clips):
+        seen.append(clips)
+        return torch.tensor([[float(len(clip)), float(clip.sum())] for clip in clips])
+
+    clips = [np.ones(3, dtype=np.float64), np.arange(5, dtype=np.int16), torch.ones(2, dtype=torch.float16)]
+    encoder = CallableEncoder(clip_stats, identity="stats", dim=2, stack=False, max_batch_size=2)
+    out = encoder(clips)
+    torch.testing.assert_close(out, torch.tensor([[3.0, 3.0], [5.0, 10.0], [2.0, 2.0]]))
+    assert [len(batch) for batch in seen] == [2, 1] and all(isinstance(batch, list) for batch in seen)
+    assert all(a is b for a, b in zip(seen[0] + seen[1], clips))  # the very objects, not copies or casts
+    # how the items arrive is not part of the identity: the same fn gives the same latents
+    assert encoder.identity == CallableEncoder(clip_stats, identity="stats").identity
+
+
+def test_callable_without_stacking_still_prepares_a_module():
+    class Lengths(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.scale = nn.Parameter(torch.ones(1))
+
+        def forward(self, clips):
+            return torch.stack([self.scale * len(clip) for clip in clips])
+
+    module = Lengths()
+    encoder = CallableEncoder(module, identity="lengths", stack=False, dtype="bfloat16")
+    assert module.scale.dtype == torch.bfloat16 and not module.scale.requires_grad and not module.training
+    torch.testing.assert_close(encoder([np.zeros(4), np.zeros(7)]), torch.tensor([[4.0], [7.0]]))
+
+
 def test_callable_micro_batches():
     sizes = []
 
@@ -188,7 +220,7 @@ def test_callable_input_validation():
         encoder([])
     with pytest.raises(TypeError, match="items: expected a sequence"):
         encoder("abc")
-    with pytest.raises(ValueError, match="items: cannot stack items of different shapes"):
+    with pytest.raises(ValueError, match="items: cannot stack items of different shapes .*pass stack=False"):
         encoder([torch.ones(3), torch.ones(4)])
     with pytest.raises(ValueError, match="items: cannot stack"):
         CallableEncoder(lambda x: x, identity="id", numpy=True)([np.ones(2), np.ones(3)])
@@ -211,6 +243,10 @@ def test_callable_constructor_validation():
         CallableEncoder(lambda x: x, identity="x", max_batch_size=0)
     with pytest.raises(ValueError, match="dim:"):
         CallableEncoder(lambda x: x, identity="x", dim=0)
+    with pytest.raises(TypeError, match="stack: expected a bool"):
+        CallableEncoder(lambda x: x, identity="x", stack=1)
+    with pytest.raises(ValueError, match="stack: numpy=True stacks"):
+        CallableEncoder(lambda x: x, identity="x", numpy=True, stack=False)
 
 
 def test_callable_identity_is_deterministic_json():

@@ -8,7 +8,7 @@ datasets and encoders of a :class:`~replication.presets.Preset` to them.
 
 Folders::
 
-    <cache-dir>/<dataset>/<encoder slug>/{images,captions}/   latent stores
+    <cache-dir>/<dataset>/<encoder slug>/{items,captions}/    latent stores
     <out-dir>/<preset>/<run>/                                  fit() output (checkpoint, logs, model)
     <out-dir>/<preset>/results.{json,md}                       the report
 """

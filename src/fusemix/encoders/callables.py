@@ -29,10 +29,14 @@ class CallableEncoder(BatchEncoder):
     - ``numpy=True``: the items (arrays, tensors or nested lists of numbers)
       are stacked into one numpy array of shape ``(B, ...)``; for functions
       written over numpy.
-    - otherwise, when every item is a tensor or numpy array: they are stacked
-      into one tensor ``(B, ...)``, moved to ``device`` (or the module's
-      device) and, if floating, cast to ``dtype`` (or the module's dtype).
-    - otherwise (strings, PIL images, dicts...): the list itself.
+    - otherwise, when every item is a tensor or numpy array and ``stack=True``
+      (default): they are stacked into one tensor ``(B, ...)``, moved to
+      ``device`` (or the module's device) and, if floating, cast to ``dtype``
+      (or the module's dtype).
+    - otherwise (strings, PIL images, dicts..., or any items with
+      ``stack=False``): the list itself, items unchanged. ``stack=False`` is
+      for arrays that cannot be stacked, such as audio clips of different
+      lengths; ``fn`` then moves and casts them itself.
 
     An ``nn.Module`` is put in eval mode with its parameters frozen and moved
     to ``device`` / ``dtype`` when given. ``fn`` may return a tensor or a
@@ -52,6 +56,9 @@ class CallableEncoder(BatchEncoder):
         dtype: ``"float32"``, ``"float16"`` or ``"bfloat16"`` for a module and
             floating stacked inputs; ``None`` keeps the module's own dtype.
         numpy: Pass items to ``fn`` as one stacked numpy array.
+        stack: Stack tensor and array items into one tensor; ``False`` passes
+            the list of items as it is (``device`` and ``dtype`` then apply
+            to a module's weights only). Not with ``numpy=True``.
 
     Attributes:
         identity: ``{"encoder": "CallableEncoder", "id": identity, "dtype": dtype or None}``.
@@ -70,6 +77,11 @@ class CallableEncoder(BatchEncoder):
         >>> probe = CallableEncoder(torch.nn.Linear(4, 2), identity="linear-probe-v1", dim=2, max_batch_size=2)
         >>> probe([torch.ones(4)] * 3).shape
         torch.Size([3, 2])
+        >>> def clip_stats(clips):  # a list of 1-D waveforms of any lengths -> (B, 2)
+        ...     return torch.tensor([[float(clip.mean()), float(clip.std())] for clip in clips])
+        >>> stats = CallableEncoder(clip_stats, identity="clip-stats", dim=2, stack=False)
+        >>> stats([np.zeros(16000), np.ones(8000)]).shape
+        torch.Size([2, 2])
 
     """
 
@@ -83,6 +95,7 @@ class CallableEncoder(BatchEncoder):
         device: str | torch.device | None = None,
         dtype: str | torch.dtype | None = None,
         numpy: bool = False,
+        stack: bool = True,
     ) -> None:
         if not callable(fn):
             raise TypeError(f"fn: expected a callable or nn.Module, got {type(fn).__name__}")
@@ -96,10 +109,15 @@ class CallableEncoder(BatchEncoder):
             raise TypeError(f"numpy: expected a bool, got {type(numpy).__name__}")
         if numpy and isinstance(fn, nn.Module):
             raise ValueError("numpy: an nn.Module takes tensors; leave numpy=False")
+        if not isinstance(stack, bool):
+            raise TypeError(f"stack: expected a bool, got {type(stack).__name__}")
+        if numpy and not stack:
+            raise ValueError("stack: numpy=True stacks the items into one array; pass stack=False without numpy=True")
         self.fn = fn
         self.dim: int | None = None if dim is None else check_positive_int("dim", dim)
         self.max_batch_size = check_max_batch_size(max_batch_size)
         self.numpy = numpy
+        self.stack = stack
         self.device = None if device is None else resolve_device(device)
         self.dtype = None if dtype is None else resolve_dtype(dtype)
         self.input_device, self.input_dtype = self.device, self.dtype
@@ -125,7 +143,7 @@ class CallableEncoder(BatchEncoder):
     def _encode_batch(self, batch: list[Any], offset: int) -> Tensor | np.ndarray:
         if self.numpy:
             return self.fn(_stack_numpy(batch, offset))
-        if all(isinstance(item, (Tensor, np.ndarray)) for item in batch):
+        if self.stack and all(isinstance(item, (Tensor, np.ndarray)) for item in batch):
             return self.fn(self._stack_tensors(batch))
         return self.fn(batch)
 
@@ -133,7 +151,10 @@ class CallableEncoder(BatchEncoder):
         tensors = [torch.as_tensor(item) for item in batch]
         shapes = {tuple(tensor.shape) for tensor in tensors}
         if len(shapes) > 1:
-            raise ValueError(f"items: cannot stack items of different shapes {sorted(shapes)} into one batch")
+            raise ValueError(
+                f"items: cannot stack items of different shapes {sorted(shapes)} into one batch; "
+                "pass stack=False to give fn the list of items as it is"
+            )
         stacked = torch.stack(tensors)
         if self.input_device is not None:
             stacked = stacked.to(self.input_device)
