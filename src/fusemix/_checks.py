@@ -68,9 +68,15 @@ def check_choice(name: str, value: str, choices: Sequence[str]) -> str:
     return value
 
 
-def check_finite(name: str, tensor: Tensor) -> Tensor:
-    """Return ``tensor`` if every value is finite, else raise ``ValueError``."""
-    if not bool(torch.isfinite(tensor).all()):
-        bad = int((~torch.isfinite(tensor)).sum())
+def check_finite(name: str, tensor: Tensor, *, block_elements: int = 2**22) -> Tensor:
+    """Return ``tensor`` if every value is finite, else raise ``ValueError``.
+
+    Checks ``block_elements`` values at a time, so the check itself never
+    holds a mask as large as the tensor.
+    """
+    rows = tensor.reshape(tensor.shape[0], -1) if tensor.ndim > 1 else tensor.reshape(-1, 1)
+    step = max(1, block_elements // max(1, rows.shape[1]))
+    bad = sum(int((~torch.isfinite(rows[s : s + step])).sum()) for s in range(0, rows.shape[0], step))
+    if bad:
         raise ValueError(f"{name}: contains {bad} non-finite value(s) (NaN or Inf)")
     return tensor

@@ -65,11 +65,6 @@ def _chunk_rows(chunk_size: int | None, num_candidates: int) -> int:
     return max(1, DEFAULT_CHUNK_ELEMENTS // max(1, num_candidates))
 
 
-def _count_at_least(scores: Tensor, positive: Tensor) -> Tensor:
-    """Per row, the number of entries of ``scores`` that are ``>= positive``."""
-    return (scores >= positive[:, None]).sum(dim=1)
-
-
 def _texts_by_image(text_to_image: Tensor, num_images: int) -> tuple[Tensor, Tensor]:
     """Caption indices grouped by image, and the start of each image's group (CSR layout).
 
@@ -80,19 +75,74 @@ def _texts_by_image(text_to_image: Tensor, num_images: int) -> tuple[Tensor, Ten
     return order, starts
 
 
-def _i2t_chunk(sim: Tensor, first_image: int, text_to_image: Tensor, order: Tensor, starts: Tensor) -> Tensor:
-    """Best ranks of a chunk of image rows ``sim`` (shape ``(c, T)``) among their captions."""
-    rows = sim.shape[0]
-    lo, hi = int(starts[first_image]), int(starts[first_image + rows])
-    texts = order[lo:hi]
-    owner = (text_to_image[texts] - first_image).to(sim.device)
-    texts = texts.to(sim.device)
-    positive = sim[owner, texts]
-    best = torch.full((rows,), float("-inf"), dtype=sim.dtype, device=sim.device)
-    best = best.scatter_reduce(0, owner, positive, reduce="amax")
-    tied_positives = torch.zeros(rows, dtype=torch.int64, device=sim.device)
-    tied_positives = tied_positives.scatter_add(0, owner, (positive >= best[owner]).to(torch.int64))
-    return _count_at_least(sim, best) - tied_positives
+def _at_least(values: Tensor, dtype: torch.dtype) -> Tensor:
+    """The smallest numbers of ``dtype`` that are ``>= values``.
+
+    So for any ``x`` of ``dtype``, ``x >= result`` exactly when ``x >= values``.
+    """
+    cast = values.to(dtype)
+    low = cast.to(values.dtype) < values
+    return torch.where(low, torch.nextafter(cast, torch.full_like(cast, float("inf"))), cast)
+
+
+def _count_rows_and_columns(block: Tensor, row_threshold: Tensor, column_threshold: Tensor) -> tuple[Tensor, Tensor]:
+    """Per row the entries ``>= row_threshold[row]``, per column the entries ``>= column_threshold[column]``.
+
+    On the CPU, NumPy's vectorised ``count_nonzero`` is several times faster
+    than torch's boolean reductions (0.37 s against 1.4 s for a 5,000 x
+    25,000 block on 2 cores); elsewhere torch counts on the device.
+    """
+    if block.device.type == "cpu" and block.dtype in (torch.float32, torch.float64):
+        scores = block.numpy()
+        rows = np.count_nonzero(scores >= row_threshold.numpy()[:, None], axis=1)
+        columns = np.count_nonzero(scores >= column_threshold.numpy()[None, :], axis=0)
+        return torch.from_numpy(rows.astype(np.int64)), torch.from_numpy(columns.astype(np.int64))
+    rows_t = (block >= row_threshold[:, None]).sum(dim=1)
+    columns_t = (block >= column_threshold[None, :]).sum(dim=0)
+    return rows_t, columns_t
+
+
+class _RankSweep:
+    """Ranks of both directions from one pass over image-row blocks of the similarity matrix.
+
+    Given every positive pair's score (``positive[t]`` for caption ``t`` and
+    its image), a block of image rows gives each of its images the count of
+    captions scoring at least the image's best positive, and each caption the
+    count of the block's images scoring at least the caption's positive. The
+    positives themselves are subtracted by position, so a rank counts only
+    negatives, and each count compares entries of the block with thresholds
+    only: no block is ever compared with another, and one pass suffices.
+    """
+
+    def __init__(self, text_to_image: Tensor, positive: Tensor, num_images: int, dtype: torch.dtype) -> None:
+        device = positive.device
+        self.index = text_to_image
+        self.order, self.starts = _texts_by_image(text_to_image, num_images)
+        best = torch.full((num_images,), float("-inf"), dtype=positive.dtype, device=device)
+        best = best.scatter_reduce(0, text_to_image.to(device), positive, reduce="amax")
+        self.image_threshold = _at_least(best, dtype)
+        self.text_threshold = _at_least(positive, dtype)
+        self.i2t = torch.zeros(num_images, dtype=torch.int64, device=device)
+        self.t2i = torch.zeros(text_to_image.numel(), dtype=torch.int64, device=device)
+
+    def add(self, first_image: int, block: Tensor) -> None:
+        """Count a block of image rows ``[first_image, first_image + rows)``. Shape: ``(rows, T)``."""
+        rows = block.shape[0]
+        stop = first_image + rows
+        row_counts, column_counts = _count_rows_and_columns(
+            block, self.image_threshold[first_image:stop], self.text_threshold
+        )
+        lo, hi = int(self.starts[first_image]), int(self.starts[stop])
+        texts = self.order[lo:hi]
+        owner = (self.index[texts] - first_image).to(block.device)
+        texts = texts.to(block.device)
+        at_positions = block[owner, texts]
+        # The positives' own entries are not negatives: take them out of both counts.
+        positive_rows = (at_positions >= self.image_threshold[first_image:stop][owner]).to(torch.int64)
+        positive_rows = torch.zeros(rows, dtype=torch.int64, device=block.device).scatter_add(0, owner, positive_rows)
+        self.i2t[first_image:stop] += row_counts.to(block.device) - positive_rows
+        self.t2i += column_counts.to(block.device)
+        self.t2i[texts] -= (at_positions >= self.text_threshold[texts]).to(torch.int64)
 
 
 def _check_ranks_inputs(image_emb: Tensor, text_emb: Tensor) -> None:
@@ -107,6 +157,15 @@ def _check_ranks_inputs(image_emb: Tensor, text_emb: Tensor) -> None:
     check_finite("text_emb", text_emb)
 
 
+def _positive_scores(image_emb: Tensor, text_emb: Tensor, text_to_image: Tensor, step: int) -> Tensor:
+    """``<image of t, t>`` for every caption ``t``, ``step`` captions at a time."""
+    out = torch.empty(text_emb.shape[0], dtype=image_emb.dtype, device=image_emb.device)
+    index = text_to_image.to(image_emb.device)
+    for s in range(0, text_emb.shape[0], step):
+        out[s : s + step] = (image_emb[index[s : s + step]] * text_emb[s : s + step]).sum(dim=1)
+    return out
+
+
 @torch.no_grad()
 def retrieval_ranks(
     image_emb: Tensor,
@@ -119,14 +178,19 @@ def retrieval_ranks(
 
     Similarity is the dot product of the given embeddings (pass normalised
     embeddings for cosine similarity). See the module docstring for the rank
-    conventions, including ties.
+    conventions, including ties. One pass of the image-by-text product, in
+    blocks of image rows, gives both directions. The score of each positive
+    pair is computed on its own (a row-wise dot product), so where a
+    negative's score lies within rounding error of a positive's, the order
+    may differ from that of a full matrix product (whose own rounding
+    depends on the BLAS kernel); in float64 this never showed in testing.
 
     Args:
         image_emb: Image embeddings. Shape: ``(I, D)``.
         text_emb: Text embeddings. Shape: ``(T, D)``.
         text_to_image: Image index of each text. Shape: ``(T,)``; every image
             needs at least one text.
-        chunk_size: Queries scored at once; by default as many as fit in
+        chunk_size: Image rows scored at once; by default as many as fit in
             ``2**25`` scores.
 
     Returns:
@@ -144,23 +208,13 @@ def retrieval_ranks(
     _check_ranks_inputs(image_emb, text_emb)
     num_images, num_texts = image_emb.shape[0], text_emb.shape[0]
     index = _as_index(text_to_image, num_texts, num_images)
-    order, starts = _texts_by_image(index, num_images)
     text_emb = text_emb.to(image_emb.dtype)
-
-    i2t = torch.empty(num_images, dtype=torch.int64, device=image_emb.device)
     step = _chunk_rows(chunk_size, num_texts)
+    positive = _positive_scores(image_emb, text_emb, index, max(step, 1024))
+    sweep = _RankSweep(index, positive, num_images, image_emb.dtype)
     for s in range(0, num_images, step):
-        sim = image_emb[s : s + step] @ text_emb.T
-        i2t[s : s + step] = _i2t_chunk(sim, s, index, order, starts)
-
-    t2i = torch.empty(num_texts, dtype=torch.int64, device=image_emb.device)
-    step = _chunk_rows(chunk_size, num_images)
-    dev_index = index.to(image_emb.device)
-    for s in range(0, num_texts, step):
-        sim = text_emb[s : s + step] @ image_emb.T
-        positive = sim.gather(1, dev_index[s : s + step, None]).squeeze(1)
-        t2i[s : s + step] = _count_at_least(sim, positive) - 1
-    return i2t, t2i
+        sweep.add(s, image_emb[s : s + step] @ text_emb.T)
+    return sweep.i2t, sweep.t2i
 
 
 @torch.no_grad()
@@ -172,14 +226,14 @@ def similarity_ranks(
 ) -> tuple[Tensor, Tensor]:
     """Ranks from a precomputed image-by-text similarity matrix.
 
-    Same conventions as :func:`retrieval_ranks`; use it to score a matrix that
-    did not come from dot products (e.g. a re-ranker) or to compare against
-    another implementation on the very same numbers.
+    Same conventions as :func:`retrieval_ranks`, on exactly the given
+    numbers; use it to score a matrix that did not come from dot products
+    (e.g. a re-ranker) or to compare against another implementation.
 
     Args:
         similarity: Scores, image rows and text columns. Shape: ``(I, T)``.
         text_to_image: Image index of each text. Shape: ``(T,)``.
-        chunk_size: Rows (and columns) compared at once.
+        chunk_size: Image rows compared at once.
 
     Returns:
         ``(i2t_ranks, t2i_ranks)`` of shapes ``(I,)`` and ``(T,)``.
@@ -189,19 +243,12 @@ def similarity_ranks(
     check_finite("similarity", similarity)
     num_images, num_texts = similarity.shape
     index = _as_index(text_to_image, num_texts, num_images)
-    order, starts = _texts_by_image(index, num_images)
-    i2t = torch.empty(num_images, dtype=torch.int64, device=similarity.device)
+    positive = similarity[index.to(similarity.device), torch.arange(num_texts, device=similarity.device)]
+    sweep = _RankSweep(index, positive, num_images, similarity.dtype)
     step = _chunk_rows(chunk_size, num_texts)
     for s in range(0, num_images, step):
-        i2t[s : s + step] = _i2t_chunk(similarity[s : s + step], s, index, order, starts)
-    t2i = torch.empty(num_texts, dtype=torch.int64, device=similarity.device)
-    step = _chunk_rows(chunk_size, num_images)
-    dev_index = index.to(similarity.device)
-    for s in range(0, num_texts, step):
-        cols = similarity[:, s : s + step].T
-        positive = cols.gather(1, dev_index[s : s + step, None]).squeeze(1)
-        t2i[s : s + step] = _count_at_least(cols, positive) - 1
-    return i2t, t2i
+        sweep.add(s, similarity[s : s + step])
+    return sweep.i2t, sweep.t2i
 
 
 def recall_at_k(ranks: Tensor, ks: Sequence[int] = (1, 5, 10)) -> dict[int, float]:
