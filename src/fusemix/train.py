@@ -41,8 +41,9 @@ group that :func:`fit` initialised stays for later calls (re-initialising
 the default group in one job is unreliable) and is destroyed at exit.
 The loss: with ``local_loss=True`` (default) each rank scores its own rows
 against the whole gathered batch (``B/N x B`` logits per rank) instead of
-every rank scoring the full ``B x B`` (same gradients, ``N`` times less
-logit memory and compute).
+every rank scoring the full ``B x B``: the same gradients, with about
+``3N/4`` times less logit memory kept for the backward pass and ``N/2``
+times less similarity compute (measured: B = 4,096, 512-d).
 
 safetensors, tqdm and matplotlib are optional (``pip install "fusemix[train]"``):
 this module imports without them.
@@ -182,8 +183,9 @@ class TrainConfig:
         local_loss: Under several processes, each rank scores only its own
             ``batch_size / N`` rows against the ``batch_size`` gathered
             columns (``B/N x B`` logits per rank), instead of every rank
-            computing the full ``B x B`` loss: the same gradients for ``N``
-            times less logit memory and compute. No effect on one process.
+            computing the full ``B x B`` loss: the same gradients for about
+            ``3N/4`` times less logit memory and ``N/2`` times less
+            similarity compute. No effect on one process.
         dist_timeout_s: Under several processes, seconds a collective may
             wait (for a rank that died or stalled) before it fails with an
             error instead of hanging; applies to process groups that

@@ -57,10 +57,11 @@ class HFAudioEncoder(HFEncoder):
 
     Items are mono waveforms: 1-D floating numpy arrays (or tensors) of
     samples in ``[-1, 1]`` at the model's sampling rate (Whisper: 16 kHz,
-    LAION-CLAP: 48 kHz). fusemix does not resample: resampling is the
-    caller's job (e.g. ``scipy.signal.resample_poly(x, 16000, 44100)`` or
-    ``torchaudio.functional.resample``); ``sampling_rate`` only lets you state
-    your data's rate so a mismatch fails loudly.
+    LAION-CLAP: 48 kHz). The encoder does not resample: load files with
+    ``fusemix.audio.AudioFiles(paths, sampling_rate=encoder.sampling_rate)``
+    (or ``fusemix.audio.load_audio``), which resample with soxr;
+    ``sampling_rate`` only lets you state your data's rate so a mismatch
+    fails loudly.
 
     Args:
         name_or_path: Hugging Face Hub id or local directory written by ``save_pretrained``.
@@ -136,7 +137,7 @@ class HFAudioEncoder(HFEncoder):
         if sampling_rate is not None and sampling_rate != self.sampling_rate:
             raise ValueError(
                 f"sampling_rate: {self!r} expects audio at {self.sampling_rate} Hz, got {sampling_rate} Hz; "
-                "resample your clips first (fusemix does not resample)"
+                "load them with fusemix.audio.load_audio(path, sampling_rate=...), which resamples"
             )
         identity = {**self._base_identity(), "kind": kind, "sampling_rate": self.sampling_rate}
         if kind == "whisper":
