@@ -210,12 +210,19 @@ def test_audio_folders_and_path_manifests(tmp_path: Path, monkeypatch: pytest.Mo
     assert (tmp_path / "audio" / ITEMS_FILE).read_text().splitlines() == ['"a.wav"', '"b/c.flac"', '"b/d.wav"']
     np.testing.assert_allclose(store[:][:, 0], [0.5, 0.25, 1.0], rtol=1e-3)
 
-    soundfile.write(clips / "e.wav", np.zeros(800, dtype=np.float32), 8000)
-    assert_user_error(run(*command, "--out", tmp_path / "rate"), "extract", "e.wav", "8000 Hz", "expects 16000 Hz")
+    # Files at other rates are resampled to the encoder's, stereo is mixed down (fusemix.audio.load_audio).
+    soundfile.write(clips / "e.wav", np.full(800, 0.5, dtype=np.float32), 8000)
+    soundfile.write(clips / "f.wav", np.stack([np.full(800, 0.2), np.full(800, 0.4)], 1).astype(np.float32), 16000)
+    code, _, err = run(*command, "--out", tmp_path / "mixed")
+    assert code == 0, err
+    durations = LatentStore.open(tmp_path / "mixed")[:][:, 0]
+    np.testing.assert_allclose(durations[-2:], [0.1, 0.05], rtol=1e-3)  # 800 samples at 8 kHz = 0.1 s; 800 at 16 kHz
+    np.testing.assert_allclose(LatentStore.open(tmp_path / "mixed")[:][-1, 1], 0.3, rtol=1e-2)  # (0.2 + 0.4) / 2
     (clips / "e.wav").unlink()
-    soundfile.write(clips / "f.wav", np.zeros((800, 2), dtype=np.float32), 16000)
-    assert_user_error(run(*command, "--out", tmp_path / "stereo"), "extract", "f.wav", "2 channels")
     (clips / "f.wav").unlink()
+    (clips / "g.wav").write_bytes(b"not audio")
+    assert_user_error(run(*command, "--out", tmp_path / "broken"), "extract", "g.wav", "cannot read the audio file")
+    (clips / "g.wav").unlink()
     plain = ["extract", "--encoder", "python", "--callable", "_cli_encoders:build_plain_audio_encoder"]
     plain += [
         "--input-type",

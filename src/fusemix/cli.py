@@ -814,24 +814,17 @@ def _to_rgb(image_module: Any, image: Any) -> Any:
 
 
 def _audio_reader(sampling_rate: int | None) -> Callable[[Path], np.ndarray]:
+    """Read mono float32 waveforms at ``sampling_rate`` (the file's own when ``None``) with ``load_audio``."""
     soundfile = _require("soundfile", "reading audio files", "audio")
+    _require("soxr", "resampling audio files", "audio")
+    from fusemix.audio import AudioFileError, load_audio
 
     def read(path: Path) -> np.ndarray:
         try:
-            samples, rate = soundfile.read(str(path), dtype="float32", always_2d=False)
-        except (RuntimeError, OSError, getattr(soundfile, "SoundFileError", RuntimeError)) as err:
-            raise CommandError(f"{path}: cannot read the audio file ({err})") from err
-        if samples.ndim != 1:
-            raise CommandError(
-                f"{path}: has {samples.shape[1]} channels; fusemix encodes mono audio: mix it down first "
-                "(e.g. ffmpeg -i in.wav -ac 1 out.wav)"
-            )
-        if sampling_rate is not None and rate != sampling_rate:
-            raise CommandError(
-                f"{path}: sampled at {rate} Hz, but the encoder expects {sampling_rate} Hz; resample the files "
-                "first (fusemix does not resample)"
-            )
-        return samples
+            rate = sampling_rate or soundfile.info(str(path)).samplerate
+            return load_audio(path, sampling_rate=rate)
+        except (AudioFileError, FileNotFoundError, RuntimeError) as err:
+            raise CommandError(f"cannot read the audio file: {err}") from err
 
     return read
 
