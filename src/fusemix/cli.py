@@ -47,9 +47,8 @@ import fusemix
 from fusemix.checkpoint import MODEL_CONFIG, describe_model, load_model, write_json_atomic, write_text_atomic
 from fusemix.data import PairedLatents
 from fusemix.extract import SPEC, encoder_identity_of, extract_latents, finalize_store
-from fusemix.metrics import retrieval_metrics
 from fusemix.store import MANIFEST, SHARD_DIR, LatentStore, StoreError
-from fusemix.train import CHECKPOINT_DIR, MODEL_DIR, TrainConfig, fit
+from fusemix.train import CHECKPOINT_DIR, MODEL_DIR, TrainConfig, evaluate_retrieval, fit
 
 PROG = "fusemix"
 ITEMS_FILE = "items.jsonl"
@@ -1652,48 +1651,6 @@ def _model_folder(path: Path) -> Path:
 
 
 @torch.no_grad()
-def _embed_all(model: Any, modality: str, latents: torch.Tensor, batch_size: int, device: torch.device) -> torch.Tensor:
-    parts = [model.embed(modality, latents[s : s + batch_size].to(device)) for s in range(0, len(latents), batch_size)]
-    return torch.cat(parts).float()
-
-
-def _evaluate_paired(
-    model: Any,
-    data: PairedLatents,
-    pair: tuple[str, str],
-    *,
-    ks: Sequence[int] = (1, 5, 10),
-    batch_size: int = 8192,
-    chunk_size: int | None = None,
-    device: str | torch.device = "cpu",
-) -> dict[str, float]:
-    """Recall@K in both directions between two modalities of ``data``, for any cut-offs ``ks``.
-
-    The same embedding and ranking as :func:`fusemix.train.evaluate_retrieval`
-    (which scores ``ks = (1, 5, 10)``), with the metric names it uses.
-
-    Example:
-        >>> from fusemix.train import TrainConfig, model_from_config
-        >>> data = PairedLatents({"image": np.random.randn(20, 6), "text": np.random.randn(20, 4)})
-        >>> model = model_from_config(data.dims, TrainConfig(shared_dim=3, depth=1)).eval()
-        >>> sorted(_evaluate_paired(model, data, ("image", "text"), ks=(2,)))
-        ['i2t_R@2', 'i2t_mean', 'mean', 't2i_R@2', 't2i_mean']
-
-    """
-    query, key = pair
-    query_latents, key_latents, key_to_query = data.retrieval_task(query, key)
-    device = torch.device(device)
-    was_training = model.training
-    model.eval()
-    try:
-        query_emb = _embed_all(model, query, query_latents, batch_size, device)
-        key_emb = _embed_all(model, key, key_latents, batch_size, device)
-    finally:
-        model.train(was_training)
-    names = (query[0], key[0]) if query[0] != key[0] else (query, key)
-    return retrieval_metrics(query_emb, key_emb, key_to_query, ks, chunk_size=chunk_size, names=names)
-
-
 def _run_evaluate(args: argparse.Namespace) -> int:
     folder = _model_folder(args.model)
     if args.device == "auto":
@@ -1724,7 +1681,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         raise CommandError(f"--pair: {missing[0]!r} is not one of the --latents {list(latents)}")
     rows = _read_pairs("--pairs", args.pairs) if args.pairs is not None else None
     data = _paired("--latents, --pairs", latents, rows)
-    metrics = _evaluate_paired(
+    metrics = evaluate_retrieval(
         model, data, pair, ks=args.ks, batch_size=args.batch_size, chunk_size=args.chunk_size, device=device
     )
     query_rows, key_rows = (len(np.unique(data.row_index(m))) for m in pair)

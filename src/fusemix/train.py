@@ -518,11 +518,12 @@ def evaluate_retrieval(
     data: PairedLatents,
     pair: tuple[str, str] | None = None,
     *,
+    ks: Sequence[int] = (1, 5, 10),
     batch_size: int = 8192,
     chunk_size: int | None = None,
     device: str | torch.device | None = None,
 ) -> dict[str, float]:
-    """Recall@1/5/10 in both directions between two modalities of ``data``.
+    """Recall@K in both directions between two modalities of ``data``.
 
     The model embeds the latents in batches under ``torch.no_grad()`` in
     eval mode (its mode is restored afterwards); ranks follow
@@ -533,9 +534,11 @@ def evaluate_retrieval(
         data: Paired latents; see :meth:`~fusemix.data.PairedLatents.retrieval_task`.
         pair: ``(query, key)`` modalities, e.g. ``("image", "text")``; the
             first two modalities of ``data`` when ``None``.
+        ks: Recall cut-offs.
         batch_size: Rows embedded at once.
         chunk_size: Queries scored at once (``None``: automatic).
-        device: Where to embed; the model's device when ``None``.
+        device: Where to embed; the model's device (CPU for a model
+            without parameters) when ``None``.
 
     Returns:
         Metrics such as ``{"i2t_R@1": ..., "t2i_R@10": ..., "mean": ...}``, in percent.
@@ -549,7 +552,7 @@ def evaluate_retrieval(
 
     """
     query, key = _check_pair(data, pair, "pair")
-    return _evaluate(model, data.retrieval_task(query, key), (query, key), batch_size, chunk_size, device)
+    return _evaluate(model, data.retrieval_task(query, key), (query, key), batch_size, chunk_size, device, ks)
 
 
 def _check_pair(data: PairedLatents, pair: tuple[str, str] | None, name: str) -> tuple[str, str]:
@@ -570,8 +573,11 @@ def _evaluate(
     batch_size: int,
     chunk_size: int | None,
     device: str | torch.device | None,
+    ks: Sequence[int] = (1, 5, 10),
 ) -> dict[str, float]:
-    device = torch.device(device) if device is not None else next(model.parameters()).device
+    if device is None:
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    device = torch.device(device)
     was_training = model.training
     model.eval()
     try:
@@ -579,7 +585,7 @@ def _evaluate(
         key = _embed(model, pair[1], task[1], batch_size, device)
     finally:
         model.train(was_training)
-    return retrieval_metrics(query, key, task[2], chunk_size=chunk_size, names=_metric_names(*pair))
+    return retrieval_metrics(query, key, task[2], ks, chunk_size=chunk_size, names=_metric_names(*pair))
 
 
 @dataclass(frozen=True)
