@@ -327,3 +327,74 @@ def test_bad_input_is_refused():
         )
     with pytest.raises(ValueError, match="dim: 3 is larger"):  # rank 2 after dropping null directions
         CCAAligner(dim=3, regularization=0.0).fit({"a": x[:, :2] @ torch.randn(2, 4), "b": y})
+
+
+# --- input normalisation ----------------------------------------------------------------------------------------
+
+
+def layer_norm(x):
+    x = torch.as_tensor(x)
+    return torch.nn.functional.layer_norm(x, (x.shape[-1],), eps=aligners_module.LAYER_NORM_EPS)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda **kw: CCAAligner(**kw),
+        lambda **kw: CCAAligner(dim=3, correlation_power=0.0, **kw),
+        lambda **kw: ProcrustesAligner(**kw),
+        lambda **kw: ProcrustesAligner(dim=2, whiten=False, **kw),
+    ],
+)
+def test_layer_norm_input_is_the_plain_fit_on_layer_normed_latents(make):
+    x, y = planted(150, 3, dx=7, dy=5)
+    x, y = x.double() * 4 + 2, y.double() - 3
+    normed = make(input_norm="layer_norm").fit({"image": x, "text": y})
+    plain = make().fit({"image": layer_norm(x), "text": layer_norm(y)})
+    assert normed.input_norms_ == {"image": aligners_module.LAYER_NORM_EPS, "text": aligners_module.LAYER_NORM_EPS}
+    assert plain.input_norms_ == {"image": None, "text": None}
+    for name, latents in (("image", x), ("text", y)):
+        torch.testing.assert_close(normed.projections_[name], plain.projections_[name])
+        torch.testing.assert_close(normed.embed(name, latents), plain.embed(name, layer_norm(latents)))
+    # a per-row rescaling and shift of the latents is invisible after a LayerNorm
+    torch.testing.assert_close(
+        normed.embed("image", x * 7 + 1), normed.embed("image", x), atol=1e-5, rtol=0
+    )  # up to eps
+    assert "input_norm='layer_norm'" in repr(normed)
+
+
+def test_input_norm_per_modality_and_default_state_dict_keys():
+    x, y = planted(120, 3, dx=6, dy=4)
+    mixed = CCAAligner(input_norm={"image": "layer_norm", "text": None}).fit({"image": x, "text": y})
+    assert mixed.input_norms_ == {"image": aligners_module.LAYER_NORM_EPS, "text": None}
+    reference = CCAAligner().fit({"image": layer_norm(x), "text": y})
+    torch.testing.assert_close(mixed.embed("text", y), reference.embed("text", y))
+    assert set(mixed.state_dict()) == {
+        "maps.image.mean",
+        "maps.image.weight",
+        "maps.image.norm_eps",
+        "maps.text.mean",
+        "maps.text.weight",
+        "correlations",
+    }
+    default = CCAAligner().fit({"image": x, "text": y})
+    assert not any(key.endswith("norm_eps") for key in default.state_dict())  # the old format, unchanged
+    loaded = CCAAligner()
+    loaded.load_state_dict(mixed.state_dict())
+    assert loaded.input_norm == {"image": "layer_norm", "text": None}
+    torch.testing.assert_close(loaded.embed("image", x), mixed.embed("image", x), atol=0, rtol=0)
+    overridden = CCAAligner(input_norm="layer_norm")
+    overridden.load_state_dict(default.state_dict())  # the stored state decides
+    assert overridden.input_norm is None and overridden.input_norms_ == {"image": None, "text": None}
+
+
+def test_bad_input_norm_is_refused():
+    x, y = planted(20, 2, dx=4, dy=3)
+    with pytest.raises(ValueError, match="input_norm: expected None or one of"):
+        CCAAligner(input_norm="batch_norm")
+    with pytest.raises(ValueError, match=r"input_norm\['a'\]"):
+        ProcrustesAligner(input_norm={"a": "l2"})
+    with pytest.raises(ValueError, match=r"input_norm: has no entry for the modalities \['b'\]"):
+        CCAAligner(input_norm={"a": "layer_norm"}).fit({"a": x, "b": y})
+    extra = CCAAligner(input_norm={"a": None, "b": None, "c": "layer_norm"}).fit({"a": x, "b": y})
+    assert extra.input_norms_ == {"a": None, "b": None}

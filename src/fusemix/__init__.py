@@ -23,10 +23,13 @@ from fusemix.mixing import (
     LatentNoise,
     MixParams,
     mix_latents,
+    mix_masks,
     sample_mix_params,
 )
 from fusemix.model import FusionModel
 from fusemix.projectors import FusionAdapter, IdentityAdapter, LinearAdapter, ResidualMLPBlock
+from fusemix.regularizers import StructureLoss
+from fusemix.warmstart import aligner_input_norm, warm_start
 
 __version__ = "0.1.0.dev0"
 
@@ -50,15 +53,19 @@ __all__ = [
     "ResidualMLPBlock",
     "SequenceTemplate",
     "SigLIPLoss",
+    "StructureLoss",
     "TargetRegressionLoss",
     "TargetStandardizer",
     "__version__",
+    "aligner_input_norm",
     "fixed_target_model",
     "metrics_from_ranks",
     "mix_latents",
+    "mix_masks",
     "recall_at_k",
     "retrieval_metrics",
     "retrieval_ranks",
     "sample_mix_params",
     "similarity_ranks",
+    "warm_start",
 ]

@@ -15,9 +15,20 @@ Both are :class:`torch.nn.Module` subclasses whose fitted state lives in buffers
 ``.to(device)`` moves them, ``state_dict()`` is a flat dict of tensors that
 ``safetensors.torch.save_file`` writes as is, and ``load_state_dict`` on a
 fresh, unfitted aligner restores it (keys ``maps.<modality>.mean``,
-``maps.<modality>.weight`` and ``correlations`` or ``rotation``). Modality
-names follow :class:`~fusemix.FusionModel`'s rule: non-empty, without ``.``;
-after loading, ``modalities`` follows the state dict's key order.
+``maps.<modality>.weight``, ``maps.<modality>.norm_eps`` for a modality fitted
+with ``input_norm="layer_norm"``, and ``correlations`` or ``rotation``).
+Modality names follow :class:`~fusemix.FusionModel`'s rule: non-empty, without
+``.``; after loading, ``modalities`` follows the state dict's key order and
+``input_norm`` the stored state.
+
+Input normalisation: with ``input_norm="layer_norm"`` (for every modality, or
+a dict per modality) each latent row is first layer-normalised (minus its own
+mean, divided by its own standard deviation, ``F.layer_norm`` without affine
+parameters, ``eps=1e-5`` as ``LAYER_NORM_EPS``), in fitting and in ``embed``
+alike. That is what a :class:`~fusemix.FusionAdapter` does to its input
+before its final linear map, so such an aligner can initialise the adapter
+exactly (:func:`~fusemix.warm_start`). The default (``None``) uses
+the latents as they are.
 
 Numerics:
     Fitting runs in float64 on the device of the input tensors (CPU for NumPy
@@ -63,19 +74,38 @@ from fusemix._checks import check_features, check_floating, check_positive_int
 _CHUNK_ELEMENTS = 2**22
 """Float64 values per streamed chunk of rows, summed over both modalities (32 MiB)."""
 
+LAYER_NORM_EPS = 1e-5
+"""``eps`` of ``input_norm="layer_norm"``: the default of ``torch.nn.LayerNorm``, hence of every FusionAdapter."""
+
+INPUT_NORMS: tuple[str, ...] = ("layer_norm",)
+
 LatentArray = Tensor | np.ndarray
 """Latents accepted by ``fit``: a floating tensor or NumPy array of shape ``(N, D)``."""
 
+InputNorm = str | None | Mapping[str, str | None]
+"""``input_norm`` of the aligners: ``None``, ``"layer_norm"``, or a dict of modality name to either."""
+
 
 class _CenteredLinear(nn.Module):
-    """``(x - mean) @ weight``, computed in the dtype of ``x``."""
+    """``(x - mean) @ weight``, computed in the dtype of ``x``; ``x`` layer-normalised first if ``norm_eps`` is set."""
 
-    def __init__(self, mean: Tensor, weight: Tensor) -> None:
+    def __init__(self, mean: Tensor, weight: Tensor, norm_eps: Tensor | None = None) -> None:
         super().__init__()
         self.register_buffer("mean", mean)
         self.register_buffer("weight", weight)
+        if norm_eps is not None:
+            self.register_buffer("norm_eps", norm_eps)
+
+    @property
+    def layer_norm_eps(self) -> float | None:
+        """The ``eps`` of the input LayerNorm, or ``None`` without one."""
+        eps = getattr(self, "norm_eps", None)
+        return None if eps is None else float(eps)
 
     def forward(self, x: Tensor) -> Tensor:
+        eps = self.layer_norm_eps
+        if eps is not None:
+            x = F.layer_norm(x, (x.shape[-1],), eps=eps)
         return (x - self.mean.to(x.dtype)) @ self.weight.to(x.dtype)
 
 
@@ -133,23 +163,51 @@ def _fit_device(values: list[LatentArray]) -> torch.device:
     return torch.device("cpu") if device.type == "mps" else device
 
 
-def _rows(value: LatentArray, start: int, stop: int, device: torch.device) -> Tensor:
+def _rows(value: LatentArray, start: int, stop: int, device: torch.device, norm_eps: float | None = None) -> Tensor:
     if isinstance(value, np.ndarray):
-        return torch.from_numpy(np.array(value[start:stop], dtype=np.float64)).to(device)
-    return value[start:stop].to(device=device, dtype=torch.float64)
+        rows = torch.from_numpy(np.array(value[start:stop], dtype=np.float64)).to(device)
+    else:
+        rows = value[start:stop].to(device=device, dtype=torch.float64)
+    return rows if norm_eps is None else F.layer_norm(rows, (rows.shape[1],), eps=norm_eps)
 
 
-def _moments(latents: dict[str, LatentArray]) -> _Moments:
+def _check_input_norm(value: object) -> InputNorm:
+    def check_one(name: str, one: object) -> None:
+        if one is not None and one not in INPUT_NORMS:
+            raise ValueError(f"{name}: expected None or one of {list(INPUT_NORMS)}, got {one!r}")
+
+    if isinstance(value, Mapping):
+        for key, one in value.items():
+            check_one(f"input_norm[{key!r}]", one)
+        return dict(value)
+    check_one("input_norm", value)
+    return value  # type: ignore[return-value]
+
+
+def _norm_eps(input_norm: InputNorm, names: list[str]) -> dict[str, float | None]:
+    """The LayerNorm ``eps`` to apply to each modality's latents (``None``: none)."""
+    if isinstance(input_norm, Mapping):
+        missing = [n for n in names if n not in input_norm]
+        if missing:
+            raise ValueError(
+                f"input_norm: has no entry for the modalities {missing}; give one per fitted modality (None for none)"
+            )
+        return {n: LAYER_NORM_EPS if input_norm[n] == "layer_norm" else None for n in names}
+    return {n: LAYER_NORM_EPS if input_norm == "layer_norm" else None for n in names}
+
+
+def _moments(latents: dict[str, LatentArray], norm_eps: Mapping[str, float | None] | None = None) -> _Moments:
     """Stream the rows twice: once for the means, once for the centred (cross-)covariances."""
     (name_x, x), (name_y, y) = latents.items()
+    eps_x, eps_y = (None, None) if norm_eps is None else (norm_eps[name_x], norm_eps[name_y])
     device = _fit_device([x, y])
     n, dx, dy = x.shape[0], x.shape[1], y.shape[1]
     step = max(1, _CHUNK_ELEMENTS // (dx + dy))
     sum_x = torch.zeros(dx, dtype=torch.float64, device=device)
     sum_y = torch.zeros(dy, dtype=torch.float64, device=device)
     for s in range(0, n, step):
-        sum_x += _rows(x, s, s + step, device).sum(0)
-        sum_y += _rows(y, s, s + step, device).sum(0)
+        sum_x += _rows(x, s, s + step, device, eps_x).sum(0)
+        sum_y += _rows(y, s, s + step, device, eps_y).sum(0)
     for name, total, value in ((name_x, sum_x, x), (name_y, sum_y, y)):
         if not bool(torch.isfinite(total).all()):
             bad = int((~np.isfinite(value)).sum()) if isinstance(value, np.ndarray) else int((~value.isfinite()).sum())
@@ -159,8 +217,8 @@ def _moments(latents: dict[str, LatentArray]) -> _Moments:
     cov_y = torch.zeros(dy, dy, dtype=torch.float64, device=device)
     cross = torch.zeros(dx, dy, dtype=torch.float64, device=device)
     for s in range(0, n, step):
-        xc = _rows(x, s, s + step, device) - mean_x
-        yc = _rows(y, s, s + step, device) - mean_y
+        xc = _rows(x, s, s + step, device, eps_x) - mean_x
+        yc = _rows(y, s, s + step, device, eps_y) - mean_y
         cov_x += xc.T @ xc
         cov_y += yc.T @ yc
         cross += xc.T @ yc
@@ -225,9 +283,10 @@ class _LinearAligner(nn.Module):
 
     _extra_buffers: tuple[str, ...] = ()
 
-    def __init__(self) -> None:
+    def __init__(self, input_norm: InputNorm = None) -> None:
         super().__init__()
         self.maps = nn.ModuleDict()
+        self.input_norm = _check_input_norm(input_norm)
 
     @property
     def modalities(self) -> list[str]:
@@ -254,16 +313,31 @@ class _LinearAligner(nn.Module):
         """Per-modality projection matrix applied to centred latents. Shape of each: ``(D_modality, k)``."""
         return {name: m.weight for name, m in self._fitted_maps().items()}
 
+    @property
+    def input_norms_(self) -> dict[str, float | None]:
+        """Per-modality ``eps`` of the LayerNorm applied to latents before centring, or ``None`` for none."""
+        return {name: m.layer_norm_eps for name, m in self._fitted_maps().items()}
+
     def _fitted_maps(self) -> nn.ModuleDict:
         if not self.is_fitted:
             raise RuntimeError(f"{type(self).__name__} is not fitted yet; call fit() first")
         return self.maps
 
-    def _set_maps(self, maps: dict[str, tuple[Tensor, Tensor]], **extra: Tensor) -> None:
+    def _set_maps(
+        self,
+        maps: dict[str, tuple[Tensor, Tensor]],
+        norm_eps: Mapping[str, Tensor | float | None] | None = None,
+        **extra: Tensor,
+    ) -> None:
         # Contiguous buffers, so that ``state_dict()`` can be written with safetensors as is.
-        self.maps = nn.ModuleDict(
-            {name: _CenteredLinear(mean.contiguous(), weight.contiguous()) for name, (mean, weight) in maps.items()}
-        )
+        norm_eps = {} if norm_eps is None else norm_eps
+        layers = {}
+        for name, (mean, weight) in maps.items():
+            eps = norm_eps.get(name)
+            if eps is not None and not isinstance(eps, Tensor):
+                eps = torch.tensor(float(eps), dtype=torch.float64, device=mean.device)
+            layers[name] = _CenteredLinear(mean.contiguous(), weight.contiguous(), eps)
+        self.maps = nn.ModuleDict(layers)
         for key, value in extra.items():
             self.register_buffer(key, value.contiguous())
 
@@ -341,7 +415,15 @@ class _LinearAligner(nn.Module):
             if missing:
                 raise ValueError(f"state_dict: has maps but lacks {missing}; is it from a {type(self).__name__}?")
             extra = {key: torch.empty_like(state_dict[prefix + key]) for key in self._extra_buffers}
-            self._set_maps(maps, **extra)
+            norm_eps = {
+                name: torch.empty_like(state_dict[f"{stem}{name}.norm_eps"])
+                for name in names
+                if f"{stem}{name}.norm_eps" in state_dict
+            }
+            self._set_maps(maps, norm_eps, **extra)
+            self.input_norm = {name: "layer_norm" if name in norm_eps else None for name in names}
+            if len(set(self.input_norm.values())) == 1:
+                self.input_norm = next(iter(self.input_norm.values()))
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )
@@ -391,12 +473,19 @@ class CCAAligner(_LinearAligner):
             shrinks ``correlations_`` below the sample correlations.
         correlation_power: Exponent ``p >= 0`` of the canonical-correlation
             weight ``rho ** p`` on each shared dimension.
+        input_norm: ``"layer_norm"`` layer-normalises every latent row before
+            anything else (in ``fit`` and ``embed``), as a
+            :class:`~fusemix.FusionAdapter` does, so the aligner can
+            warm-start one; a dict sets it per modality; ``None`` (default)
+            leaves latents as they are. See the module docstring.
 
     Attributes:
         correlations_: Canonical correlations of the kept directions, in
             descending order. Shape: ``(k,)``.
-        means_: Per-modality training means.
+        means_: Per-modality training means (of the normalised latents with
+            ``input_norm``).
         projections_: Per-modality projection matrices. Shape: ``(D, k)``.
+        input_norms_: Per-modality LayerNorm ``eps``, or ``None``.
 
     Example:
         >>> z = torch.randn(200, 4)
@@ -409,8 +498,15 @@ class CCAAligner(_LinearAligner):
 
     _extra_buffers = ("correlations",)
 
-    def __init__(self, dim: int | None = None, *, regularization: float = 0.1, correlation_power: float = 0.5) -> None:
-        super().__init__()
+    def __init__(
+        self,
+        dim: int | None = None,
+        *,
+        regularization: float = 0.1,
+        correlation_power: float = 0.5,
+        input_norm: InputNorm = None,
+    ) -> None:
+        super().__init__(input_norm)
         self.dim = _check_dim(dim)
         self.regularization = _check_regularization(regularization)
         if (
@@ -444,7 +540,8 @@ class CCAAligner(_LinearAligner):
         """
         checked = _check_pair(latents, type(self).__name__)
         name_x, name_y = checked
-        moments = _moments(checked)
+        norm_eps = _norm_eps(self.input_norm, [name_x, name_y])
+        moments = _moments(checked, norm_eps)
         white_x = _inverse_sqrt(_ridge(moments.cov_x, self.regularization))
         white_y = _inverse_sqrt(_ridge(moments.cov_y, self.regularization))
         limit = min(white_x.shape[1], white_y.shape[1], moments.n - 1)
@@ -455,12 +552,14 @@ class CCAAligner(_LinearAligner):
         weight = rho**self.correlation_power
         self._set_maps(
             {name_x: (moments.mean_x, proj_x * weight), name_y: (moments.mean_y, proj_y * weight)},
+            norm_eps,
             correlations=rho,
         )
         return self
 
     def extra_repr(self) -> str:
-        return f"dim={self.dim}, regularization={self.regularization}, correlation_power={self.correlation_power}"
+        norm = f", input_norm={self.input_norm!r}" if self.input_norm is not None else ""
+        return f"dim={self.dim}, regularization={self.regularization}, correlation_power={self.correlation_power}{norm}"
 
 
 class ProcrustesAligner(_LinearAligner):
@@ -489,6 +588,8 @@ class ProcrustesAligner(_LinearAligner):
             split of :class:`CCAAligner`, ``dim=None`` gave a mean Recall of
             28.4 / 29.9 with ``r`` = 0.001 / 0.1 (30.9 unwhitened), below
             CCA's 32.6 at the defaults.
+        input_norm: ``"layer_norm"``, a dict per modality, or ``None``; as
+            for :class:`CCAAligner`.
 
     Attributes:
         rotation_: The orthogonal map ``R``. Shape: ``(k, k)``.
@@ -508,9 +609,15 @@ class ProcrustesAligner(_LinearAligner):
     _extra_buffers = ("rotation",)
 
     def __init__(
-        self, dim: int | None = None, *, pca: bool = True, whiten: bool = True, regularization: float = 0.1
+        self,
+        dim: int | None = None,
+        *,
+        pca: bool = True,
+        whiten: bool = True,
+        regularization: float = 0.1,
+        input_norm: InputNorm = None,
     ) -> None:
-        super().__init__()
+        super().__init__(input_norm)
         self.dim = _check_dim(dim)
         for name, flag in (("pca", pca), ("whiten", whiten)):
             if not isinstance(flag, bool):
@@ -565,7 +672,8 @@ class ProcrustesAligner(_LinearAligner):
             raise ValueError(f"target: {target!r} is not one of {names}")
         source = names[0] if target == names[1] else names[1]
         ordered = {source: checked[source], target: checked[target]}
-        moments = _moments(ordered)
+        norm_eps = _norm_eps(self.input_norm, [source, target])
+        moments = _moments(ordered, norm_eps)
         d_x, d_y = moments.cov_x.shape[0], moments.cov_y.shape[0]
         if self.pca:
             k = _resolve_dim(self.dim, min(d_x, d_y, moments.n - 1), "min(d_x, d_y, N - 1)")
@@ -580,9 +688,11 @@ class ProcrustesAligner(_LinearAligner):
         rotation = u @ vh
         self._set_maps(
             {source: (moments.mean_x, reduce_x @ rotation), target: (moments.mean_y, reduce_y)},
+            norm_eps,
             rotation=rotation,
         )
         return self
 
     def extra_repr(self) -> str:
-        return f"dim={self.dim}, pca={self.pca}, whiten={self.whiten}, regularization={self.regularization}"
+        norm = f", input_norm={self.input_norm!r}" if self.input_norm is not None else ""
+        return f"dim={self.dim}, pca={self.pca}, whiten={self.whiten}, regularization={self.regularization}{norm}"

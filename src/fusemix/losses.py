@@ -15,6 +15,17 @@ against all columns (``B_local x B_global`` logits instead of
 ``B_global x B_global``), which gives the same gradients for less memory; the
 value each rank returns is then its share, and their mean over ranks is the
 global loss.
+
+Missing modalities: ``masks=`` gives a boolean presence flag per row for each
+modality. A pair of modalities is then scored only on the rows that have
+both: rows missing either are left out of that pair's logits entirely (they
+are neither positives nor negatives), so the pair's loss is exactly the
+unmasked loss of the present rows. The total averages over the pairs with at
+least 2 such rows. Absent rows may hold any finite filler (e.g. zeros); they
+get zero gradient. Under ``torch.distributed`` the masks are gathered with the
+features and every pair keeps its meaning on the global batch (with
+``local_loss`` each rank's share is scaled by its count of present rows, so
+the mean over ranks is still the global loss).
 """
 
 from __future__ import annotations
@@ -33,6 +44,7 @@ from fusemix._checks import check_choice, check_features, check_positive, check_
 from fusemix.distributed import check_equal_batch_sizes, gather_with_grad, get_rank, get_world_size
 
 FeatureInputs = Union[Tensor, Sequence[Tensor], Mapping[str, Tensor]]  # noqa: UP007 (runtime alias, Python 3.10)
+MaskInputs = Union[Sequence[Union[Tensor, None]], Mapping[str, Tensor]]  # noqa: UP007 (runtime alias, Python 3.10)
 PairMode = Literal["all", "anchor"]
 
 
@@ -48,6 +60,51 @@ def _named_features(inputs: tuple[FeatureInputs, ...]) -> list[tuple[str, Tensor
     named = [(name, check_features(f"features[{name!r}]", x, min_rows=2)) for name, x in items]
     check_same_rows([(f"features[{name!r}]", x) for name, x in named])
     return named
+
+
+def _named_masks(
+    masks: object, features: tuple[FeatureInputs, ...], named: list[tuple[str, Tensor]]
+) -> list[Tensor | None]:
+    """One ``(B,)`` bool mask per feature tensor (``None``: present in every row), from dict or sequence masks."""
+    batch = named[0][1].shape[0]
+    names = [n for n, _ in named]
+    if len(features) == 1 and isinstance(features[0], Mapping):
+        if not isinstance(masks, Mapping):
+            raise TypeError(f"masks: dict features take a dict of modality name to mask, got {type(masks).__name__}")
+        keyed = {str(k): v for k, v in masks.items()}
+        unknown = [k for k in keyed if k not in names]
+        if unknown:
+            raise ValueError(f"masks: modalities {unknown} are not among the features {names}")
+        given: list[object] = [keyed.get(n) for n in names]
+    else:
+        if not isinstance(masks, (tuple, list)):
+            raise TypeError(
+                "masks: features given as tensors take a tuple or list of masks (one per tensor, None for all "
+                f"present), got {type(masks).__name__}"
+            )
+        if len(masks) != len(named):
+            raise ValueError(f"masks: expected one mask per feature tensor ({len(named)}), got {len(masks)}")
+        given = list(masks)
+    out: list[Tensor | None] = []
+    for name, mask in zip(names, given):
+        if mask is None:
+            out.append(None)
+            continue
+        if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
+            got = f"dtype {mask.dtype}" if isinstance(mask, Tensor) else type(mask).__name__
+            raise TypeError(f"masks[{name!r}]: expected a boolean torch.Tensor, got {got}")
+        if mask.shape != (batch,):
+            raise ValueError(f"masks[{name!r}]: expected shape ({batch},) (one flag per row), got {tuple(mask.shape)}")
+        out.append(mask)
+    return out
+
+
+def _both(a: Tensor | None, b: Tensor | None, rows: int, device: torch.device) -> Tensor | None:
+    """Rows present in both modalities of a pair (``None``: every row)."""
+    if a is None and b is None:
+        return None
+    full = torch.ones(rows, dtype=torch.bool, device=device)
+    return (full if a is None else a.to(device)) & (full if b is None else b.to(device))
 
 
 class PairwiseContrastiveLoss(nn.Module):
@@ -108,7 +165,9 @@ class PairwiseContrastiveLoss(nn.Module):
         k = names.index(self.anchor)
         return [(k, j) for j in range(len(names)) if j != k]
 
-    def forward(self, *features: FeatureInputs, return_dict: bool = False) -> Tensor | dict[str, Tensor]:
+    def forward(
+        self, *features: FeatureInputs, return_dict: bool = False, masks: MaskInputs | None = None
+    ) -> Tensor | dict[str, Tensor]:
         """Compute the loss.
 
         Args:
@@ -119,13 +178,31 @@ class PairwiseContrastiveLoss(nn.Module):
                 same ``D``.
             return_dict: Return ``{"loss": total, "<a>-<b>": pair loss, ...}``
                 instead of the scalar.
+            masks: Optional boolean presence flags per row, shape ``(B,)``: a
+                dict for dict features (modalities left out are present in
+                every row), else a tuple/list with one entry per tensor
+                (``None``: present in every row). Each pair is scored on the
+                rows that have both of its modalities only.
 
         Returns:
-            The mean loss over modality pairs (a scalar), or the dict.
+            The mean loss over modality pairs (a scalar), or the dict. With
+            masks, pairs with fewer than 2 rows that have both modalities are
+            left out of the mean and of the dict; when no pair is left the
+            loss is a zero that still depends on every input and parameter,
+            so ``backward`` works.
+
+        Example:
+            >>> loss_fn = ContrastiveLoss()
+            >>> feats = {"image": torch.randn(6, 4), "text": torch.randn(6, 4), "audio": torch.randn(6, 4)}
+            >>> has_audio = torch.tensor([True, True, True, False, False, False])
+            >>> parts = loss_fn(feats, masks={"audio": has_audio}, return_dict=True)
+            >>> torch.allclose(parts["image-audio"], loss_fn(feats["image"][:3], feats["audio"][:3]))
+            True
 
         """
         named = _named_features(features)
         names = [n for n, _ in named]
+        mask_list = [None] * len(named) if masks is None else _named_masks(masks, features, named)
         normed = [F.normalize(x, dim=-1) for _, x in named]
         pairs = self._pairs(names)
         for i, j in pairs:
@@ -135,21 +212,68 @@ class PairwiseContrastiveLoss(nn.Module):
                     f"({normed[i].shape[1]} vs {normed[j].shape[1]}); project them to a shared space first"
                 )
         gathered: list[Tensor] | None = None
+        gathered_masks: list[Tensor | None] = mask_list
         if self.gather_distributed and get_world_size() > 1:
             check_equal_batch_sizes(normed[0].shape[0], normed[0].device)
             gathered = [gather_with_grad(x) for x in normed]
+            gathered_masks = [
+                None if m is None else gather_with_grad(m.to(device=x.device, dtype=x.dtype)) > 0.5
+                for m, x in zip(mask_list, normed)
+            ]
         parts: dict[str, Tensor] = {}
         for i, j in pairs:
             key = f"{names[i]}-{names[j]}"
             if gathered is None:
-                parts[key] = self.pair_loss(normed[i], normed[j])
-            elif self.local_loss:
-                offset = get_rank() * normed[i].shape[0]
-                parts[key] = self.pair_loss(normed[i], normed[j], a_all=gathered[i], b_all=gathered[j], offset=offset)
+                part = self._local_pair(normed[i], normed[j], _both(mask_list[i], mask_list[j], *self._where(normed)))
             else:
-                parts[key] = self.pair_loss(gathered[i], gathered[j])
-        total = torch.stack(list(parts.values())).mean()
+                rows = _both(gathered_masks[i], gathered_masks[j], *self._where(gathered))
+                part = self._gathered_pair(normed[i], normed[j], gathered[i], gathered[j], rows)
+            if part is not None:
+                parts[key] = part
+        if parts:
+            total = torch.stack(list(parts.values())).mean()
+        else:
+            total = self._connected_zero(normed)
         return {"loss": total, **parts} if return_dict else total
+
+    @staticmethod
+    def _where(tensors: list[Tensor]) -> tuple[int, torch.device]:
+        return tensors[0].shape[0], tensors[0].device
+
+    def _connected_zero(self, tensors: list[Tensor]) -> Tensor:
+        """A zero that depends on every input and parameter (so DDP and ``backward`` see them all)."""
+        terms = [x.sum() for x in tensors] + [p.sum().to(tensors[0].dtype) for p in self.parameters()]
+        return torch.stack(terms).sum() * 0.0
+
+    def _local_pair(self, a: Tensor, b: Tensor, rows: Tensor | None) -> Tensor | None:
+        """One process: the pair's loss over ``rows`` (``None``: all), or ``None`` with fewer than 2 rows."""
+        if rows is None or bool(rows.all()):
+            return self.pair_loss(a, b)
+        if int(rows.sum()) < 2:
+            return None
+        return self.pair_loss(a[rows], b[rows])
+
+    def _gathered_pair(self, a: Tensor, b: Tensor, a_all: Tensor, b_all: Tensor, rows: Tensor | None) -> Tensor | None:
+        """Several processes: the pair's loss (or this rank's share) over the global ``rows``."""
+        if rows is not None and bool(rows.all()):
+            rows = None
+        if not self.local_loss:
+            if rows is None:
+                return self.pair_loss(a_all, b_all)
+            return self.pair_loss(a_all[rows], b_all[rows]) if int(rows.sum()) >= 2 else None
+        offset = get_rank() * a.shape[0]
+        if rows is None:
+            return self.pair_loss(a, b, a_all=a_all, b_all=b_all, offset=offset)
+        n_global = int(rows.sum())
+        if n_global < 2:
+            return None
+        mine = rows[offset : offset + a.shape[0]]
+        n_local = int(mine.sum())
+        if n_local == 0:  # nothing of this rank in the pair: a zero share that keeps the graph whole
+            return self.pair_loss(a, b, a_all=a_all, b_all=b_all, offset=offset) * 0.0
+        share = self.pair_loss(a[mine], b[mine], a_all=a_all[rows], b_all=b_all[rows], offset=int(rows[:offset].sum()))
+        # pair_loss averages over this rank's rows; rescale so that the mean over ranks is the global mean.
+        return share * (n_local * get_world_size() / n_global)
 
 
 class ContrastiveLoss(PairwiseContrastiveLoss):
@@ -249,11 +373,13 @@ class ContrastiveLoss(PairwiseContrastiveLoss):
             return sim / param
         return sim * param.exp()
 
-    def forward(self, *features: FeatureInputs, return_dict: bool = False) -> Tensor | dict[str, Tensor]:
+    def forward(
+        self, *features: FeatureInputs, return_dict: bool = False, masks: MaskInputs | None = None
+    ) -> Tensor | dict[str, Tensor]:
         # Clamp in place before use, as the authors' code does. Through ``.data`` so
         # the clamp does not invalidate graphs of earlier calls awaiting backward.
         self.temperature_param.data.clamp_(*self._clamp)
-        return super().forward(*features, return_dict=return_dict)
+        return super().forward(*features, return_dict=return_dict, masks=masks)
 
     def pair_loss(
         self, a: Tensor, b: Tensor, *, a_all: Tensor | None = None, b_all: Tensor | None = None, offset: int = 0

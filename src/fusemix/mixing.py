@@ -10,9 +10,18 @@ them to the latents of *every* modality::
 Because ``lam`` and ``(a, b)`` are shared, ``(x_mix, y_mix)`` is again a valid
 positive pair for a contrastive loss.
 
+Rows may lack some modalities (a dataset of image-text, audio-text and
+image-audio pairs, say). Pass ``masks=``, a boolean presence flag per row for
+each modality, and FuseMix pairs rows only with rows of the same presence
+pattern (where it can; see :func:`sample_mix_params`), so a mixed row takes
+each of its modalities from two rows that both have it. The output masks are
+the AND of the two rows' masks, so a mixed value that any of its two rows
+lacked is marked absent and a masked loss never sees it.
+
 This module holds the transform (:class:`FuseMix`), its functional form
-(:func:`sample_mix_params`, :func:`mix_latents`), the alpha schedules of the
-authors' code and the latent-noise baseline (:class:`LatentNoise`).
+(:func:`sample_mix_params`, :func:`mix_latents`, :func:`~fusemix.mix_masks`), the alpha
+schedules of the authors' code and the latent-noise baseline
+(:class:`LatentNoise`).
 """
 
 from __future__ import annotations
@@ -32,6 +41,7 @@ Pairing = Literal["halves", "permute"]
 PAIRINGS: tuple[str, ...] = ("halves", "permute")
 
 LatentInputs = Union[Tensor, Sequence[Tensor], Mapping[str, Tensor]]  # noqa: UP007 (runtime alias, Python 3.10)
+MaskInputs = Union[Tensor, Sequence[Union[Tensor, None]], Mapping[str, Tensor]]  # noqa: UP007 (runtime alias)
 
 
 @dataclass(frozen=True)
@@ -100,6 +110,49 @@ def _seeded_numpy_rng(generator: torch.Generator | None) -> np.random.Generator:
     return np.random.default_rng(int(seed))
 
 
+def _check_presence(presence: object, batch_size: int) -> np.ndarray:
+    """``presence`` as a ``(B, M)`` NumPy bool array, or raise naming the argument."""
+    if not isinstance(presence, Tensor):
+        raise TypeError(f"presence: expected a boolean torch.Tensor, got {type(presence).__name__}")
+    if presence.dtype != torch.bool:
+        raise TypeError(f"presence: expected a boolean tensor, got dtype {presence.dtype}")
+    if presence.ndim != 2 or presence.shape[0] != batch_size or presence.shape[1] < 1:
+        raise ValueError(
+            f"presence: expected shape ({batch_size}, M) (one flag per row and modality), got {tuple(presence.shape)}"
+        )
+    return presence.detach().cpu().numpy()
+
+
+def _pattern_groups(presence: np.ndarray) -> list[np.ndarray]:
+    """Row indices of each presence pattern (ascending), patterns in lexicographic order."""
+    _, inverse = np.unique(presence, axis=0, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    return [np.flatnonzero(inverse == g) for g in range(int(inverse.max()) + 1)]
+
+
+def _grouped_pairing(presence: np.ndarray, pairing: str, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """``(index_a, index_b)`` pairing rows within their presence pattern; see :func:`sample_mix_params`."""
+    groups = _pattern_groups(presence)
+    if pairing == "permute":
+        index_b = np.arange(presence.shape[0])
+        for rows in groups:
+            index_b[rows] = rows[rng.permutation(len(rows))]
+        return np.arange(presence.shape[0]), index_b
+    firsts, seconds, leftovers = [], [], []
+    for rows in groups:
+        half = len(rows) // 2
+        firsts.append(rows[:half])
+        seconds.append(rows[half : 2 * half])
+        if len(rows) % 2:
+            leftovers.append(rows[-1])
+    left = np.asarray(leftovers, dtype=np.int64)  # an even count: the batch and the paired rows are even
+    firsts.append(left[: len(left) // 2])
+    seconds.append(left[len(left) // 2 :])
+    index_a, index_b = np.concatenate(firsts), np.concatenate(seconds)
+    order = np.argsort(index_a, kind="stable")
+    return index_a[order], index_b[order]
+
+
 def sample_mix_params(
     batch_size: int,
     alpha: float = 1.0,
@@ -108,8 +161,21 @@ def sample_mix_params(
     per_sample: bool = False,
     groups: int = 1,
     generator: torch.Generator | None = None,
+    presence: Tensor | None = None,
 ) -> MixParams:
     """Draw the mixing coefficients and the pairing for one FuseMix call.
+
+    With ``presence`` (which modalities each row has), rows are paired within
+    their presence pattern: ``"permute"`` draws one permutation per pattern
+    (a row alone in its pattern is paired with itself and comes out
+    unmixed); ``"halves"`` mixes the first half of each pattern's rows with
+    its second half, in batch order, and pairs the one row left over by each
+    odd-sized pattern with another such row (first half of the leftovers with
+    the second half), so the output keeps exactly ``B/2`` rows, every input
+    row used once. Only those leftover pairs mix rows of different patterns;
+    they keep just the modalities both rows have (see :func:`mix_masks`).
+    When every row has the same pattern the draw is the one made without
+    ``presence``.
 
     Args:
         batch_size: Number of input rows ``B``.
@@ -122,19 +188,27 @@ def sample_mix_params(
         groups: Number of independent lambda sets; 1 shares lambda across
             modalities (FuseMix). More is only for ablations.
         generator: Source of randomness; torch's global RNG when ``None``.
+        presence: Optional boolean presence flags, one column per modality.
+            Shape: ``(B, M)``.
 
     Returns:
         The drawn :class:`MixParams`.
 
     Raises:
         ValueError: If ``batch_size < 2``, ``pairing="halves"`` with an odd
-            batch, ``alpha <= 0`` or an unknown ``pairing``.
+            batch, ``alpha <= 0``, an unknown ``pairing`` or a ``presence`` of
+            the wrong shape.
+        TypeError: If ``presence`` is not a boolean tensor.
 
     Example:
         >>> g = torch.Generator().manual_seed(0)
         >>> p = sample_mix_params(8, 1.0, pairing="halves", generator=g)
         >>> p.lam.shape, p.index_a.tolist(), p.index_b.tolist()
         (torch.Size([1, 4]), [0, 1, 2, 3], [4, 5, 6, 7])
+        >>> has_audio = torch.tensor([True, True, False, False, True, False, True, False])
+        >>> p = sample_mix_params(8, pairing="halves", presence=has_audio[:, None], generator=g)
+        >>> p.index_a.tolist(), p.index_b.tolist()  # rows with audio are mixed only with rows with audio
+        ([0, 1, 2, 3], [4, 6, 5, 7])
 
     """
     check_choice("pairing", pairing, PAIRINGS)
@@ -142,9 +216,13 @@ def sample_mix_params(
     check_positive_int("groups", groups)
     check_positive_int("batch_size", batch_size)
     _check_batch_size(batch_size, pairing)
+    flags = None if presence is None else _check_presence(presence, batch_size)
     rng = _seeded_numpy_rng(generator)
     rows = batch_size // 2 if pairing == "halves" else batch_size
-    if pairing == "halves":
+    if flags is not None:
+        first, second = _grouped_pairing(flags, pairing, rng)
+        index_a, index_b = torch.from_numpy(first), torch.from_numpy(second)
+    elif pairing == "halves":
         index_a = torch.arange(rows)
         index_b = torch.arange(rows, batch_size)
     else:
@@ -152,7 +230,13 @@ def sample_mix_params(
         index_b = torch.from_numpy(rng.permutation(batch_size))
     draws = rng.beta(alpha, alpha, size=(groups, rows if per_sample else 1))
     lam = torch.from_numpy(np.broadcast_to(draws, (groups, rows)).copy())
-    return MixParams(lam=lam, index_a=index_a, index_b=index_b.to(torch.int64), batch_size=batch_size, pairing=pairing)
+    return MixParams(
+        lam=lam,
+        index_a=index_a.to(torch.int64),
+        index_b=index_b.to(torch.int64),
+        batch_size=batch_size,
+        pairing=pairing,
+    )
 
 
 def mix_latents(latents: Sequence[Tensor], params: MixParams) -> list[Tensor]:
@@ -181,6 +265,60 @@ def mix_latents(latents: Sequence[Tensor], params: MixParams) -> list[Tensor]:
     return _mix_named(named, params)
 
 
+def mix_masks(masks: Sequence[Tensor], params: MixParams) -> list[Tensor]:
+    """The presence masks of the rows a FuseMix draw outputs: present where both mixed rows are.
+
+    Output row ``r`` of modality ``m`` is present iff
+    ``masks[m][index_a[r]] and masks[m][index_b[r]]``, so a value mixed from a
+    row that lacked the modality is always marked absent.
+
+    Args:
+        masks: Boolean presence flags per modality. Shape of each: ``(B,)``.
+        params: A draw from :func:`sample_mix_params` made for ``B`` rows.
+
+    Returns:
+        The output masks, on the devices of the inputs. Shape of each:
+        ``(rows,)``.
+
+    Raises:
+        TypeError: If a mask is not a boolean tensor.
+        ValueError: If a mask does not have shape ``(B,)``.
+
+    Example:
+        >>> p = sample_mix_params(4, pairing="halves", generator=torch.Generator().manual_seed(0))
+        >>> mix_masks([torch.tensor([True, True, True, False])], p)
+        [tensor([ True, False])]
+
+    """
+    out = []
+    for i, mask in enumerate(masks):
+        mask = _check_mask(f"masks[{i}]", mask, params.batch_size)
+        a, b = params.index_a.to(mask.device), params.index_b.to(mask.device)
+        out.append(mask[a] & mask[b])
+    return out
+
+
+def _check_mask(name: str, mask: object, batch_size: int) -> Tensor:
+    if not isinstance(mask, Tensor):
+        raise TypeError(f"{name}: expected a boolean torch.Tensor, got {type(mask).__name__}")
+    if mask.dtype != torch.bool:
+        raise TypeError(f"{name}: expected a boolean tensor, got dtype {mask.dtype}")
+    if mask.shape != (batch_size,):
+        raise ValueError(f"{name}: expected shape ({batch_size},) (one flag per row), got {tuple(mask.shape)}")
+    return mask
+
+
+def _is_contiguous_halves(params: MixParams) -> bool:
+    """Whether the draw mixes rows ``[0, B/2)`` with ``[B/2, B)`` in order (sliced without copies)."""
+    rows = params.rows
+    return (
+        params.pairing == "halves"
+        and 2 * rows == params.batch_size
+        and torch.equal(params.index_a.cpu(), torch.arange(rows))
+        and torch.equal(params.index_b.cpu(), torch.arange(rows, 2 * rows))
+    )
+
+
 def _mix_named(named: Sequence[tuple[str, Tensor]], params: MixParams) -> list[Tensor]:
     batch = _check_batch(named)
     if batch != params.batch_size:
@@ -189,11 +327,12 @@ def _mix_named(named: Sequence[tuple[str, Tensor]], params: MixParams) -> list[T
     if groups not in (1, len(named)):
         raise ValueError(f"params: holds {groups} lambda groups, which fits neither 1 nor the {len(named)} inputs")
     half = params.rows
+    contiguous = _is_contiguous_halves(params)
     out = []
     for m, (_, x) in enumerate(named):
         lam = params.lam[0 if groups == 1 else m].to(device=x.device, dtype=x.dtype)
         lam = lam.reshape((-1,) + (1,) * (x.ndim - 1))
-        if params.pairing == "halves":
+        if contiguous:
             xa, xb = x[:half], x[half : 2 * half]
         else:
             xa, xb = x[params.index_a.to(x.device)], x[params.index_b.to(x.device)]
@@ -221,6 +360,35 @@ def _unpack(
     return named, tuple
 
 
+def _unpack_masks(masks: object, inputs: tuple[LatentInputs, ...], named: Sequence[tuple[str, Tensor]]) -> list[Tensor]:
+    """Masks in the structure of ``inputs`` as one ``(B,)`` bool tensor per input; a missing one is all present."""
+    batch = _check_batch(named)
+    if len(inputs) == 1 and isinstance(inputs[0], Mapping):
+        if not isinstance(masks, Mapping):
+            raise TypeError(f"masks: dict inputs take a dict of modality name to mask, got {type(masks).__name__}")
+        keys = list(inputs[0].keys())
+        unknown = [k for k in masks if k not in inputs[0]]
+        if unknown:
+            raise ValueError(f"masks: modalities {unknown} are not among the inputs {keys}")
+        given: list[object] = [masks.get(k) for k in keys]
+        labels = [f"masks[{k!r}]" for k in keys]
+    elif len(inputs) == 1 and isinstance(inputs[0], Tensor) and isinstance(masks, Tensor):
+        given, labels = [masks], ["masks"]
+    else:
+        if not isinstance(masks, (tuple, list)):
+            raise TypeError(
+                f"masks: inputs given as tensors take a tuple or list of masks (one per input, None for all "
+                f"present), got {type(masks).__name__}"
+            )
+        if len(masks) != len(named):
+            raise ValueError(f"masks: expected one mask per input ({len(named)}), got {len(masks)}")
+        given, labels = list(masks), [f"masks[{i}]" for i in range(len(masks))]
+    return [
+        torch.ones(batch, dtype=torch.bool, device=x.device) if m is None else _check_mask(label, m, batch)
+        for m, label, (_, x) in zip(given, labels, named)
+    ]
+
+
 class FuseMix(nn.Module):
     """Mixup in latent space with one lambda and one pairing shared by every modality.
 
@@ -245,10 +413,19 @@ class FuseMix(nn.Module):
         generator: ``torch.Generator`` driving every draw; torch's global RNG
             when ``None``. The same seed gives the same output.
 
+    Missing modalities: with ``masks=`` (a boolean presence flag per row for
+    each modality) rows are paired within their presence pattern (see
+    :func:`sample_mix_params` for the pairing, and how ``"halves"`` treats
+    patterns with an odd number of rows), one lambda and one pairing still
+    shared by every modality, and the output masks (the AND of the two mixed
+    rows' masks, :func:`mix_masks`) are returned after the mixed latents.
+    Absent rows may hold any finite filler (e.g. zeros).
+
     Shape:
-        - Input: tensors of shape ``(B, *)``, all with the same ``B``.
+        - Input: tensors of shape ``(B, *)``, all with the same ``B``; masks
+          of shape ``(B,)``.
         - Output: tensors of shape ``(B/2, *)`` for ``"halves"``,
-          ``(B, *)`` for ``"permute"``.
+          ``(B, *)`` for ``"permute"``; masks of shape ``(B/2,)`` or ``(B,)``.
 
     Example:
         >>> g = torch.Generator().manual_seed(0)
@@ -263,6 +440,11 @@ class FuseMix(nn.Module):
         >>> replayed = mix(img, params=params)  # same lambda and pairing
         >>> torch.equal(replayed, out["image"])
         True
+        >>> has_audio = torch.tensor([True, True, False, False, True, False, True, False])
+        >>> batch = {"image": img, "text": txt, "audio": torch.randn(8, 6) * has_audio[:, None]}
+        >>> out, masks = mix(batch, masks={"audio": has_audio})
+        >>> masks["audio"].tolist(), masks["text"].tolist()
+        ([True, True, False, False], [True, True, True, True])
 
     """
 
@@ -293,13 +475,15 @@ class FuseMix(nn.Module):
     def alpha(self, value: float) -> None:
         self._alpha = check_positive("alpha", value)
 
-    def sample_params(self, batch_size: int, num_modalities: int = 1) -> MixParams:
+    def sample_params(self, batch_size: int, num_modalities: int = 1, *, presence: Tensor | None = None) -> MixParams:
         """Draw lambda and the pairing for a batch of ``batch_size`` rows.
 
         Args:
             batch_size: Number of input rows.
             num_modalities: Number of modalities the draw will be applied to;
                 only used when ``share_lambda=False``.
+            presence: Optional boolean presence flags; rows are then paired
+                within their presence pattern. Shape: ``(batch_size, M)``.
 
         Returns:
             A :class:`MixParams` to pass back as ``params=``.
@@ -312,11 +496,16 @@ class FuseMix(nn.Module):
             per_sample=self.per_sample,
             groups=1 if self.share_lambda else num_modalities,
             generator=self.generator,
+            presence=presence,
         )
 
     def forward(
-        self, *inputs: LatentInputs, params: MixParams | None = None, return_params: bool = False
-    ) -> LatentInputs | tuple[LatentInputs, MixParams]:
+        self,
+        *inputs: LatentInputs,
+        params: MixParams | None = None,
+        return_params: bool = False,
+        masks: MaskInputs | None = None,
+    ) -> LatentInputs | tuple[LatentInputs, MixParams] | tuple[LatentInputs, LatentInputs, MixParams]:
         """Mix the latents of every modality with one shared draw.
 
         Args:
@@ -324,25 +513,39 @@ class FuseMix(nn.Module):
                 one dict of name to tensor. Shape of each: ``(B, *)``.
             params: Replay this draw instead of drawing a new one.
             return_params: Also return the draw used.
+            masks: Optional boolean presence flags, one ``(B,)`` tensor per
+                modality, in the structure of the inputs: a dict (it may leave
+                out modalities present in every row) for dict inputs, a
+                tuple/list (``None`` for always present) for tensors, or one
+                tensor for one tensor. A new draw pairs rows within their
+                presence pattern.
 
         Returns:
-            The mixed tensors in the input's structure, and the
+            The mixed tensors in the input's structure; with ``masks``, then
+            the output masks in that structure too (every modality); then the
             :class:`MixParams` when ``return_params`` is true.
 
         Raises:
-            TypeError: If an input is not a floating-point tensor.
+            TypeError: If an input is not a floating-point tensor, or a mask
+                not a boolean tensor in the inputs' structure.
             ValueError: If batch sizes differ, the batch has fewer than 2 rows,
-                ``pairing="halves"`` gets an odd batch, or ``params`` was drawn
-                for another batch size.
+                ``pairing="halves"`` gets an odd batch, ``params`` was drawn
+                for another batch size, or a mask has the wrong shape or names
+                an unknown modality.
 
         """
         named, rebuild = _unpack(inputs)
+        mask_list = None if masks is None else _unpack_masks(masks, inputs, named)
         if params is None:
             batch = _check_batch(named)
             _check_batch_size(batch, self.pairing, name="inputs")
-            params = self.sample_params(batch, len(named))
+            presence = None if mask_list is None else torch.stack([m.cpu() for m in mask_list], dim=1)
+            params = self.sample_params(batch, len(named), presence=presence)
         out = rebuild(_mix_named(named, params))
-        return (out, params) if return_params else out
+        if mask_list is None:
+            return (out, params) if return_params else out
+        out_masks = rebuild(mix_masks(mask_list, params))
+        return (out, out_masks, params) if return_params else (out, out_masks)
 
     def extra_repr(self) -> str:
         return (
@@ -451,18 +654,26 @@ class LatentNoise(nn.Module):
         self.relative = bool(relative)
         self.generator = generator
 
-    def forward(self, *inputs: LatentInputs) -> LatentInputs:
+    def forward(
+        self, *inputs: LatentInputs, masks: MaskInputs | None = None
+    ) -> LatentInputs | tuple[LatentInputs, LatentInputs]:
         """Add noise to every tensor.
 
         Args:
             *inputs: Same call forms as :meth:`FuseMix.forward`.
+            masks: Optional presence masks, as for :meth:`FuseMix.forward`;
+                rows keep their presence, so they are returned unchanged
+                (every modality, in the inputs' structure), which lets one
+                loop call either augmentation the same way.
 
         Returns:
-            Noisy tensors in the input's structure.
+            Noisy tensors in the input's structure; with ``masks``, then the
+            masks.
 
         """
         named, rebuild = _unpack(inputs)
         _check_batch(named)
+        mask_list = None if masks is None else _unpack_masks(masks, inputs, named)
         out = []
         for _, x in named:
             device = self.generator.device if self.generator is not None else x.device
@@ -472,7 +683,7 @@ class LatentNoise(nn.Module):
                 rms = x.detach().flatten(1).pow(2).mean(dim=1).sqrt()
                 scale = self.std * rms.reshape((-1,) + (1,) * (x.ndim - 1))
             out.append(x + scale * eps)
-        return rebuild(out)
+        return rebuild(out) if mask_list is None else (rebuild(out), rebuild(mask_list))
 
     def extra_repr(self) -> str:
         return f"std={self.std}, relative={self.relative}"
