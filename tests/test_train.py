@@ -448,3 +448,51 @@ def test_resume_refuses_another_config_or_other_data(tmp_path):
         fit(train, config, out_dir=tmp_path, progress=False)
     with pytest.raises(FileExistsError, match="resume=True"):
         fit(resume_run.make_data()[0], config, out_dir=tmp_path, resume=False, progress=False)
+
+
+# -- beyond the paper: hidden width, structure term, warm start -------------------------------------------------------
+
+
+def test_hidden_dim_structure_and_warm_start_come_from_the_config(tmp_path):
+    from fusemix import CCAAligner, StructureLoss, aligner_input_norm
+    from fusemix.train import model_from_config, warm_start_from_config
+
+    data = _planted(120, 0)
+    config = TrainConfig(shared_dim=8, depth=2, hidden_dim=5, structure_weight=0.5, warm_start="cca", seed=3)
+    model = model_from_config(data.dims, config)
+    assert all(block.fc1.out_features == 5 for a in model.adapters.values() for block in a.blocks)
+    assert isinstance(model.structure, StructureLoss) and model.structure_weight == 0.5
+    warm_start_from_config(model, data, config)
+    latents = data.gather(np.arange(len(data)))
+    aligner = CCAAligner(8, regularization=0.1, input_norm=aligner_input_norm(model)).fit(latents)
+    for m in ("image", "text"):
+        torch.testing.assert_close(model.eval().embed(m, latents[m]), aligner.embed(m, latents[m]), atol=1e-5, rtol=0)
+    save_model(model, tmp_path / "m")
+    loaded = load_model(tmp_path / "m")
+    assert isinstance(loaded.structure, StructureLoss) and loaded.structure_weight == 0.5
+    torch.testing.assert_close(loaded.embed("text", latents["text"]), model.embed("text", latents["text"]))
+
+
+def test_warm_started_training_starts_at_the_aligner_and_stays_above_chance():
+    train, val = _planted(400, 0), _planted(100, 1)
+    config = TrainConfig(epochs=3, batch_size=64, warmup_steps=2, lr=1e-4, shared_dim=8, depth=1, expansion=1,
+                         dropout=0.0, warm_start="cca", structure_weight=1.0, eval_every=1, device="cpu")  # fmt: skip
+    result = fit(train, config, val=val, progress=False)
+    assert result.metrics["i2t_R@1"] > 20 and result.metrics["t2i_R@1"] > 20  # chance is 1%
+    with pytest.raises(ValueError, match="warm_start: cannot fit a cca aligner on 6 pairs"):
+        fit(_planted(6, 0), TrainConfig(epochs=1, batch_size=4, shared_dim=8, warm_start="cca"), progress=False)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "match"),
+    [
+        ("hidden_dim", 0, "hidden_dim"),
+        ("structure_weight", -1.0, "structure_weight"),
+        ("structure_divergence", "l2", "structure_divergence"),
+        ("warm_start", "pca", "warm_start"),
+        ("warm_start_max_pairs", 1, "warm_start_max_pairs"),
+    ],
+)
+def test_new_fields_are_validated(field, value, match):
+    with pytest.raises(ValueError, match=match):
+        TrainConfig(**{field: value})

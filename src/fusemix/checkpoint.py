@@ -35,6 +35,7 @@ from fusemix.fixed_target import FixedTargetLoss, TargetRegressionLoss
 from fusemix.losses import ContrastiveLoss, SigLIPLoss
 from fusemix.model import FusionModel
 from fusemix.projectors import FusionAdapter, IdentityAdapter, LinearAdapter
+from fusemix.regularizers import StructureLoss
 
 MODEL_WEIGHTS = "model.safetensors"
 MODEL_CONFIG = "fusemix.json"
@@ -279,6 +280,22 @@ def describe_model(model: FusionModel) -> dict[str, Any]:
         "shared_dim": shared.pop() if len(shared) == 1 else None,
         "adapters": adapters,
         "loss": _describe_loss(model.loss),
+        "structure": _describe_structure(model.structure),
+        "structure_weight": model.structure_weight,
+    }
+
+
+def _describe_structure(structure: nn.Module | None) -> dict[str, Any] | None:
+    if structure is None:
+        return None
+    if type(structure) is not StructureLoss:
+        raise TypeError(f"model: structure is a {type(structure).__name__}; a model directory describes StructureLoss")
+    return {
+        "type": "structure",
+        "temperature": structure.temperature,
+        "divergence": structure.divergence,
+        "center": structure.center,
+        "max_rows": structure.max_rows,
     }
 
 
@@ -322,7 +339,20 @@ def build_model(description: Mapping[str, Any]) -> FusionModel:
             adapters[name] = IdentityAdapter(spec["dim"])
         else:
             raise ValueError(f"{MODEL_CONFIG}: adapter {name!r} has unknown type {kind!r}")
-    return FusionModel(adapters, loss=_build_loss(description["loss"]))
+    spec = description.get("structure")
+    structure = None
+    if spec is not None:
+        if spec.get("type") != "structure":
+            raise ValueError(f"{MODEL_CONFIG}: unknown structure term type {spec.get('type')!r}")
+        structure = StructureLoss(
+            spec["temperature"], divergence=spec["divergence"], center=spec["center"], max_rows=spec["max_rows"]
+        )
+    return FusionModel(
+        adapters,
+        loss=_build_loss(description["loss"]),
+        structure=structure,
+        structure_weight=description.get("structure_weight", 0.0),
+    )
 
 
 def _build_loss(spec: Mapping[str, Any]) -> nn.Module:

@@ -110,6 +110,7 @@ class FusionModel(nn.Module):
         loss: nn.Module | None = None,
         structure: StructureLoss | None = None,
         structure_weight: float = 0.0,
+        hidden_dim: int | None = None,
     ) -> FusionModel:
         """Build a model with one adapter per modality from the latent dims.
 
@@ -122,6 +123,8 @@ class FusionModel(nn.Module):
             depth: Residual blocks per fusion adapter (paper: 4).
             expansion: Hidden width multiplier of each block (paper: 4).
             dropout: Dropout inside each block (paper: 0.6).
+            hidden_dim: Hidden width of each block, overriding ``expansion``
+                (see :class:`FusionAdapter`).
             loss: Loss module; :class:`~fusemix.ContrastiveLoss` when ``None``.
             structure: Structure-preserving regulariser (see the class).
             structure_weight: Its weight (see the class).
@@ -137,7 +140,9 @@ class FusionModel(nn.Module):
         for name, dim in dims.items():
             check_positive_int(f"dims[{name!r}]", dim)
             if adapter == "fusion":
-                adapters[name] = FusionAdapter(dim, shared_dim, depth=depth, expansion=expansion, dropout=dropout)
+                adapters[name] = FusionAdapter(
+                    dim, shared_dim, depth=depth, expansion=expansion, dropout=dropout, hidden_dim=hidden_dim
+                )
             else:
                 adapters[name] = LinearAdapter(dim, shared_dim)
         return cls(adapters, loss=loss, structure=structure, structure_weight=structure_weight)

@@ -71,6 +71,7 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from fusemix._checks import check_choice, check_positive, check_positive_int
+from fusemix.aligners import CCAAligner, ProcrustesAligner
 from fusemix.checkpoint import (
     INSTALL_HINT,
     TrainingCheckpoint,
@@ -94,9 +95,12 @@ from fusemix.losses import ContrastiveLoss, PairwiseContrastiveLoss, SigLIPLoss
 from fusemix.metrics import retrieval_metrics
 from fusemix.mixing import PAIRINGS, CosineAlphaSchedule, ExponentialAlphaSchedule, FuseMix, LatentNoise
 from fusemix.model import FusionModel
+from fusemix.regularizers import StructureLoss
+from fusemix.warmstart import aligner_input_norm, warm_start
 
 AUGMENTATIONS: tuple[str, ...] = ("fusemix", "none", "noise", "fusemix-independent")
 AMP_MODES: tuple[str, ...] = ("auto", "off", "bf16", "fp16")
+WARM_STARTS: tuple[str, ...] = ("none", "cca", "procrustes")
 RESULT_NEUTRAL_FIELDS: frozenset[str] = frozenset(
     {"eval_every", "checkpoint_every", "log_every", "eval_chunk_size", "device", "preload", "dist_timeout_s"}
 )
@@ -149,6 +153,9 @@ class TrainConfig:
         adapter: ``"fusion"`` (the paper's residual MLP) or ``"linear"``.
         depth: Residual blocks per fusion adapter (paper: 4).
         expansion: Hidden width multiplier of each block (paper: 4).
+        hidden_dim: Hidden width of each block, overriding ``expansion``
+            (``None``: ``expansion * latent dim``, the paper); a cheaper
+            adapter for wide latents on small data or a CPU.
         dropout: Dropout inside each block (paper: 0.6).
         augmentation: ``"fusemix"`` (the method), ``"none"``, ``"noise"``
             (Gaussian latent noise baseline) or ``"fusemix-independent"``
@@ -190,6 +197,20 @@ class TrainConfig:
             wait (for a rank that died or stalled) before it fails with an
             error instead of hanging; applies to process groups that
             :func:`fit` initialises (default 600).
+        structure_weight: Weight of a :class:`~fusemix.StructureLoss` added
+            to the loss, keeping each modality's neighbourhood structure in
+            the shared space (0: off, the paper).
+        structure_temperature: Temperature of the structure term's
+            similarity distributions.
+        structure_divergence: ``"js"`` (Jensen-Shannon) or ``"kl"``.
+        warm_start: ``"none"`` (the paper), ``"cca"`` or ``"procrustes"``:
+            before the first step, fit that closed-form aligner on the
+            training pairs of the first two modalities and set the adapters
+            so that the model embeds exactly like it (see
+            :func:`~fusemix.warm_start`); training then continues from there.
+        warm_start_regularization: The aligner's ``regularization``.
+        warm_start_max_pairs: The aligner is fitted on at most this many
+            training pairs (a fixed seeded subset, gathered in memory).
 
     Raises:
         TypeError: If a field has the wrong type.
@@ -220,6 +241,7 @@ class TrainConfig:
     adapter: str = "fusion"
     depth: int = 4
     expansion: int = 4
+    hidden_dim: int | None = None
     dropout: float = 0.6
     augmentation: str = "fusemix"
     alpha: float = 1.0
@@ -242,6 +264,12 @@ class TrainConfig:
     eval_chunk_size: int | None = None
     local_loss: bool = True
     dist_timeout_s: float = 600.0
+    structure_weight: float = 0.0
+    structure_temperature: float = 0.1
+    structure_divergence: str = "js"
+    warm_start: str = "none"
+    warm_start_regularization: float = 0.1
+    warm_start_max_pairs: int = 200_000
 
     def __post_init__(self) -> None:
         check_positive_int("epochs", self.epochs)
@@ -259,6 +287,8 @@ class TrainConfig:
         check_choice("adapter", self.adapter, ("fusion", "linear"))
         _check_int("depth", self.depth, 0)
         check_positive_int("expansion", self.expansion)
+        if self.hidden_dim is not None:
+            check_positive_int("hidden_dim", self.hidden_dim)
         if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
             raise ValueError(f"dropout: expected a probability in [0, 1), got {self.dropout!r}")
         check_choice("augmentation", self.augmentation, AUGMENTATIONS)
@@ -295,6 +325,12 @@ class TrainConfig:
             check_positive_int("eval_chunk_size", self.eval_chunk_size)
         _check_bool("local_loss", self.local_loss)
         check_positive("dist_timeout_s", self.dist_timeout_s)
+        _check_nonnegative("structure_weight", self.structure_weight)
+        check_positive("structure_temperature", self.structure_temperature)
+        check_choice("structure_divergence", self.structure_divergence, ("js", "kl"))
+        check_choice("warm_start", self.warm_start, WARM_STARTS)
+        _check_nonnegative("warm_start_regularization", self.warm_start_regularization)
+        _check_int("warm_start_max_pairs", self.warm_start_max_pairs, 2)
         mixing = self.augmentation in ("fusemix", "fusemix-independent")
         if mixing and self.pairing == "halves" and self.batch_size % 2:
             raise ValueError(
@@ -477,15 +513,60 @@ def model_from_config(dims: Mapping[str, int], config: TrainConfig) -> FusionMod
         )
     else:
         loss = SigLIPLoss(gather_distributed=True, local_loss=config.local_loss)
+    structure = None
+    if config.structure_weight > 0:
+        structure = StructureLoss(config.structure_temperature, divergence=config.structure_divergence)
     return FusionModel.from_dims(
         dims,
         shared_dim=config.shared_dim,
         adapter=config.adapter,
         depth=config.depth,
         expansion=config.expansion,
+        hidden_dim=config.hidden_dim,
         dropout=config.dropout,
         loss=loss,
+        structure=structure,
+        structure_weight=config.structure_weight,
     )
+
+
+def warm_start_from_config(model: FusionModel, train: PairedLatents, config: TrainConfig) -> FusionModel:
+    """Fit ``config.warm_start``'s aligner on ``train`` and set ``model``'s adapters from it (in place).
+
+    The aligner sees the first two modalities of ``train``, on at most
+    ``config.warm_start_max_pairs`` pairs (a subset seeded by
+    ``config.seed``), with the input normalisation the adapters need
+    (:func:`~fusemix.aligner_input_norm`) and ``dim = config.shared_dim``.
+
+    Returns:
+        ``model`` itself; unchanged when ``config.warm_start == "none"``.
+
+    Raises:
+        ValueError: If ``train`` has fewer than two modalities, or too few
+            pairs for a ``shared_dim``-dimensional aligner (CCA needs more
+            than ``shared_dim`` pairs).
+    """
+    if config.warm_start == "none":
+        return model
+    if len(train.modalities) < 2:
+        raise ValueError(f"warm_start: needs two modalities to align, the training data has {train.modalities}")
+    pair = train.modalities[:2]
+    count = min(len(train), config.warm_start_max_pairs)
+    rows = np.arange(len(train))
+    if count < len(train):
+        rows = np.sort(np.random.default_rng(_derived_seed(config.seed, 3)).choice(len(train), count, replace=False))
+    latents = {m: x for m, x in train.gather(rows).items() if m in pair}
+    norm = aligner_input_norm(model)
+    reg = config.warm_start_regularization
+    if config.warm_start == "cca":
+        aligner: CCAAligner | ProcrustesAligner = CCAAligner(config.shared_dim, regularization=reg, input_norm=norm)
+    else:
+        aligner = ProcrustesAligner(config.shared_dim, regularization=reg, input_norm=norm)
+    try:
+        aligner.fit(latents)
+    except ValueError as err:
+        raise ValueError(f"warm_start: cannot fit a {config.warm_start} aligner on {count} pairs: {err}") from err
+    return warm_start(model, aligner.to(next(model.parameters()).device), modalities=pair)
 
 
 def augmentation_from_config(config: TrainConfig, generator: torch.Generator | None) -> nn.Module | None:
@@ -839,6 +920,8 @@ class _Run:
         missing = [m for m in train.modalities if m not in self.model.modalities]
         if missing:
             raise ValueError(f"model: has no adapter for the training modalities {missing}")
+        # Deterministic, so a resumed run computes it again before loading the checkpoint over it.
+        warm_start_from_config(self.model, train, config)
         self.forward_model: nn.Module = self.model
         if place.world_size > 1:
             self.forward_model = self._data_parallel()
