@@ -5,10 +5,12 @@ latents, held in memory (``np.ndarray`` / ``torch.Tensor``) or on disk (an
 ``np.memmap`` or a latent store: any read-only object with ``shape``,
 ``dtype`` and fancy ``__getitem__`` by an int64 index array). A
 :class:`PairedLatents` says which rows of each modality form a pair, so one
-image can pair with several captions without copying it. A
-:class:`LatentBatcher` yields batches of pairs as a ``dict`` of tensors, one
-fancy index per modality per batch; with ``preload`` every modality lives on
-the training device as one tensor and a batch is one ``index_select`` there.
+image can pair with several captions without copying it, and a row index of
+``-1`` marks a pair that lacks that modality. A :class:`LatentBatcher` yields
+batches of pairs as a :class:`LatentBatch` (a ``dict`` of tensors, plus the
+rows' presence masks when some pairs lack a modality), one fancy index per
+modality per batch; with ``preload`` every modality lives on the training
+device as one tensor and a batch is one ``index_select`` there.
 """
 
 from __future__ import annotations
@@ -87,10 +89,63 @@ def _as_index_array(name: str, values: object) -> np.ndarray:
     return array.astype(np.int64, copy=False)
 
 
+_MISSING = -1  # row index marking a pair that lacks a modality (in PairedLatents rows)
+
+
 def _check_in_range(name: str, index: np.ndarray, size: int, what: str) -> None:
     if index.size and (int(index.min()) < 0 or int(index.max()) >= size):
         bad = index[(index < 0) | (index >= size)][:5].tolist()
         raise ValueError(f"{name}: indices must lie in [0, {size}) ({what}), found {bad}")
+
+
+def _check_rows(name: str, index: np.ndarray, size: int, what: str) -> None:
+    """Like :func:`_check_in_range`, but ``_MISSING`` (-1) is allowed: the pair lacks this modality."""
+    outside = (index < 0) | (index >= size)
+    if not index.size or not outside.any():
+        return
+    invalid = outside & (index != _MISSING)
+    if not invalid.any():
+        return
+    found = index[outside][:5].tolist()
+    also = "" if found == index[invalid][:5].tolist() else f" (invalid: {index[invalid][:5].tolist()})"
+    raise ValueError(
+        f"{name}: indices must lie in [0, {size}) ({what}), or be -1 for a pair that lacks the modality; "
+        f"found {found}{also}"
+    )
+
+
+class LatentBatch(dict[str, Tensor]):
+    """A batch of pairs: a ``dict`` of modality name to latents, plus the presence masks of its rows.
+
+    It is a plain ``dict`` (``batch["image"]``, ``batch.items()``, passing it
+    to :class:`~fusemix.FuseMix` or :class:`~fusemix.FusionModel`) with one
+    attribute more, ``masks``: ``None`` when the data it came from has
+    every modality in every pair, else a boolean presence flag per row for
+    every modality. Absent rows hold zeros. So one training loop fits both::
+
+        for batch in batcher:
+            loss = model(batch, masks=batch.masks)
+
+    Args:
+        latents: Modality name to latents. Shape of each: ``(B, D_m)``.
+        masks: ``None``, or modality name to presence flags. Shape of each: ``(B,)``, bool.
+
+    Attributes:
+        masks: ``None`` (complete data) or modality name to presence flags
+            (every modality). Shape of each: ``(B,)``, bool, on the batch's device.
+
+    Example:
+        >>> batch = LatentBatch({"image": torch.ones(2, 3)}, masks={"image": torch.tensor([True, False])})
+        >>> list(batch), batch["image"].shape, batch.masks["image"].tolist()
+        (['image'], torch.Size([2, 3]), [True, False])
+        >>> isinstance(batch, dict), LatentBatch({"image": torch.ones(2, 3)}).masks is None
+        (True, True)
+
+    """
+
+    def __init__(self, latents: Mapping[str, Tensor], masks: Mapping[str, Tensor] | None = None) -> None:
+        super().__init__(latents)
+        self.masks: dict[str, Tensor] | None = None if masks is None else dict(masks)
 
 
 class PairedLatents:
@@ -102,6 +157,14 @@ class PairedLatents:
     without copies: for COCO (one image, five captions) the captions are the
     identity and ``rows["image"][p]`` is the image of caption ``p``.
 
+    **Missing modalities.** ``rows[m][p] = -1`` says that pair ``p`` lacks
+    modality ``m`` (an image-text pair in data that also has audio, say).
+    Every pair needs at least two modalities; a modality paired by identity
+    is present in every pair. :meth:`gather` returns zeros for the absent
+    rows (it never reads row -1) and, like :class:`LatentBatcher`, the
+    presence flags as ``masks`` (:meth:`masks`), which
+    :class:`~fusemix.FuseMix`, the losses and :func:`fusemix.train.fit` take.
+
     Nothing is loaded or copied: the latents stay where they are (memory,
     ``np.memmap``, latent store) until :meth:`gather` reads rows.
 
@@ -109,14 +172,15 @@ class PairedLatents:
         latents: Modality name to latents. Shape of each: ``(N_m, D_m)``;
             ``np.ndarray``, ``np.memmap``, ``torch.Tensor`` or a latent store.
             At least two modalities.
-        rows: Modality name to the row of that modality used by each pair.
-            Shape of each: ``(P,)``, integer. ``None`` pairs every modality
-            by identity.
+        rows: Modality name to the row of that modality used by each pair,
+            or -1 where the pair lacks it. Shape of each: ``(P,)``, integer.
+            ``None`` pairs every modality by identity.
 
     Raises:
         TypeError: If latents are not floating point or rows not integer.
-        ValueError: If shapes, lengths or indices are inconsistent; the
-            message names the modality.
+        ValueError: If shapes, lengths or indices are inconsistent (the
+            message names the modality), or a pair has fewer than two
+            modalities (the message names the rows and the first such pair).
 
     Example:
         >>> images = np.random.randn(2, 4).astype(np.float32)
@@ -127,6 +191,17 @@ class PairedLatents:
         >>> batch = data.gather(np.array([3, 0]))
         >>> torch.equal(batch["image"][0], torch.from_numpy(images[1]))
         True
+
+        Three modalities, pair 1 without audio and pair 2 without an image:
+
+        >>> audio = np.random.randn(2, 6).astype(np.float32)
+        >>> data = PairedLatents({"image": images, "text": captions[:3], "audio": audio},
+        ...                      rows={"image": [0, 1, -1], "audio": [0, -1, 1]})
+        >>> data.complete, data.masks([0, 1, 2])["audio"].tolist()
+        (False, [True, False, True])
+        >>> batch = data.gather([1, 2])
+        >>> batch["audio"][0].abs().sum().item(), batch.masks["image"].tolist()
+        (0.0, [True, False])
 
     """
 
@@ -163,17 +238,20 @@ class PairedLatents:
             raise ValueError("rows: expected at least one pair, got 0")
         for name, (n, _) in sizes.items():
             if name in index:
-                _check_in_range(f"rows[{name!r}]", index[name], n, f"latents[{name!r}] has {n} rows")
+                _check_rows(f"rows[{name!r}]", index[name], n, f"latents[{name!r}] has {n} rows")
             elif n != num_pairs:
                 reason = f"P={num_pairs}" if index else f"latents[{first!r}] has {num_pairs} rows"
                 raise ValueError(
                     f"latents[{name!r}]: has {n} rows but no rows mapping and {reason}; "
                     f"give rows[{name!r}] to pair its rows explicitly"
                 )
+        absent = {name: idx == _MISSING for name, idx in index.items() if idx.size and int(idx.min()) == _MISSING}
+        _check_two_present(absent, list(latents), num_pairs)
         self._latents: dict[str, ArrayLike] = dict(latents)
         self._rows: dict[str, np.ndarray | None] = {name: index.get(name) for name in latents}
         self._num_pairs = num_pairs
         self._dims = {name: d for name, (_, d) in sizes.items()}
+        self._complete = not absent
 
     @property
     def modalities(self) -> list[str]:
@@ -194,9 +272,17 @@ class PairedLatents:
         """Number of pairs ``P``."""
         return self._num_pairs
 
+    @property
+    def complete(self) -> bool:
+        """Whether every pair has every modality (no ``-1`` in ``rows``)."""
+        return self._complete
+
     def __repr__(self) -> str:
         dims = ", ".join(f"{m}: {d}" for m, d in self._dims.items())
-        return f"PairedLatents({self._num_pairs} pairs; {dims})"
+        if self._complete:
+            return f"PairedLatents({self._num_pairs} pairs; {dims})"
+        lacking = int(np.any([r == _MISSING for r in self._rows.values() if r is not None], axis=0).sum())
+        return f"PairedLatents({self._num_pairs} pairs, {lacking} lacking a modality; {dims})"
 
     def _modality(self, name: str, argument: str = "modality") -> str:
         if name not in self._latents:
@@ -210,7 +296,8 @@ class PairedLatents:
             modality: A modality name.
 
         Returns:
-            Row indices, int64. Shape: ``(P,)``.
+            Row indices, int64, with -1 for the pairs that lack
+            ``modality``. Shape: ``(P,)``.
 
         """
         rows = self._rows[self._modality(modality)]
@@ -232,11 +319,34 @@ class PairedLatents:
             pair_indices: Indices of pairs to keep. Shape: ``(K,)``, ``K >= 1``.
 
         Returns:
-            A :class:`PairedLatents` of ``K`` pairs over the same latent sources.
+            A :class:`PairedLatents` of ``K`` pairs over the same latent
+            sources, keeping which modalities each pair lacks.
 
         """
         pairs = self._pair_index(pair_indices)
         return PairedLatents(self._latents, {m: self._source_rows(m, pairs) for m in self._latents})
+
+    def masks(
+        self, pair_indices: np.ndarray | Sequence[int] | Tensor, *, device: str | torch.device = "cpu"
+    ) -> dict[str, Tensor] | None:
+        """Which modalities some pairs have.
+
+        Args:
+            pair_indices: Pairs to look at. Shape: ``(B,)``.
+            device: Device of the returned masks.
+
+        Returns:
+            ``None`` when the data is :attr:`complete`; else modality name
+            to presence flags (every modality), entry ``i`` for pair
+            ``pair_indices[i]``. Shape of each: ``(B,)``, bool.
+
+        """
+        return self._masks(self._pair_index(pair_indices), torch.device(device))
+
+    def _masks(self, pairs: np.ndarray, device: torch.device) -> dict[str, Tensor] | None:
+        if self._complete:
+            return None
+        return {m: torch.from_numpy(self._source_rows(m, pairs) != _MISSING).to(device) for m in self._latents}
 
     def gather(
         self,
@@ -244,7 +354,7 @@ class PairedLatents:
         *,
         dtype: torch.dtype = torch.float32,
         device: str | torch.device = "cpu",
-    ) -> dict[str, Tensor]:
+    ) -> LatentBatch:
         """Read the latents of some pairs, one vectorised read per modality.
 
         Args:
@@ -253,13 +363,28 @@ class PairedLatents:
             device: Device of the returned tensors.
 
         Returns:
-            Modality name to latents; row ``i`` of every tensor belongs to
-            pair ``pair_indices[i]``. Shape of each: ``(B, D_m)``.
+            Modality name to latents, as a :class:`LatentBatch` whose
+            ``masks`` are :meth:`masks` of the pairs; row ``i`` of every
+            tensor belongs to pair ``pair_indices[i]``, and is zeros where
+            that pair lacks the modality (no row is read for it). Shape of
+            each: ``(B, D_m)``.
 
         """
         pairs = self._pair_index(pair_indices)
         device = torch.device(device)
-        return {m: _read_rows(self._latents[m], self._source_rows(m, pairs), dtype, device) for m in self._latents}
+        latents = {m: self._read(m, self._source_rows(m, pairs), dtype, device) for m in self._latents}
+        return LatentBatch(latents, self._masks(pairs, device))
+
+    def _read(self, modality: str, rows: np.ndarray, dtype: torch.dtype, device: torch.device) -> Tensor:
+        """``latents[modality][rows]``, with zeros (and no read) where ``rows`` is -1."""
+        source = self._latents[modality]
+        present = np.flatnonzero(rows != _MISSING)
+        if len(present) == len(rows):
+            return _read_rows(source, rows, dtype, device)
+        out = torch.zeros((len(rows), self._dims[modality]), dtype=dtype, device=device)
+        if len(present):
+            out.index_copy_(0, torch.from_numpy(present).to(device), _read_rows(source, rows[present], dtype, device))
+        return out
 
     def retrieval_task(
         self, query: str, key: str, *, dtype: torch.dtype = torch.float32
@@ -270,7 +395,7 @@ class PairedLatents:
         (e.g. an image) and each distinct row of ``key`` one key item (e.g. a
         caption); both are sorted by row. Every key item must belong to one
         query item, so the result reads as ``(image_latents, text_latents,
-        text_to_image)``.
+        text_to_image)``. Only the pairs that have both modalities take part.
 
         Args:
             query: Modality with one item per group (e.g. ``"image"``).
@@ -284,8 +409,8 @@ class PairedLatents:
 
         Raises:
             KeyError: If a modality is unknown.
-            ValueError: If ``query == key`` or a key row is paired with two
-                different query rows.
+            ValueError: If ``query == key``, no pair has both modalities,
+                or a key row is paired with two different query rows.
 
         Example:
             >>> img, txt = np.eye(2, dtype=np.float32), np.ones((4, 3), np.float32)
@@ -300,6 +425,10 @@ class PairedLatents:
         if query == key:
             raise ValueError(f"key: must differ from query, got {key!r} for both")
         query_rows, key_rows = self.row_index(query), self.row_index(key)
+        both = (query_rows != _MISSING) & (key_rows != _MISSING)
+        if not both.any():
+            raise ValueError(f"key: no pair has both {query!r} and {key!r}, so there is nothing to retrieve")
+        query_rows, key_rows = query_rows[both], key_rows[both]
         unique_query, query_item = np.unique(query_rows, return_inverse=True)
         unique_key, key_item = np.unique(key_rows, return_inverse=True)
         key_to_query = np.full(len(unique_key), -1, dtype=np.int64)
@@ -318,6 +447,24 @@ class PairedLatents:
             _read_rows(self._latents[key], unique_key, dtype, cpu),
             torch.from_numpy(key_to_query),
         )
+
+
+def _check_two_present(absent: Mapping[str, np.ndarray], modalities: list[str], num_pairs: int) -> None:
+    """Refuse pairs with fewer than two modalities; ``absent[m]`` flags the pairs lacking ``m`` (-1 rows)."""
+    if not absent:
+        return
+    present = len(modalities) - np.sum(list(absent.values()), axis=0)
+    bad = np.flatnonzero(present < 2)
+    if not bad.size:
+        return
+    first = int(bad[0])
+    lacking = [m for m, flags in absent.items() if flags[first]]
+    has = [m for m in modalities if m not in lacking]
+    where = ", ".join(f"rows[{m!r}]" for m in lacking)
+    raise ValueError(
+        f"rows: every pair needs at least two modalities, but {bad.size} pair(s) have fewer (pairs "
+        f"{bad[:5].tolist()}{', ...' if bad.size > 5 else ''}); pair {first} has only {has} (-1 in {where})"
+    )
 
 
 def _torch_dtype_of(array: ArrayLike) -> torch.dtype:
@@ -414,9 +561,12 @@ class LatentBatcher:
 
     Epoch ``e`` visits the pairs in a permutation drawn from a NumPy
     generator seeded by ``(seed, e)``, so any epoch can be reproduced without
-    replaying the earlier ones. A batch is a ``dict`` of modality name to a
-    tensor of shape ``(B, D_m)`` on ``device``; row ``i`` of every tensor is
-    one pair.
+    replaying the earlier ones. A batch is a :class:`LatentBatch`: a ``dict``
+    of modality name to a tensor of shape ``(B, D_m)`` on ``device``, row
+    ``i`` of every tensor being one pair, whose ``masks`` are ``None`` when
+    every pair has every modality, else the presence flags of its rows (on
+    ``device``; absent rows are zeros), so ``model(batch, masks=batch.masks)``
+    fits both cases.
 
     Two ways to build a batch, with identical results:
 
@@ -448,8 +598,8 @@ class LatentBatcher:
     batcher per data-parallel process), ``batch_size`` stays the *global*
     batch: every rank draws the same permutation for an epoch and yields rows
     ``[r * B / N, (r + 1) * B / N)`` of each global batch, so the ranks'
-    batches together are exactly the batches of ``num_replicas=1``, and all
-    ranks take the same number of steps. This needs ``drop_last=True`` and a
+    batches together are exactly the batches of ``num_replicas=1`` (masks
+    included), and all ranks take the same number of steps. This needs ``drop_last=True`` and a
     ``batch_size`` divisible by ``N``; :meth:`state_dict` is the same on
     every rank.
 
@@ -538,10 +688,15 @@ class LatentBatcher:
         self.preloaded = self._decide_preload(preload)
         self._device_latents: dict[str, Tensor] = {}
         self._device_rows: dict[str, Tensor | None] = {}
+        self._device_present: dict[str, Tensor | None] = {}
         if self.preloaded:
             for m, source in paired.latents.items():
                 self._device_latents[m] = _load_whole(source, _preload_dtype(source, dtype), self.device)
                 rows = paired._rows[m]
+                present = None if rows is None or not (rows == _MISSING).any() else rows != _MISSING
+                self._device_present[m] = None if present is None else torch.from_numpy(present).to(self.device)
+                if present is not None:  # read row 0 for absent rows, then overwrite them with zeros
+                    rows = np.where(present, rows, 0)
                 self._device_rows[m] = None if rows is None else torch.from_numpy(rows).to(self.device)
         self._epoch = 0
         self._batch_index = 0
@@ -603,7 +758,7 @@ class LatentBatcher:
         rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence(self.seed, spawn_key=(epoch,))))
         return rng.permutation(n).astype(np.int64, copy=False)
 
-    def __iter__(self) -> Iterator[dict[str, Tensor]]:
+    def __iter__(self) -> Iterator[LatentBatch]:
         """Yield the remaining batches of the current epoch, then move to the next epoch."""
         self._normalise_position()
         epoch, start = self._epoch, self._batch_index
@@ -626,13 +781,22 @@ class LatentBatcher:
         if self._epoch == epoch:
             self._epoch, self._batch_index = epoch + 1, 0
 
-    def _device_batch(self, pairs: Tensor) -> dict[str, Tensor]:
+    def _device_batch(self, pairs: Tensor) -> LatentBatch:
         out = {}
         for m, latents in self._device_latents.items():
             rows = self._device_rows[m]
             index = pairs if rows is None else rows.index_select(0, pairs)
             out[m] = latents.index_select(0, index).to(self.dtype)
-        return out
+        if self.paired.complete:
+            return LatentBatch(out)
+        masks = {}
+        for m, present in self._device_present.items():
+            if present is None:
+                masks[m] = torch.ones(len(pairs), dtype=torch.bool, device=self.device)
+            else:
+                masks[m] = present.index_select(0, pairs)
+                out[m] = out[m].masked_fill(~masks[m][:, None], 0)
+        return LatentBatch(out, masks)
 
     def _normalise_position(self) -> None:
         if self._batch_index >= len(self):

@@ -45,6 +45,18 @@ every rank scoring the full ``B x B``: the same gradients, with about
 ``3N/4`` times less logit memory kept for the backward pass and ``N/2``
 times less similarity compute (measured: B = 4,096, 512-d).
 
+**Rows with missing modalities.** When some training pairs lack a modality
+(``-1`` in :class:`~fusemix.data.PairedLatents` ``rows``), every batch
+carries its rows' presence masks, sliced per rank like the latents: FuseMix
+mixes rows only with rows that share their modalities (one lambda and one
+pairing for every modality; a mixed value that either row lacked is marked
+absent), ``augmentation="noise"`` keeps the masks, and the loss and the
+structure term score each pair of modalities on the rows that have both.
+Validation scores ``val_pair`` on the ``val`` pairs that have both
+modalities, and a warm start fits its aligner on the training pairs that
+have its two modalities. A ``model`` passed in must then have a loss that
+takes ``masks``.
+
 safetensors, tqdm and matplotlib are optional (``pip install "fusemix[train]"``):
 this module imports without them.
 """
@@ -82,7 +94,7 @@ from fusemix.checkpoint import (
     save_training_checkpoint,
     write_text_atomic,
 )
-from fusemix.data import LatentBatcher, PairedLatents
+from fusemix.data import LatentBatch, LatentBatcher, PairedLatents
 from fusemix.distributed import (
     ProcessPlace,
     all_gather_tensors,
@@ -94,7 +106,7 @@ from fusemix.distributed import (
 from fusemix.losses import ContrastiveLoss, PairwiseContrastiveLoss, SigLIPLoss
 from fusemix.metrics import retrieval_metrics
 from fusemix.mixing import PAIRINGS, CosineAlphaSchedule, ExponentialAlphaSchedule, FuseMix, LatentNoise
-from fusemix.model import FusionModel
+from fusemix.model import FusionModel, _accepts_masks
 from fusemix.regularizers import StructureLoss
 from fusemix.warmstart import aligner_input_norm, warm_start
 
@@ -205,7 +217,8 @@ class TrainConfig:
         structure_divergence: ``"js"`` (Jensen-Shannon) or ``"kl"``.
         warm_start: ``"none"`` (the paper), ``"cca"`` or ``"procrustes"``:
             before the first step, fit that closed-form aligner on the
-            training pairs of the first two modalities and set the adapters
+            training pairs of the first two modalities (those pairs that
+            have both) and set the adapters
             so that the model embeds exactly like it (see
             :func:`~fusemix.warm_start`); training then continues from there.
         warm_start_regularization: The aligner's ``regularization``.
@@ -534,8 +547,8 @@ def warm_start_from_config(model: FusionModel, train: PairedLatents, config: Tra
     """Fit ``config.warm_start``'s aligner on ``train`` and set ``model``'s adapters from it (in place).
 
     The aligner sees the first two modalities of ``train``, on at most
-    ``config.warm_start_max_pairs`` pairs (a subset seeded by
-    ``config.seed``), with the input normalisation the adapters need
+    ``config.warm_start_max_pairs`` of the pairs that have both (a subset
+    seeded by ``config.seed``), with the input normalisation the adapters need
     (:func:`~fusemix.aligner_input_norm`) and ``dim = config.shared_dim``.
 
     Returns:
@@ -543,18 +556,22 @@ def warm_start_from_config(model: FusionModel, train: PairedLatents, config: Tra
 
     Raises:
         ValueError: If ``train`` has fewer than two modalities, or too few
-            pairs for a ``shared_dim``-dimensional aligner (CCA needs more
-            than ``shared_dim`` pairs).
+            pairs (with both modalities) for a ``shared_dim``-dimensional
+            aligner (CCA needs more than ``shared_dim`` pairs).
     """
     if config.warm_start == "none":
         return model
     if len(train.modalities) < 2:
         raise ValueError(f"warm_start: needs two modalities to align, the training data has {train.modalities}")
     pair = train.modalities[:2]
-    count = min(len(train), config.warm_start_max_pairs)
-    rows = np.arange(len(train))
-    if count < len(train):
-        rows = np.sort(np.random.default_rng(_derived_seed(config.seed, 3)).choice(len(train), count, replace=False))
+    candidates = np.arange(len(train))
+    if not train.complete:
+        candidates = np.flatnonzero((train.row_index(pair[0]) >= 0) & (train.row_index(pair[1]) >= 0))
+    count = min(len(candidates), config.warm_start_max_pairs)
+    rows = candidates
+    if count < len(candidates):
+        rng = np.random.default_rng(_derived_seed(config.seed, 3))
+        rows = candidates[np.sort(rng.choice(len(candidates), count, replace=False))]
     latents = {m: x for m, x in train.gather(rows).items() if m in pair}
     norm = aligner_input_norm(model)
     reg = config.warm_start_regularization
@@ -920,6 +937,12 @@ class _Run:
         missing = [m for m in train.modalities if m not in self.model.modalities]
         if missing:
             raise ValueError(f"model: has no adapter for the training modalities {missing}")
+        if not train.complete and not _accepts_masks(self.model.loss):
+            raise ValueError(
+                f"model: its loss ({type(self.model.loss).__name__}) does not take masks, but some training pairs "
+                "lack a modality (-1 in rows); use ContrastiveLoss or SigLIPLoss, or train on complete pairs "
+                "(PairedLatents.subset)"
+            )
         # Deterministic, so a resumed run computes it again before loading the checkpoint over it.
         warm_start_from_config(self.model, train, config)
         self.forward_model: nn.Module = self.model
@@ -1119,11 +1142,21 @@ class _Run:
         temperature = _temperature(self.model)
         return dict(kind=kind, epoch=epoch, step=self.step, loss=loss, lr=lr, temperature=temperature, alpha=alpha)
 
-    def _train_step(self, batch: dict[str, Tensor], lr: float) -> Tensor:
+    def _loss(self, batch: LatentBatch) -> Tensor:
+        """The loss of one batch: augmented (masks and all) when configured, then the model."""
+        masks = batch.masks
+        if masks is None:
+            return self.forward_model(self.augment(batch) if self.augment is not None else batch)
+        latents: Mapping[str, Tensor] = batch
+        if self.augment is not None:
+            latents, masks = self.augment(batch, masks=masks)
+        return self.forward_model(latents, masks=masks)
+
+    def _train_step(self, batch: LatentBatch, lr: float) -> Tensor:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-            loss = self.forward_model(self.augment(batch) if self.augment is not None else batch)
+            loss = self._loss(batch)
         self.optimizer.zero_grad(set_to_none=True)
         clip = self.config.grad_clip
         if self.scaler is not None:
@@ -1217,7 +1250,12 @@ def fit(
     sync happens on a step unless it logs.
 
     Every ``eval_every`` epochs and at the end, the model embeds ``val`` and
-    :func:`fusemix.retrieval_metrics` scores ``val_pair``.
+    :func:`fusemix.retrieval_metrics` scores ``val_pair`` (on the pairs of
+    ``val`` that have both of its modalities).
+
+    Training pairs may lack modalities (``-1`` in ``train``'s ``rows``):
+    the batches then carry presence masks, which the augmentation and the
+    model's loss take (see the module docstring).
 
     Under ``torchrun`` (``WORLD_SIZE > 1``) the same call trains
     data-parallel: see the module docstring. ``config.batch_size`` is the
@@ -1238,7 +1276,8 @@ def fit(
     torch's global random state of the caller is left as it was.
 
     Args:
-        train: Training pairs (two or more modalities).
+        train: Training pairs (two or more modalities; pairs may lack some,
+            each keeping at least two).
         config: The run's settings; the paper's recipe when ``None``.
         val: Validation pairs, scored during and at the end of training.
         val_pair: ``(query, key)`` modalities of ``val`` to score (e.g.
