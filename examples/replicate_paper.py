@@ -98,6 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="override a TrainConfig field, e.g. --set epochs=100 --set batch_size=20480",
     )
     parser.add_argument("--seeds", type=int, default=None, help="default run: number of seeds (default 3)")
+    parser.add_argument(
+        "--workers", type=int, default=None, help="default run: worker processes (default: one per CPU, at most 8)"
+    )
     parser.add_argument("--quick", action="store_true", help="default run: a seconds-long check of the same code path")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser
@@ -132,6 +135,10 @@ def main(argv: list[str] | None = None) -> int:
             config = OfflineConfig(cache_dir=cache_dir, out_dir=out_dir, progress=progress)
         if args.seeds is not None:
             config.seeds = tuple(range(args.seeds))
+        if args.workers is not None:
+            if args.workers < 1:
+                parser.error(f"--workers: expected at least 1, got {args.workers}")
+            config.workers = args.workers
         if overrides:
             config.train = replace(config.train, **overrides)
         run_offline(config)

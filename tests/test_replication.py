@@ -50,7 +50,8 @@ def test_default_run_code_path_on_a_small_subset(tmp_path):
     proc = _run("--quick", "--cache-dir", str(cache), "--out-dir", str(out), "--no-progress")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     result = json.loads((out / "offline" / "results.json").read_text())
-    methods = {"none", "fusemix", "noise", "fusemix-independent", "cca"}
+    methods = {"none", "fusemix", "noise", "fusemix-independent", "cca", "cca+fusemix", "fusemix+structure",
+               "cca+fusemix+structure"}  # fmt: skip
     assert {(r["method"], r["train_size"]) for r in result["runs"]} == {(m, s) for m in methods for s in (40, 80)}
     for record in result["runs"]:
         for key in ("i2t_R@1", "i2t_R@5", "i2t_R@10", "t2i_R@1", "t2i_R@5", "t2i_R@10", "mean"):
