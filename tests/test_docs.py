@@ -356,3 +356,27 @@ def test_sphinx_build_has_no_warnings(tmp_path: Path) -> None:
     assert not missing, f"api.html has no entry for {missing}"
     for page in PAGES:
         assert (out / page.relative_to(DOCS).with_suffix(".html")).is_file(), f"{page} was not built"
+
+
+# -- the README ------------------------------------------------------------------------------------
+
+
+def test_readme_training_loop_runs_on_stand_in_latents() -> None:
+    """The README's usage block, with the names it leaves to the reader bound to small random latents."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```python\n(.*?)```", readme, flags=re.S)
+    assert len(blocks) == 1, "the README should have exactly one Python block (the 10-line usage example)"
+    gen = torch.Generator().manual_seed(0)
+    namespace = {
+        "batches": [(torch.randn(8, 1536, generator=gen), torch.randn(8, 1024, generator=gen)) for _ in range(2)],
+        "test_img": torch.randn(3, 1536, generator=gen),
+        "test_txt": torch.randn(6, 1024, generator=gen),
+        "text_to_image": torch.tensor([0, 0, 1, 1, 2, 2]),
+    }
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        exec(compile(blocks[0], "README.md", "exec"), namespace)  # noqa: S102 - our own README
+    finally:
+        torch.set_num_threads(threads)
+    assert set(namespace["metrics"]) >= {"i2t_R@1", "t2i_R@1", "mean"}
