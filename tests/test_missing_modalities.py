@@ -24,15 +24,6 @@ from fusemix.mixing import mix_masks, sample_mix_params
 NAMES = ("image", "text", "audio")
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny models train far faster on one thread than on two contended ones (shared CI cores)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _gen(seed: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 

@@ -26,13 +26,7 @@ HUGE = 1e30
 DIMS = {"image": 12, "text": 10, "audio": 8}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models train far faster on one thread than on two contended ones."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny models run fastest on one thread
 
 
 def _three_modalities(n=96, seed=0, missing=0.35, constant_column=False):

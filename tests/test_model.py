@@ -5,15 +5,6 @@ from fusemix import ContrastiveLoss, FuseMix, FusionAdapter, FusionModel, Identi
 from fusemix.regularizers import StructureLoss
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny models train far faster on one thread than on two contended ones (shared CI cores)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_from_dims_builds_the_papers_adapters():
     model = FusionModel.from_dims({"image": 12, "text": 8}, shared_dim=6, depth=2, dropout=0.6)
     assert model.modalities == ["image", "text"]

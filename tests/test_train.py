@@ -28,13 +28,7 @@ resume_run = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(resume_run)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors run fastest on one thread, and the resume tests need the thread count of the helper."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest; the resume tests also need the helper's thread count
 
 
 def _planted(n, seed, dims=(32, 24), concept_dim=8):
