@@ -160,7 +160,8 @@ class Timing:
         return min(self.seconds)
 
 
-def _timed(fn: Callable[[], object], device: torch.device) -> float:
+def time_once(fn: Callable[[], object], device: torch.device) -> float:
+    """Wall seconds of one call of ``fn`` (synchronised before and after on CUDA)."""
     synchronize(device)
     start = time.perf_counter()
     fn()
@@ -172,7 +173,7 @@ def time_call(fn: Callable[[], object], device: torch.device, *, warmup: int = 1
     """Run ``fn`` ``warmup`` times untimed, then ``repeats`` times timed."""
     for _ in range(warmup):
         fn()
-    return Timing(tuple(_timed(fn, device) for _ in range(repeats)))
+    return Timing(tuple(time_once(fn, device) for _ in range(repeats)))
 
 
 def time_interleaved(
@@ -185,7 +186,7 @@ def time_interleaved(
     times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
-            times[name].append(_timed(fn, device))
+            times[name].append(time_once(fn, device))
     return {name: Timing(tuple(t)) for name, t in times.items()}
 
 
@@ -413,7 +414,7 @@ def gemm_flops(
         a = torch.randn(n, n, generator=gen, dtype=dtype).to(device)
         b = torch.randn(n, n, generator=gen, dtype=dtype).to(device)
         out = torch.empty(n, n, dtype=dtype, device=device)
-        one = _timed(lambda a=a, b=b, out=out: torch.mm(a, b, out=out), device)  # also the warm-up
+        one = time_once(lambda a=a, b=b, out=out: torch.mm(a, b, out=out), device)  # also the warm-up
         calls = max(1, math.ceil(min_repeat_seconds / max(one, 1e-9)))
 
         def run(a: torch.Tensor = a, b: torch.Tensor = b, out: torch.Tensor = out, calls: int = calls) -> None:
