@@ -25,7 +25,9 @@ fusemix (:class:`fusemix.data.LatentBatcher` over
 - preloaded, float32 latents (the same bytes as the authors' dict);
 - streaming from a :class:`fusemix.store.LatentStore` (float16 ``.npy``
   shards, memory-mapped; the files were just written, so they sit in the
-  page cache: a warm read, not a disk read).
+  page cache: a warm read, not a disk read);
+- each of the three again with ``reuse_buffers=True`` (as ``fit`` uses it):
+  every batch is written into the same tensors instead of new ones.
 
 Timing: one call is one whole epoch through a fresh iterator (so the
 ``DataLoader``'s worker start-up each epoch is included, as in the authors'
@@ -111,16 +113,17 @@ def loader_variants(
     sources: Sources, batch_size: int, workers: int, device: torch.device
 ) -> dict[str, tuple[Callable[[], int], int]]:
     """Name to (run one epoch, rows per epoch) for every loader compared."""
+    kinds = {
+        "preloaded float16": (sources.float16, True),
+        "preloaded float32": (sources.float32, True),
+        "streamed from a LatentStore": (sources.stores, False),
+    }
     batchers = {
-        "fusemix LatentBatcher, preloaded float16": LatentBatcher(
-            PairedLatents(sources.float16), batch_size, device=device, preload=True, seed=1
-        ),
-        "fusemix LatentBatcher, preloaded float32": LatentBatcher(
-            PairedLatents(sources.float32), batch_size, device=device, preload=True, seed=1
-        ),
-        "fusemix LatentBatcher, streamed from a LatentStore": LatentBatcher(
-            PairedLatents(sources.stores), batch_size, device=device, preload=False, seed=1
-        ),
+        f"fusemix LatentBatcher, {kind}{', reuse_buffers=True' if reuse else ''}": LatentBatcher(
+            PairedLatents(latents), batch_size, device=device, preload=preload, seed=1, reuse_buffers=reuse
+        )
+        for reuse in (False, True)
+        for kind, (latents, preload) in kinds.items()
     }
     variants: dict[str, tuple[Callable[[], int], int]] = {}
     for n in sorted({0, workers}):
@@ -205,8 +208,9 @@ def main(argv: list[str] | None = None) -> None:
     print(
         "\nrows/s: pairs per second, a pair being one image row and one text row. Target for fusemix: >= 20x the "
         "authors' pipeline on the CPU, read against the faster of its two settings (last column). On the CPU "
-        "every loader allocates each batch anew; glibc serves allocations this large with fresh mmaps, so page "
-        "faults are part of what is measured (see the benchmarks README)."
+        "the other loaders allocate each batch anew; glibc serves allocations this large with fresh mmaps, so page "
+        "faults are part of what is measured (see the benchmarks README); with reuse_buffers=True the batcher "
+        "writes every batch into the same tensors (as fusemix.train.fit does)."
     )
     print_footer(started)
 

@@ -81,13 +81,16 @@ def test_loader_quick():
     out = run_quick("bench_loader.py")
     assert_machine_described(out)
     rows = table_rows(out, "B")
-    assert [r[0] for r in rows] == ["512"] * 5 + ["1,024"] * 5
-    assert [r[1] for r in rows[:5]] == [
+    assert [r[0] for r in rows] == ["512"] * 8 + ["1,024"] * 8
+    assert [r[1] for r in rows[:8]] == [
         "authors: dict + DataLoader, num_workers=0",
         "authors: dict + DataLoader, num_workers=2",
         "fusemix LatentBatcher, preloaded float16",
         "fusemix LatentBatcher, preloaded float32",
         "fusemix LatentBatcher, streamed from a LatentStore",
+        "fusemix LatentBatcher, preloaded float16, reuse_buffers=True",
+        "fusemix LatentBatcher, preloaded float32, reuse_buffers=True",
+        "fusemix LatentBatcher, streamed from a LatentStore, reuse_buffers=True",
     ]
     assert all(float(r[2].replace(",", "")) > 0 for r in rows)
     assert rows[0][4] == "1x" and rows[1][5] == "1x"

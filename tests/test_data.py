@@ -310,3 +310,118 @@ def test_preload_path_equals_streaming_path(num_images, per_image, batch_size, d
         assert set(x) == {"image", "text"}
         for m in x:
             assert x[m].dtype == dtype and torch.equal(x[m], y[m])
+
+
+# -- LatentBatcher(reuse_buffers=True) -------------------------------------------------------------------------------
+
+
+def _source(kind: str, array: np.ndarray, directory):
+    """``array`` as the latent source ``kind``: in-memory array, read-only memmap, store stand-in or tensor."""
+    if kind == "array":
+        return array
+    if kind == "tensor":
+        return torch.from_numpy(array.copy())
+    if kind == "store":
+        return PlainStore(array)
+    path = directory / "latents.bin"
+    mapped = np.memmap(path, dtype=array.dtype, mode="w+", shape=array.shape)
+    mapped[:] = array
+    mapped.flush()
+    return np.memmap(path, dtype=array.dtype, mode="r", shape=array.shape)
+
+
+def _assert_same_batch(new, reused):
+    assert list(new) == list(reused)
+    for m in new:
+        assert new[m].dtype == reused[m].dtype and torch.equal(new[m], reused[m]), m
+    assert (new.masks is None) == (reused.masks is None)
+    for m in new.masks or {}:
+        assert torch.equal(new.masks[m], reused.masks[m]), m
+
+
+@given(st.data())
+def test_reused_buffers_give_the_batches_of_new_ones(tmp_path_factory, data):
+    draw = data.draw
+    num_images, per_image = draw(st.integers(1, 5), label="images"), draw(st.integers(1, 4), label="captions each")
+    num_pairs = num_images * per_image
+    rng = np.random.default_rng(num_pairs)
+    kinds = st.sampled_from(["array", "memmap", "store", "tensor"])
+    stored = st.sampled_from([np.float16, np.float32, np.float64])
+    arrays = {"image": (num_images, 5), "text": (num_pairs, 3)}
+    rows = {"image": rng.permutation(np.repeat(np.arange(num_images), per_image))}  # one image, several captions
+    if draw(st.booleans(), label="missing modalities"):
+        arrays["audio"] = (num_pairs + 1, 4)
+        rows["audio"] = rng.permutation(num_pairs)
+        lacking = draw(st.lists(st.sampled_from(["none", "image", "audio"]), min_size=num_pairs, max_size=num_pairs))
+        for m in ("image", "audio"):  # text pairs by identity, so every pair keeps at least two modalities
+            rows[m][np.array(lacking) == m] = -1
+    directory = tmp_path_factory.mktemp("latents")
+    latents = {}
+    for m, shape in arrays.items():
+        (directory / m).mkdir()
+        array = rng.standard_normal(shape).astype(draw(stored, label=f"{m} dtype"))
+        latents[m] = _source(draw(kinds, label=f"{m} source"), array, directory / m)
+    paired = PairedLatents(latents, rows=rows)
+    replicas = draw(st.sampled_from([1, 2]) if num_pairs >= 2 else st.just(1), label="num_replicas")
+    drop_last = replicas > 1 or draw(st.booleans(), label="drop_last")
+    largest = num_pairs // replicas if drop_last else num_pairs + 2
+    batch_size = replicas * draw(st.integers(1, largest), label="batch size / replicas")
+    settings = dict(
+        batch_size=batch_size,
+        shuffle=draw(st.booleans(), label="shuffle"),
+        drop_last=drop_last,
+        seed=draw(st.integers(0, 3), label="seed"),
+        dtype=draw(st.sampled_from([torch.float16, torch.float32, torch.float64]), label="dtype"),
+        preload=draw(st.booleans(), label="preload"),
+        num_replicas=replicas,
+        rank=draw(st.integers(0, replicas - 1), label="rank"),
+    )
+    new = LatentBatcher(paired, **settings)
+    reused = LatentBatcher(paired, **settings, reuse_buffers=True)
+    assert not new.reuse_buffers and reused.reuse_buffers
+    for _ in range(3):  # zip compares each pair of batches before the reused one is overwritten
+        for a, b in zip(new, reused, strict=True):
+            _assert_same_batch(a, b)
+    assert new.state_dict() == reused.state_dict()
+
+
+@pytest.mark.parametrize("preload", [True, False])
+def test_reused_buffers_are_the_same_tensors_and_the_next_batch_overwrites_them(preload):
+    rng = np.random.default_rng(0)
+    images = rng.standard_normal((4, 6)).astype(np.float16)  # float16 -> float32: gathered, then cast
+    audio = rng.standard_normal((11, 2)).astype(np.float32)
+    rows = {"image": np.array([0, 1, 2, 3, 0, 1, 2, 3, -1, 0, 1]), "audio": np.array([0, -1, *range(2, 11)])}
+    paired = PairedLatents({"image": images, "text": rng.standard_normal((11, 3)), "audio": audio}, rows=rows)
+    batcher = LatentBatcher(paired, 4, drop_last=False, preload=preload, reuse_buffers=True, seed=1)
+    assert len(batcher) == 3  # 4 + 4 + a last batch of 3 rows
+    pointers = set()
+    for _ in range(2):
+        batches = iter(batcher)
+        held = next(batches)
+        kept = {m: x.clone() for m, x in held.items()}
+        for following in batches:  # each next() writes into the held batch's tensors
+            rows_now = len(following["text"])
+            for m, x in following.items():
+                pointers.add((m, x.data_ptr()))
+                assert x.data_ptr() == held[m].data_ptr() and torch.equal(held[m][:rows_now], x)
+                assert following.masks[m].data_ptr() == held.masks[m].data_ptr()
+            assert not torch.equal(held["text"], kept["text"])  # the batch held from before is gone
+        assert rows_now == 3 and len(held["text"]) == 4  # the smaller last batch is a view of the same buffers
+    assert len(pointers) == 3  # one buffer per modality for every batch of both epochs
+    # Without reuse_buffers a held batch stays as it was.
+    batches = iter(LatentBatcher(paired, 4, drop_last=False, preload=preload, seed=1))
+    held = next(batches)
+    kept = {m: x.clone() for m, x in held.items()}
+    for _ in batches:
+        assert all(torch.equal(held[m], kept[m]) for m in held)
+
+
+def test_a_tensor_source_that_requires_grad_gives_detached_batches():
+    # Batches are written into tensors with out=, which autograd refuses for inputs that require grad.
+    latents = {"image": torch.randn(6, 3, requires_grad=True), "text": torch.randn(6, 2)}
+    plain = PairedLatents({m: x.detach().clone() for m, x in latents.items()})
+    for preload in (True, False):
+        for reuse in (True, False):
+            batcher = LatentBatcher(PairedLatents(latents), 3, preload=preload, reuse_buffers=reuse)
+            for a, b in zip(batcher, LatentBatcher(plain, 3), strict=True):
+                assert not a["image"].requires_grad and torch.equal(a["image"], b["image"])

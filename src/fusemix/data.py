@@ -114,6 +114,74 @@ def _check_rows(name: str, index: np.ndarray, size: int, what: str) -> None:
     )
 
 
+_Role = tuple[str, ...]
+"""What a batch tensor is for, e.g. ``("image", "staged")``: the key of a reused buffer."""
+
+
+class _NewTensors:
+    """Hands out a new tensor for every request: :meth:`PairedLatents.gather` and ``reuse_buffers=False``."""
+
+    reuses = False
+
+    def take(
+        self, role: _Role, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device, *, pinned: bool = False
+    ) -> Tensor:
+        """An uninitialised tensor of ``shape`` for ``role``; ``pinned`` asks for page-locked host memory."""
+        return torch.empty(shape, dtype=dtype, device=device, pin_memory=pinned)
+
+    def copied_out(self, role: _Role, device: torch.device) -> None:
+        """Note that an asynchronous copy out of the pinned tensor of ``role`` was queued on ``device``.
+
+        Nothing to do here: torch's pinned-memory allocator keeps a freed
+        pinned tensor until the copies queued from it have run.
+        """
+
+
+class _ReusedTensors(_NewTensors):
+    """Hands out, for every batch, views of the same tensors: ``LatentBatcher(reuse_buffers=True)``.
+
+    Each ``(role, dtype, device, pinned, row shape)`` has one tensor of
+    ``capacity`` rows, allocated on first use; a request for ``B`` rows gets
+    its first ``B`` rows (a view, so a smaller last batch allocates nothing).
+    A pinned host tensor may still be read by the asynchronous host-to-device
+    copy the previous batch queued: :meth:`copied_out` records a CUDA event
+    after that copy and :meth:`take` waits for it before handing the tensor
+    out to be written again.
+    """
+
+    reuses = True
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._kept: dict[tuple[object, ...], Tensor] = {}
+        self._copies: dict[_Role, torch.cuda.Event] = {}
+
+    def take(
+        self, role: _Role, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device, *, pinned: bool = False
+    ) -> Tensor:
+        """The first ``shape[0]`` rows of the tensor kept for ``role``, once no queued copy still reads it."""
+        key = (role, dtype, device, pinned, shape[1:])
+        kept = self._kept.get(key)
+        if kept is None or len(kept) < shape[0]:
+            kept = torch.empty(
+                (max(shape[0], self.capacity), *shape[1:]), dtype=dtype, device=device, pin_memory=pinned
+            )
+            self._kept[key] = kept
+        copy = self._copies.pop(role, None)
+        if copy is not None:
+            copy.synchronize()
+        return kept[: shape[0]]
+
+    def copied_out(self, role: _Role, device: torch.device) -> None:
+        """Record, on ``device``'s current stream, the end of the copy just queued out of ``role``'s tensor."""
+        event = torch.cuda.Event()
+        event.record(torch.cuda.current_stream(device))
+        self._copies[role] = event
+
+
+_NEW = _NewTensors()
+
+
 class LatentBatch(dict[str, Tensor]):
     """A batch of pairs: a ``dict`` of modality name to latents, plus the presence masks of its rows.
 
@@ -252,6 +320,7 @@ class PairedLatents:
         self._num_pairs = num_pairs
         self._dims = {name: d for name, (_, d) in sizes.items()}
         self._complete = not absent
+        self._lacking = frozenset(absent)
 
     @property
     def modalities(self) -> list[str]:
@@ -343,10 +412,15 @@ class PairedLatents:
         """
         return self._masks(self._pair_index(pair_indices), torch.device(device))
 
-    def _masks(self, pairs: np.ndarray, device: torch.device) -> dict[str, Tensor] | None:
+    def _masks(self, pairs: np.ndarray, device: torch.device, tensors: _NewTensors = _NEW) -> dict[str, Tensor] | None:
         if self._complete:
             return None
-        return {m: torch.from_numpy(self._source_rows(m, pairs) != _MISSING).to(device) for m in self._latents}
+        return {
+            m: tensors.take((m, "mask"), (len(pairs),), torch.bool, device).copy_(
+                torch.from_numpy(self._source_rows(m, pairs) != _MISSING)
+            )
+            for m in self._latents
+        }
 
     def gather(
         self,
@@ -370,20 +444,32 @@ class PairedLatents:
             each: ``(B, D_m)``.
 
         """
-        pairs = self._pair_index(pair_indices)
-        device = torch.device(device)
-        latents = {m: self._read(m, self._source_rows(m, pairs), dtype, device) for m in self._latents}
-        return LatentBatch(latents, self._masks(pairs, device))
+        return self._gather(self._pair_index(pair_indices), dtype, torch.device(device))
 
-    def _read(self, modality: str, rows: np.ndarray, dtype: torch.dtype, device: torch.device) -> Tensor:
-        """``latents[modality][rows]``, with zeros (and no read) where ``rows`` is -1."""
+    def _gather(
+        self, pairs: np.ndarray, dtype: torch.dtype, device: torch.device, tensors: _NewTensors = _NEW
+    ) -> LatentBatch:
+        """:meth:`gather` of checked int64 ``pairs``, writing into the tensors ``tensors`` hands out."""
+        latents = {m: self._read(m, self._source_rows(m, pairs), dtype, device, tensors) for m in self._latents}
+        return LatentBatch(latents, self._masks(pairs, device, tensors))
+
+    def _read(
+        self, modality: str, rows: np.ndarray, dtype: torch.dtype, device: torch.device, tensors: _NewTensors
+    ) -> Tensor:
+        """``latents[modality][rows]``, with zeros (and no read) where ``rows`` is -1.
+
+        A modality that some pairs lack is always built in the same tensor
+        (zeros, then the present rows), even for a batch where none lacks it.
+        """
         source = self._latents[modality]
+        if modality not in self._lacking:
+            return _read_rows(source, rows, dtype, device, tensors, (modality,))
         present = np.flatnonzero(rows != _MISSING)
-        if len(present) == len(rows):
-            return _read_rows(source, rows, dtype, device)
-        out = torch.zeros((len(rows), self._dims[modality]), dtype=dtype, device=device)
+        out = tensors.take((modality, "with absent rows"), (len(rows), self._dims[modality]), dtype, device)
+        out.index_fill_(0, torch.from_numpy(np.flatnonzero(rows == _MISSING)).to(device), 0)
         if len(present):
-            out.index_copy_(0, torch.from_numpy(present).to(device), _read_rows(source, rows[present], dtype, device))
+            read = _read_rows(source, rows[present], dtype, device, tensors, (modality,))
+            out.index_copy_(0, torch.from_numpy(present).to(device), read)
         return out
 
     def retrieval_task(
@@ -474,40 +560,87 @@ def _torch_dtype_of(array: ArrayLike) -> torch.dtype:
     return torch.from_numpy(np.empty(0, dtype=np.dtype(dtype))).dtype  # type: ignore[arg-type]
 
 
-def _read_rows(source: ArrayLike, rows: np.ndarray, dtype: torch.dtype, device: torch.device) -> Tensor:
+def _read_rows(
+    source: ArrayLike,
+    rows: np.ndarray,
+    dtype: torch.dtype,
+    device: torch.device,
+    tensors: _NewTensors = _NEW,
+    role: _Role = (),
+) -> Tensor:
     """Read ``source[rows]`` as one tensor with one vectorised fancy index.
 
     Array and store sources are read at sorted, de-duplicated rows (for
     locality on a memory map; one-to-many pairs read each row once) and put
     back in order with one ``index_select``. For a CUDA ``device`` the rows
     are staged in pinned memory and copied with ``non_blocking=True``.
+    Every tensor on the way (gathered rows, staging, device copy, cast) is
+    one that ``tensors`` hands out for a role under ``role``.
 
     Args:
         source: Latent source. Shape: ``(N, D)``.
         rows: Rows to read, int64. Shape: ``(B,)``.
         dtype: Floating dtype of the result.
         device: Device of the result.
+        tensors: Where the tensors come from: new ones, or buffers reused across batches.
+        role: Prefix of the roles of those tensors (the modality).
 
     Returns:
         The rows, in the order of ``rows``. Shape: ``(B, D)``.
 
     """
     pin = device.type == "cuda"
+    shape, cpu = (len(rows), source.shape[1]), torch.device("cpu")
     if isinstance(source, Tensor):
-        index = torch.from_numpy(rows).to(source.device)
-        if not (pin and source.device.type == "cpu"):
-            return source.index_select(0, index).to(device=device, dtype=dtype)
-        staged = torch.empty((len(rows), source.shape[1]), dtype=source.dtype, pin_memory=True)
-        torch.index_select(source, 0, index, out=staged)
-        return staged.to(device=device, non_blocking=True).to(dtype)
+        source = source.detach()
+        host_to_cuda = pin and source.device.type == "cpu"
+        where = cpu if host_to_cuda else source.device
+        staged = tensors.take((*role, "staged"), shape, source.dtype, where, pinned=host_to_cuda)
+        torch.index_select(source, 0, torch.from_numpy(rows).to(source.device), out=staged)
+        return _place(staged, dtype, device, tensors, role)
+    stored = _torch_dtype_of(source)
     unique, inverse = np.unique(rows, return_inverse=True)
-    fetched = torch.from_numpy(_writable(np.ascontiguousarray(source[unique])))
+    # np.take writes an array's rows straight into a kept tensor; a store returns a new array whatever we do.
+    into_kept = tensors.reuses and isinstance(source, np.ndarray)
     if len(unique) == len(rows) and bool((unique == rows).all()):
-        staged = fetched.pin_memory() if pin else fetched
+        is_result = stored == dtype  # no cast follows: with reuse_buffers the staged tensor must be a kept one
+        keep = pin or into_kept or (tensors.reuses and is_result)
+        into = tensors.take((*role, "staged"), shape, stored, cpu, pinned=pin) if keep else None
+        return _place(_fetch(source, unique, into), dtype, device, tensors, role)
+    into = tensors.take((*role, "fetched"), (len(unique), shape[1]), stored, cpu) if into_kept else None
+    fetched = _fetch(source, unique, into)
+    staged = tensors.take((*role, "staged"), shape, stored, cpu, pinned=pin)
+    torch.index_select(fetched, 0, torch.from_numpy(inverse.reshape(-1)), out=staged)
+    return _place(staged, dtype, device, tensors, role)
+
+
+def _fetch(source: ArrayLike, unique: np.ndarray, into: Tensor | None) -> Tensor:
+    """``source[unique]`` (sorted, in-range rows) as a host tensor: ``into`` when given, else a new one."""
+    if into is None:
+        return torch.from_numpy(_writable(np.ascontiguousarray(source[unique])))
+    if isinstance(source, np.ndarray):
+        np.take(source, unique, axis=0, out=into.numpy(), mode="clip")  # rows are in range; "raise" would buffer
     else:
-        staged = torch.empty((len(rows), fetched.shape[1]), dtype=fetched.dtype, pin_memory=pin)
-        torch.index_select(fetched, 0, torch.from_numpy(inverse.reshape(-1)), out=staged)
-    return staged.to(device=device, non_blocking=pin).to(dtype)
+        into.numpy()[...] = source[unique]
+    return into
+
+
+def _place(staged: Tensor, dtype: torch.dtype, device: torch.device, tensors: _NewTensors, role: _Role) -> Tensor:
+    """``staged`` as ``dtype`` on ``device``: moved in its own (often narrower) dtype, then cast there.
+
+    A host tensor bound for CUDA is the pinned ``(*role, "staged")`` tensor:
+    it is copied asynchronously, and ``tensors`` is told so.
+    """
+    if staged.device != device:
+        from_pinned = staged.device.type == "cpu" and device.type == "cuda"
+        moved = tensors.take((*role, "moved"), tuple(staged.shape), staged.dtype, device)
+        moved.copy_(staged, non_blocking=from_pinned)
+        if from_pinned:
+            tensors.copied_out((*role, "staged"), device)
+        staged = moved
+    if staged.dtype == dtype:
+        return staged
+    return tensors.take((*role, "cast"), tuple(staged.shape), dtype, device).copy_(staged)
 
 
 def _writable(array: np.ndarray) -> np.ndarray:
@@ -590,6 +723,18 @@ class LatentBatcher:
     stopped, :meth:`state_dict` / :meth:`load_state_dict` carry that place to
     a new process, and finishing an epoch moves to the next one.
 
+    **Reused buffers** (``reuse_buffers=True``, as :func:`fusemix.train.fit`
+    uses). By default every batch is a set of new tensors. With
+    ``reuse_buffers=True`` the batcher keeps one set of tensors (latents,
+    masks, and the gather, staging and cast tensors on the way) sized for a
+    full batch and writes every batch into them; a smaller last batch is a
+    view of their first rows. The batches are bit-identical to the default
+    ones, without allocating (and, on the CPU, page-faulting in) hundreds of
+    MiB per batch at large batch sizes. **The tensors of a yielded batch are
+    overwritten by the next batch**: finish with a batch (backward included)
+    before asking for the next one, and ``clone()`` whatever must outlive it
+    (``list(batcher)`` would hold the last batch's values many times over).
+
     With ``drop_last=False`` the last batch of an epoch may be smaller and
     odd. FuseMix with ``pairing="halves"`` needs even batches: use
     ``drop_last=True`` with an even ``batch_size`` (as :func:`fusemix.train.fit` does).
@@ -615,6 +760,8 @@ class LatentBatcher:
         preload: ``True``, ``False`` or ``"auto"`` (see above).
         num_replicas: Number of data-parallel processes sharing each batch.
         rank: This process's rank, in ``[0, num_replicas)``.
+        reuse_buffers: Write every batch into the same tensors (see above):
+            **each batch is overwritten by the next**; clone what you keep.
 
     Raises:
         ValueError: If ``batch_size`` is not a positive int, with
@@ -633,6 +780,12 @@ class LatentBatcher:
         >>> whole = next(iter(LatentBatcher(data, batch_size=4, seed=0)))["a"]
         >>> torch.equal(torch.cat([next(iter(h))["a"] for h in halves]), whole)
         True
+        >>> reused = iter(LatentBatcher(data, batch_size=4, seed=0, reuse_buffers=True))
+        >>> first = next(reused)["a"]
+        >>> kept = first.clone()  # the next batch overwrites first
+        >>> second = next(reused)["a"]
+        >>> second.data_ptr() == first.data_ptr(), torch.equal(first, second), torch.equal(kept, whole)
+        (True, True, True)
 
     """
 
@@ -649,6 +802,7 @@ class LatentBatcher:
         preload: Preload = "auto",
         num_replicas: int = 1,
         rank: int = 0,
+        reuse_buffers: bool = False,
     ) -> None:
         if not isinstance(paired, PairedLatents):
             raise TypeError(f"paired: expected a PairedLatents, got {type(paired).__name__}")
@@ -685,13 +839,15 @@ class LatentBatcher:
                     f"batch_size: {self.batch_size} (the global batch) is not divisible by num_replicas="
                     f"{num_replicas}; every rank takes batch_size / num_replicas rows of each batch"
                 )
+        self.reuse_buffers = bool(reuse_buffers)
+        self._tensors = _ReusedTensors(self.local_batch_size) if self.reuse_buffers else _NEW
         self.preloaded = self._decide_preload(preload)
         self._device_latents: dict[str, Tensor] = {}
         self._device_rows: dict[str, Tensor | None] = {}
         self._device_present: dict[str, Tensor | None] = {}
         if self.preloaded:
             for m, source in paired.latents.items():
-                self._device_latents[m] = _load_whole(source, _preload_dtype(source, dtype), self.device)
+                self._device_latents[m] = _load_whole(source, _preload_dtype(source, dtype), self.device).detach()
                 rows = paired._rows[m]
                 present = None if rows is None or not (rows == _MISSING).any() else rows != _MISSING
                 self._device_present[m] = None if present is None else torch.from_numpy(present).to(self.device)
@@ -775,27 +931,35 @@ class LatentBatcher:
             if self.preloaded:
                 batch = self._device_batch(device_order[lo:hi])
             else:
-                batch = self.paired.gather(order[lo:hi], dtype=self.dtype, device=self.device)
+                batch = self.paired._gather(order[lo:hi], self.dtype, self.device, self._tensors)
             self._batch_index = b + 1
             yield batch
         if self._epoch == epoch:
             self._epoch, self._batch_index = epoch + 1, 0
 
     def _device_batch(self, pairs: Tensor) -> LatentBatch:
+        tensors, size = self._tensors, len(pairs)
         out = {}
         for m, latents in self._device_latents.items():
             rows = self._device_rows[m]
-            index = pairs if rows is None else rows.index_select(0, pairs)
-            out[m] = latents.index_select(0, index).to(self.dtype)
+            index = pairs
+            if rows is not None:
+                index = torch.index_select(
+                    rows, 0, pairs, out=tensors.take((m, "rows"), (size,), rows.dtype, rows.device)
+                )
+            gathered = tensors.take((m, "gathered"), (size, latents.shape[1]), latents.dtype, latents.device)
+            torch.index_select(latents, 0, index, out=gathered)
+            out[m] = _place(gathered, self.dtype, self.device, tensors, (m,))
         if self.paired.complete:
             return LatentBatch(out)
         masks = {}
         for m, present in self._device_present.items():
+            masks[m] = tensors.take((m, "mask"), (size,), torch.bool, self.device)
             if present is None:
-                masks[m] = torch.ones(len(pairs), dtype=torch.bool, device=self.device)
+                masks[m].fill_(True)
             else:
-                masks[m] = present.index_select(0, pairs)
-                out[m] = out[m].masked_fill(~masks[m][:, None], 0)
+                torch.index_select(present, 0, pairs, out=masks[m])
+                out[m].masked_fill_(~masks[m][:, None], 0)
         return LatentBatch(out, masks)
 
     def _normalise_position(self) -> None:

@@ -984,6 +984,7 @@ class _Run:
             preload=config.preload,  # type: ignore[arg-type]
             num_replicas=place.world_size,
             rank=place.rank,
+            reuse_buffers=True,  # a step (backward included) is done with its batch before the next is read
         )
         self.steps_per_epoch = len(self.batcher)
         self.epoch, self.step = 0, 0
