@@ -466,3 +466,29 @@ def test_progress_bar_and_plain_without_tqdm(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(extract_module, "_tqdm", None)
     assert len(extract(CountingEncoder(), list(range(25)), tmp_path / "plain", progress=True)) == 25
     assert capsys.readouterr().err == ""
+
+
+# --- a failing shard write ---------------------------------------------------------------------------------------
+
+
+def test_writer_failure_surfaces_and_a_rerun_completes_identically(tmp_path, monkeypatch):
+    original = store_module.LatentStoreWriter.write_shard
+
+    def write_shard(self, index, array):
+        if index == 1:
+            raise OSError(errno.EIO, f"{self.path}: could not write shard {index} (I/O error)")
+        return original(self, index, array)
+
+    monkeypatch.setattr(store_module.LatentStoreWriter, "write_shard", write_shard)
+    out = tmp_path / "s"
+    with pytest.raises(OSError, match=r"could not write shard 1 \(I/O error\)") as info:
+        extract(CountingEncoder(), list(range(35)), out)
+    assert info.value.errno == errno.EIO
+    assert not (out / MANIFEST).exists()
+    assert sorted(p.name for p in (out / "shards").glob("*.npy")) == ["00000.npy"]  # nothing after the failed shard
+    monkeypatch.undo()
+    rerun = CountingEncoder()
+    extract(rerun, list(range(35)), out)
+    assert rerun.seen == list(range(10, 35))
+    extract(CountingEncoder(), list(range(35)), tmp_path / "ref")
+    assert store_bytes(tmp_path / "ref") == store_bytes(out)
