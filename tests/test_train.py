@@ -440,6 +440,10 @@ def test_resume_refuses_another_config_or_other_data(tmp_path):
     train, _ = resume_run.make_data(num_train=160)
     with pytest.raises(ValueError, match="train: has 160 pairs"):
         fit(train, config, out_dir=tmp_path, progress=False)
+    same_size = resume_run.make_data()[0]
+    shuffled = same_size.subset(np.roll(np.arange(len(same_size)), 1))  # same pairs count and dims, other rows
+    with pytest.raises(ValueError, match="train: pairs its rows differently"):
+        fit(shuffled, config, out_dir=tmp_path, progress=False)
     with pytest.raises(FileExistsError, match="resume=True"):
         fit(resume_run.make_data()[0], config, out_dir=tmp_path, resume=False, progress=False)
 

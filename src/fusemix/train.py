@@ -65,6 +65,7 @@ from __future__ import annotations
 
 import atexit
 import csv
+import hashlib
 import io
 import json
 import math
@@ -911,6 +912,20 @@ def plot_curves(history: Sequence[Mapping[str, Any]], path: str | Path) -> bool:
     return True
 
 
+def pairing_fingerprint(data: PairedLatents) -> str:
+    """SHA-256 of which rows form each pair (modality names and row indices, ``-1`` for absent rows).
+
+    A resumed run compares it with the checkpoint's, so that resuming on other
+    pairs of the same size (another pairs file, another pattern of missing
+    rows) is refused instead of silently training on different data.
+    """
+    digest = hashlib.sha256()
+    for modality in data.modalities:
+        digest.update(modality.encode() + b"\0")
+        digest.update(np.ascontiguousarray(data.row_index(modality), dtype="<i8").tobytes())
+    return digest.hexdigest()
+
+
 def _compare_config(saved: Mapping[str, Any], config: TrainConfig, where: Path) -> None:
     current = config.to_dict()
     saved_config = TrainConfig.from_dict(saved).to_dict()
@@ -942,6 +957,7 @@ class _Run:
         device: torch.device,
     ) -> None:
         self.train_data, self.config, self.out_dir, self.callbacks = train, config, out_dir, tuple(callbacks)
+        self.pairing = pairing_fingerprint(train) if out_dir is not None else None  # checked on resume
         self.place, self.device = place, device
         self.amp_dtype = _resolve_amp(config, self.device)
         self.model = (model if model is not None else model_from_config(train.dims, config)).to(self.device)
@@ -1036,7 +1052,11 @@ class _Run:
             "config": self.config.to_dict(),
             "device_type": self.device.type,
             "world_size": self.place.world_size,
-            "train": {"num_pairs": len(self.train_data), "dims": self.train_data.dims},
+            "train": {
+                "num_pairs": len(self.train_data),
+                "dims": self.train_data.dims,
+                "pairing": self.pairing,
+            },
             "history": self.history,
         }
         optimizer = {
@@ -1092,6 +1112,12 @@ class _Run:
             raise ValueError(
                 f"train: has {len(self.train_data)} pairs with dims {self.train_data.dims}, but the checkpoint in "
                 f"{where} was trained on {saved['num_pairs']} pairs with dims {saved['dims']}"
+            )
+        if "pairing" in saved and saved["pairing"] != self.pairing:
+            raise ValueError(
+                f"train: pairs its rows differently from the data the checkpoint in {where} was trained on (same "
+                "number of pairs and dims, other row indices or missing rows); resume with the same pairs, or "
+                "train in another out_dir"
             )
         try:
             self.model.load_state_dict(ckpt.model_state, strict=True)
