@@ -425,3 +425,42 @@ def test_a_tensor_source_that_requires_grad_gives_detached_batches():
             batcher = LatentBatcher(PairedLatents(latents), 3, preload=preload, reuse_buffers=reuse)
             for a, b in zip(batcher, LatentBatcher(plain, 3), strict=True):
                 assert not a["image"].requires_grad and torch.equal(a["image"], b["image"])
+
+
+# -- LatentBatcher(reuse_buffers=True) streaming from a LatentStore ---------------------------------------------------
+
+
+def test_reused_buffers_from_a_store_equal_new_ones_and_are_read_into_kept_buffers(tmp_path, monkeypatch):
+    from fusemix.store import LatentStore, write_store
+
+    rng = np.random.default_rng(3)
+    images = write_store(tmp_path / "image", rng.standard_normal((7, 6)), modality="image", encoder={}, shard_size=3)
+    texts = write_store(tmp_path / "text", rng.standard_normal((21, 4)), modality="text", encoder={}, shard_size=5)
+    rows = {"image": rng.permutation(np.repeat(np.arange(7), 3))}  # one image, three captions: duplicate rows
+    paired = PairedLatents({"image": images, "text": texts}, rows=rows)
+    outs: list[tuple[str, int]] = []
+    read_rows = LatentStore.read_rows
+
+    def spy(self, index, out=None):
+        assert out is not None  # with reuse_buffers every store read goes into a kept buffer
+        outs.append((self.modality, out.ctypes.data))
+        return read_rows(self, index, out=out)
+
+    for dtype in (torch.float16, torch.float32):  # float16 is the store's dtype (no cast), float32 is cast after
+        settings = dict(batch_size=4, drop_last=False, preload=False, seed=2, dtype=dtype)
+        new = LatentBatcher(paired, **settings)
+        reused = LatentBatcher(paired, **settings, reuse_buffers=True)
+        monkeypatch.setattr(LatentStore, "read_rows", spy)
+        outs.clear()
+        pointers = set()
+        for _ in range(2):
+            for a, b in zip(new, reused, strict=True):  # the default batcher indexes the store (no read_rows)
+                _assert_same_batch(a, b)
+                pointers.update((m, x.data_ptr()) for m, x in b.items())
+        monkeypatch.undo()
+        assert len(outs) == 2 * 2 * len(reused)  # both modalities, every batch, two epochs
+        first, second = outs[: len(outs) // 2], outs[len(outs) // 2 :]
+        # Rows that come sorted are read into the staged buffer, others into the "fetched" one: at most two
+        # kept buffers per modality, the same ones in both epochs, and one result tensor per modality.
+        assert set(second) <= set(first) and len(set(first)) <= 4 and {m for m, _ in first} == {"image", "text"}
+        assert len(pointers) == 2

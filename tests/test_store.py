@@ -368,3 +368,67 @@ def test_failed_write_leaves_no_shard_and_names_the_path(tmp_path, monkeypatch):
     assert info.value.errno == errno.ENOSPC
     assert list((tmp_path / "shards").iterdir()) == []
     assert writer.shard_entry(0) is None
+
+
+# --- read_rows: sorted unique rows straight into a caller's array ------------------------------------------------
+
+
+@given(
+    shard_size=st.sampled_from(SHARD_SIZES),
+    rows=st.sets(st.integers(0, 22), max_size=23),
+    with_out=st.booleans(),
+    kind=st.sampled_from(["int64", "int32", "uint16", "list"]),
+)
+def test_read_rows_matches_numpy_across_shard_boundaries(stores, shard_size, rows, with_out, kind):
+    data, by_size = stores
+    store = by_size[shard_size]
+    index = np.array(sorted(rows), dtype=np.int64)
+    key = index.tolist() if kind == "list" else index.astype(kind)
+    out = np.full((len(index), 5), np.nan, dtype=np.float16) if with_out else None
+    got = store.read_rows(key, out=out)
+    assert got.shape == (len(index), 5) and got.dtype == np.float16
+    assert got is out if with_out else isinstance(got, np.ndarray)
+    np.testing.assert_array_equal(got, np.asarray(store)[index])
+    np.testing.assert_array_equal(got, data[index])
+
+
+def test_read_rows_writes_into_out_in_place(stores):
+    data, by_size = stores
+    store = by_size[7]
+    buffer = np.zeros((10, 5), dtype=np.float16)
+    out = buffer[2:6]  # a C-contiguous view: the rows must land in the buffer itself
+    assert store.read_rows(np.array([0, 6, 7, 22]), out=out) is out
+    np.testing.assert_array_equal(buffer[2:6], data[[0, 6, 7, 22]])
+    assert not buffer[:2].any() and not buffer[6:].any()
+
+
+def test_read_rows_refuses_bad_rows_and_bad_out(stores):
+    store = stores[1][3]
+    with pytest.raises(ValueError, match=r"rows: indices must lie in \[0, 23\)"):
+        store.read_rows([3, 23])
+    with pytest.raises(ValueError, match=r"rows: indices must lie in \[0, 23\)"):
+        store.read_rows([-1, 2])
+    with pytest.raises(ValueError, match=r"rows: expected strictly increasing .* rows\[1\] = 5 is followed by 4"):
+        store.read_rows([1, 5, 4])
+    with pytest.raises(ValueError, match=r"rows: expected strictly increasing .* rows\[0\] = 2 is followed by 2"):
+        store.read_rows([2, 2])
+    with pytest.raises(ValueError, match="rows: expected a 1-D"):
+        store.read_rows(np.zeros((2, 2), dtype=np.int64))
+    with pytest.raises(TypeError, match="rows: expected integer"):
+        store.read_rows(np.array([0.0, 1.0]))
+    with pytest.raises(TypeError, match="rows: expected integer"):
+        store.read_rows(np.array([True, False]))
+    rows = np.array([0, 4, 9])
+    with pytest.raises(ValueError, match=r"out: expected shape \(3, 5\) and dtype float16, got shape \(2, 5\)"):
+        store.read_rows(rows, out=np.empty((2, 5), dtype=np.float16))
+    with pytest.raises(ValueError, match=r"out: expected shape \(3, 5\) and dtype float16, got .* dtype float32"):
+        store.read_rows(rows, out=np.empty((3, 5), dtype=np.float32))
+    with pytest.raises(ValueError, match="out: expected a writeable, C-contiguous"):
+        store.read_rows(rows, out=np.empty((5, 3), dtype=np.float16).T)
+    read_only = np.empty((3, 5), dtype=np.float16)
+    read_only.flags.writeable = False
+    with pytest.raises(ValueError, match="out: expected a writeable"):
+        store.read_rows(rows, out=read_only)
+    with pytest.raises(TypeError, match="out: expected an np.ndarray"):
+        store.read_rows(rows, out=torch.empty(3, 5, dtype=torch.float16))
+    assert store.read_rows(np.array([], dtype=np.int64)).shape == (0, 5)

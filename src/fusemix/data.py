@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from fusemix._checks import check_positive_int
+from fusemix.store import LatentStore
 
 
 class LatentArray(Protocol):
@@ -600,8 +601,8 @@ def _read_rows(
         return _place(staged, dtype, device, tensors, role)
     stored = _torch_dtype_of(source)
     unique, inverse = np.unique(rows, return_inverse=True)
-    # np.take writes an array's rows straight into a kept tensor; a store returns a new array whatever we do.
-    into_kept = tensors.reuses and isinstance(source, np.ndarray)
+    # np.take (LatentStore.read_rows for a store) writes the rows straight into a kept tensor.
+    into_kept = tensors.reuses and isinstance(source, (np.ndarray, LatentStore))
     if len(unique) == len(rows) and bool((unique == rows).all()):
         is_result = stored == dtype  # no cast follows: with reuse_buffers the staged tensor must be a kept one
         keep = pin or into_kept or (tensors.reuses and is_result)
@@ -620,6 +621,8 @@ def _fetch(source: ArrayLike, unique: np.ndarray, into: Tensor | None) -> Tensor
         return torch.from_numpy(_writable(np.ascontiguousarray(source[unique])))
     if isinstance(source, np.ndarray):
         np.take(source, unique, axis=0, out=into.numpy(), mode="clip")  # rows are in range; "raise" would buffer
+    elif isinstance(source, LatentStore):
+        source.read_rows(unique, out=into.numpy())
     else:
         into.numpy()[...] = source[unique]
     return into

@@ -557,6 +557,77 @@ class LatentStore:
             f"got {type(key).__name__}"
         )
 
+    def read_rows(self, rows: Sequence[int] | np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """Read sorted, unique rows straight into ``out`` (or a new array): one ``np.take`` per shard.
+
+        Unlike indexing, no intermediate array is built: every shard's rows
+        are gathered from its memory map directly into their slice of
+        ``out``, so a caller that keeps one buffer across batches reads
+        without allocating.
+
+        Args:
+            rows: Global row indices, strictly increasing, in ``[0, len(store))``.
+                Shape: ``(B,)``, integer.
+            out: Where to write the rows: a writeable C-contiguous array of
+                exactly shape ``(B, dim)`` and the store's dtype. A new array
+                when ``None``.
+
+        Returns:
+            ``out`` (or the new array), holding ``store[rows]``. Shape: ``(B, dim)``.
+
+        Raises:
+            TypeError: If ``rows`` is not integer, or ``out`` is not an ``np.ndarray``.
+            ValueError: If ``rows`` is not 1-D, not strictly increasing or out
+                of range, or ``out`` has the wrong shape or dtype, is
+                read-only or not C-contiguous.
+
+        Example:
+            >>> import tempfile, numpy as np
+            >>> rows = np.arange(12, dtype=np.float32).reshape(6, 2)
+            >>> with tempfile.TemporaryDirectory() as tmp:
+            ...     store = write_store(tmp, rows, modality="text", encoder={"name": "toy"}, shard_size=4)
+            ...     out = np.empty((3, 2), dtype=store.dtype)
+            ...     print(store.read_rows(np.array([1, 3, 4]), out=out)[:, 0], store.read_rows([5]).shape)
+            [2. 6. 8.] (1, 2)
+
+        """
+        index = np.asarray(rows)
+        if index.ndim != 1:
+            raise ValueError(f"rows: expected a 1-D array of row indices, got shape {index.shape}")
+        if index.size and index.dtype.kind not in "iu":
+            raise TypeError(f"rows: expected integer row indices, got dtype {index.dtype}")
+        count = len(self)
+        if index.size:
+            if int(index[0]) < 0 or int(index[-1]) >= count:
+                raise ValueError(f"rows: indices must lie in [0, {count}), got {int(index[0])} .. {int(index[-1])}")
+            steps = np.diff(index)
+            if bool((steps <= 0).any()):
+                at = int(np.flatnonzero(steps <= 0)[0])
+                raise ValueError(
+                    f"rows: expected strictly increasing (sorted, unique) indices; rows[{at}] = {int(index[at])} "
+                    f"is followed by {int(index[at + 1])}"
+                )
+        shape = (index.shape[0], self.dim)
+        if out is None:
+            out = np.empty(shape, dtype=self._dtype)
+        elif not isinstance(out, np.ndarray):
+            raise TypeError(f"out: expected an np.ndarray, got {type(out).__name__}")
+        elif out.shape != shape or out.dtype != self._dtype:
+            raise ValueError(
+                f"out: expected shape {shape} and dtype {self._dtype.name}, got shape {out.shape} and dtype {out.dtype}"
+            )
+        elif not out.flags.writeable or not out.flags.c_contiguous:
+            raise ValueError("out: expected a writeable, C-contiguous array")
+        if index.size == 0:
+            return out
+        index = index.astype(np.int64, copy=False)
+        bounds = np.searchsorted(index, self._offsets, side="left")
+        for shard in np.flatnonzero(np.diff(bounds)):
+            lo, hi = bounds[shard], bounds[shard + 1]
+            # rows are checked in range, and mode="raise" would gather into a temporary array first
+            np.take(self._shards[shard], index[lo:hi] - self._offsets[shard], axis=0, out=out[lo:hi], mode="clip")
+        return out
+
     def __array__(self, dtype: np.dtype | None = None, copy: bool | None = None) -> np.ndarray:
         if copy is False:
             raise ValueError("copy: a LatentStore cannot be turned into one array without copying")
