@@ -621,9 +621,7 @@ class LatentStore:
         if index.size == 0:
             return out
         index = index.astype(np.int64, copy=False)
-        bounds = np.searchsorted(index, self._offsets, side="left")
-        for shard in np.flatnonzero(np.diff(bounds)):
-            lo, hi = bounds[shard], bounds[shard + 1]
+        for shard, lo, hi in self._shard_runs(index):
             # rows are checked in range, and mode="raise" would gather into a temporary array first
             np.take(self._shards[shard], index[lo:hi] - self._offsets[shard], axis=0, out=out[lo:hi], mode="clip")
         return out
@@ -718,11 +716,15 @@ class LatentStore:
             return out
         order = np.argsort(index, kind="stable")
         ordered = index[order]
-        bounds = np.searchsorted(ordered, self._offsets, side="left")
-        for shard in np.flatnonzero(np.diff(bounds)):
-            lo, hi = bounds[shard], bounds[shard + 1]
+        for shard, lo, hi in self._shard_runs(ordered):
             out[order[lo:hi]] = self._shards[shard][ordered[lo:hi] - self._offsets[shard]]
         return out
+
+    def _shard_runs(self, ordered: np.ndarray) -> Iterator[tuple[int, int, int]]:
+        """``(shard, lo, hi)`` for every shard holding rows of ``ordered`` (sorted): ``ordered[lo:hi]`` are its rows."""
+        bounds = np.searchsorted(ordered, self._offsets, side="left")
+        for shard in np.flatnonzero(np.diff(bounds)):
+            yield int(shard), int(bounds[shard]), int(bounds[shard + 1])
 
 
 # ---------------------------------------------------------------------------------------------------------------------
