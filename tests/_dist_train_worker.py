@@ -23,6 +23,7 @@ import os
 import signal
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -52,20 +53,7 @@ PLAIN = TrainConfig(
     log_every=2,
     device="cpu",
 )
-MIX = TrainConfig(
-    epochs=4,
-    batch_size=32,
-    lr=3e-3,
-    warmup_steps=2,
-    shared_dim=8,
-    depth=1,
-    expansion=2,
-    dropout=0.3,
-    checkpoint_every=1,
-    eval_every=2,
-    log_every=2,
-    device="cpu",
-)
+MIX = replace(PLAIN, epochs=4, dropout=0.3, augmentation="fusemix", eval_every=2, checkpoint_every=1)
 STEPS_PER_EPOCH = NUM_PAIRS // 32
 KILL_AT_STEP = 2 * STEPS_PER_EPOCH + 2  # mid epoch 2, after the checkpoint of epoch 1
 FAIL_AT_STEP = 3

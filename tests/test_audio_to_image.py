@@ -83,6 +83,23 @@ def _vae() -> diffusers.AutoencoderKL:
     )
 
 
+def _unet(cross_attention_dim: int, **conditioning: object) -> diffusers.UNet2DConditionModel:
+    """A two-level UNet of widths 4 and 8 on 8x8 latents; ``conditioning`` adds SDXL's extra embeddings."""
+    return diffusers.UNet2DConditionModel(
+        block_out_channels=(4, 8),
+        layers_per_block=1,
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=cross_attention_dim,
+        norm_num_groups=2,
+        attention_head_dim=2,
+        **conditioning,
+    )
+
+
 def _scheduler() -> diffusers.DDIMScheduler:
     return diffusers.DDIMScheduler(
         beta_start=0.00085,
@@ -99,18 +116,7 @@ def build_tiny_sd(directory: Path) -> Path:
     torch.manual_seed(0)
     tokenizer = _clip_tokenizer(directory.parent / f"{directory.name}-tokenizer")
     text_encoder = transformers.CLIPTextModel(_clip_config(len(tokenizer), 32))
-    unet = diffusers.UNet2DConditionModel(
-        block_out_channels=(4, 8),
-        layers_per_block=1,
-        sample_size=8,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=32,
-        norm_num_groups=2,
-        attention_head_dim=2,
-    )
+    unet = _unet(cross_attention_dim=32)
     diffusers.StableDiffusionPipeline(
         vae=_vae(),
         text_encoder=text_encoder,
@@ -130,17 +136,8 @@ def build_tiny_sdxl(directory: Path) -> Path:
     tokenizer = _clip_tokenizer(directory.parent / f"{directory.name}-tokenizer")
     text_encoder = transformers.CLIPTextModel(_clip_config(len(tokenizer), 16))
     text_encoder_2 = transformers.CLIPTextModelWithProjection(_clip_config(len(tokenizer), 32))
-    unet = diffusers.UNet2DConditionModel(
-        block_out_channels=(4, 8),
-        layers_per_block=1,
-        sample_size=8,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+    unet = _unet(
         cross_attention_dim=16 + 32,
-        norm_num_groups=2,
-        attention_head_dim=2,
         addition_embed_type="text_time",
         addition_time_embed_dim=4,
         projection_class_embeddings_input_dim=6 * 4 + 32,
@@ -163,9 +160,8 @@ def sd_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(autouse=True)
-def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
+def _offline(monkeypatch: pytest.MonkeyPatch, one_thread: None) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    torch.set_num_threads(1)
 
 
 CAPTIONS = ["a dog barks", "a cat meows", "rain falls", "a bell rings", "wind blows", "a baby cries"]

@@ -5,31 +5,8 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
+from _references import reference_infonce, reference_siglip
 from fusemix import ContrastiveLoss, SigLIPLoss
-
-
-def _reference_infonce(a: torch.Tensor, b: torch.Tensor, temperature: float) -> float:
-    """Symmetric InfoNCE written with explicit loops over rows and columns."""
-    a = a / a.norm(dim=1, keepdim=True)
-    b = b / b.norm(dim=1, keepdim=True)
-    n = a.shape[0]
-    sim = [[float(a[i] @ b[j]) / temperature for j in range(n)] for i in range(n)]
-    i2t = sum(-sim[i][i] + math.log(sum(math.exp(s) for s in sim[i])) for i in range(n)) / n
-    t2i = sum(-sim[j][j] + math.log(sum(math.exp(sim[i][j]) for i in range(n))) for j in range(n)) / n
-    return 0.5 * (i2t + t2i)
-
-
-def _reference_siglip(a: torch.Tensor, b: torch.Tensor, scale: float, bias: float) -> float:
-    a = a / a.norm(dim=1, keepdim=True)
-    b = b / b.norm(dim=1, keepdim=True)
-    n = a.shape[0]
-    total = 0.0
-    for i in range(n):
-        for j in range(n):
-            z = scale * float(a[i] @ b[j]) + bias
-            label = 1.0 if i == j else -1.0
-            total += math.log1p(math.exp(-label * z))
-    return total / n
 
 
 @given(st.integers(2, 9), st.integers(1, 6), st.floats(0.01, 0.5))
@@ -39,7 +16,7 @@ def test_contrastive_loss_matches_hand_written_reference(n, d, temperature):
         loss = ContrastiveLoss(temperature_init=temperature, parameterization=parameterization).double()
         stored = loss.current_temperature().item()  # the init, rounded to float32
         assert stored == pytest.approx(temperature, rel=1e-6)
-        assert loss(a, b).item() == pytest.approx(_reference_infonce(a, b, stored), rel=1e-9, abs=1e-9)
+        assert loss(a, b).item() == pytest.approx(reference_infonce(a, b, stored), rel=1e-9, abs=1e-9)
 
 
 @given(st.integers(2, 7), st.integers(1, 5), st.floats(0.5, 20), st.floats(-12, 2))
@@ -48,7 +25,7 @@ def test_siglip_loss_matches_hand_written_reference(n, d, scale, bias):
     loss = SigLIPLoss(logit_scale_init=scale, logit_bias_init=bias).double()
     stored_scale, stored_bias = loss.logit_scale.exp().item(), loss.logit_bias.item()  # rounded to float32
     assert stored_scale == pytest.approx(scale, rel=1e-6) and stored_bias == pytest.approx(bias, rel=1e-6, abs=1e-6)
-    assert loss(a, b).item() == pytest.approx(_reference_siglip(a, b, stored_scale, stored_bias), rel=1e-9)
+    assert loss(a, b).item() == pytest.approx(reference_siglip(a, b, stored_scale, stored_bias), rel=1e-9)
 
 
 def test_authors_parameterisation_init_and_clamp():

@@ -5,7 +5,6 @@ two-rank test at the end of this file.
 """
 
 import json
-import math
 import os
 import subprocess
 import sys
@@ -17,6 +16,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
+from _references import reference_infonce, reference_siglip
 from fusemix import ContrastiveLoss, FuseMix, FusionModel, LatentNoise, SigLIPLoss, retrieval_metrics
 from fusemix.fixed_target import fixed_target_model
 from fusemix.mixing import mix_masks, sample_mix_params
@@ -176,28 +176,6 @@ def test_bad_presence_is_refused():
 
 
 # --- losses -----------------------------------------------------------------------------------------------------
-
-
-def reference_infonce(a, b, temperature):
-    a = a / a.norm(dim=1, keepdim=True)
-    b = b / b.norm(dim=1, keepdim=True)
-    n = a.shape[0]
-    sim = [[float(a[i] @ b[j]) / temperature for j in range(n)] for i in range(n)]
-    i2t = sum(-sim[i][i] + math.log(sum(math.exp(s) for s in sim[i])) for i in range(n)) / n
-    t2i = sum(-sim[j][j] + math.log(sum(math.exp(sim[i][j]) for i in range(n))) for j in range(n)) / n
-    return 0.5 * (i2t + t2i)
-
-
-def reference_siglip(a, b, scale, bias):
-    a = a / a.norm(dim=1, keepdim=True)
-    b = b / b.norm(dim=1, keepdim=True)
-    n = a.shape[0]
-    total = 0.0
-    for i in range(n):
-        for j in range(n):
-            z = scale * float(a[i] @ b[j]) + bias
-            total += math.log1p(math.exp(-(1.0 if i == j else -1.0) * z))
-    return total / n
 
 
 def _three_modalities(seed=0):
