@@ -500,7 +500,7 @@ def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
     CPU run, the same update to float rounding).
     """
     device = next(model.parameters()).device
-    fused = device.type == "cuda" or (device.type == "cpu" and _torch_version() >= (2, 4))
+    fused = device.type == "cuda" or (device.type == "cpu" and torch.__version__ >= (2, 4))
     return torch.optim.AdamW(
         weight_decay_groups(model, config.weight_decay),
         lr=config.lr,
@@ -508,11 +508,6 @@ def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
         eps=config.eps,
         fused=fused or None,
     )
-
-
-def _torch_version() -> tuple[int, int]:
-    major, minor = torch.__version__.split(".")[:2]
-    return int(major), int("".join(c for c in minor if c.isdigit()) or 0)
 
 
 def model_from_config(dims: Mapping[str, int], config: TrainConfig) -> FusionModel:
@@ -912,7 +907,7 @@ def plot_curves(history: Sequence[Mapping[str, Any]], path: str | Path) -> bool:
     return True
 
 
-def pairing_fingerprint(data: PairedLatents) -> str:
+def _pairing_fingerprint(data: PairedLatents) -> str:
     """SHA-256 of which rows form each pair (modality names and row indices, ``-1`` for absent rows).
 
     A resumed run compares it with the checkpoint's, so that resuming on other
@@ -957,7 +952,7 @@ class _Run:
         device: torch.device,
     ) -> None:
         self.train_data, self.config, self.out_dir, self.callbacks = train, config, out_dir, tuple(callbacks)
-        self.pairing = pairing_fingerprint(train) if out_dir is not None else None  # checked on resume
+        self.pairing = _pairing_fingerprint(train) if out_dir is not None else None  # checked on resume
         self.place, self.device = place, device
         self.amp_dtype = _resolve_amp(config, self.device)
         self.model = (model if model is not None else model_from_config(train.dims, config)).to(self.device)
