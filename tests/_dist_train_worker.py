@@ -137,6 +137,7 @@ def extract_scenario(work: Path, rank: int, world: int) -> None:
     dist.barrier()
     if rank == 0:
         finalize_store(work / "extract")
+    dist.barrier()  # no rank tears the group down while another still talks to it
     dist.destroy_process_group()
 
 
