@@ -6,23 +6,19 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 pytest.importorskip("transformers")
 pytest.importorskip("PIL")
 
-REPO = Path(__file__).resolve().parents[1]
-SCRIPT = REPO / "examples" / "replicate_paper.py"
-sys.path.insert(0, str(REPO / "examples"))
-sys.path.insert(0, str(Path(__file__).parent))
-
-import replicate_paper  # noqa: E402
-from replication.presets import PRESETS  # noqa: E402
-
+from _examples import EXAMPLES, import_example  # noqa: E402
 from _tiny_models import build_bert, build_dinov2  # noqa: E402
 from fixtures_image_text import make_data_root  # noqa: E402
+
+SCRIPT = EXAMPLES / "replicate_paper.py"
+replicate_paper = import_example("replicate_paper")
+PRESETS = import_example("replication.presets").PRESETS
 
 IMAGE_TEXT_PRESETS = [name for name, preset in PRESETS.items() if preset.task == "image-text"]
 TINY_TRAINING = ["epochs=2", "batch_size=4", "depth=1", "expansion=1", "shared_dim=8", "warmup_steps=1", "dropout=0.0"]
