@@ -48,14 +48,16 @@ with silently missing test images is a different benchmark.
 Choices that follow the authors' lineage (LAVIS / BLIP / ALBEF):
 
 - Karpathy ``train`` is ``"train"`` + ``"restval"`` (113,287 COCO images).
-- Evaluation splits keep the **first 5** captions of each image
-  (``max_captions_per_image="protocol"``): the raw COCO file gives a few test
-  images 6 or 7 sentences, the standard 5K-image / 25K-caption protocol (e.g.
-  the VSE++ / SCAN precomputed splits) has exactly 5, and Recall@K compares
-  across papers only on the same caption set. Pass ``None`` to keep them all.
-  Training splits keep every caption (ALBEF's / LAVIS's COCO train file has
-  all ~567K). Captions are the ``"raw"`` sentences, stripped of surrounding
-  whitespace; tokenisation is the text encoder's job.
+- Evaluation splits keep, by default, the **first 5** captions of each
+  image (``max_captions_per_image="protocol"``): the raw COCO file gives a few
+  test images 6 or 7 sentences, the 5K-image / 25K-caption protocol of the
+  VSE++ / SCAN precomputed splits has exactly 5, and Recall@K compares across
+  papers only on the same caption set. LAVIS's test annotation, which the
+  FuseMix authors evaluate on, keeps every caption: pass ``None``, as the
+  faithful presets do. Training splits keep every caption (ALBEF's / LAVIS's
+  COCO train file has all ~567K). Captions are the ``"raw"`` sentences,
+  stripped of surrounding whitespace; the presets' faithful pipeline cleans
+  them further with :func:`fusemix.preprocess.blip_caption` before encoding.
 - Visual Genome: each region phrase is a caption of the **whole** image
   (LAVIS's ``vg_caption`` builder reads such pairs from ``vg_caption.json``).
   That file was made by ALBEF's authors with filters (per salesforce/ALBEF
@@ -481,7 +483,8 @@ def read_coco(
     """Read a COCO Karpathy split: ``root/dataset_coco.json`` with images in ``root/{train2014,val2014}/``.
 
     ``"train"`` is the 113,287 ``train`` + ``restval`` images; ``"test"`` the
-    5,000 test images with their first 5 captions (25,000). See
+    5,000 test images with their first 5 captions (25,000; every caption with
+    ``max_captions_per_image=None``). See
     :func:`read_karpathy` for the arguments.
 
     Example:
