@@ -29,7 +29,7 @@ def is_nonempty_dir(path: Path) -> bool:
 
 
 def missing_file(component: str, path: Path, what: str, source: str) -> list[str]:
-    """One line for :func:`check_image_text_data`-style reports when ``path`` is not a file, else nothing.
+    """One line of a missing-data report (what, where, where to get it) when ``path`` is not a file, else nothing.
 
     Example:
         >>> missing_file("coco", Path("/nowhere/dataset_coco.json"), "Karpathy split file", "karpathy.zip")
