@@ -284,7 +284,7 @@ def test_faithful_pipeline_is_the_authors_in_float32_throughout(tiny_world, tiny
     val_store = _store(tmp_path, "flickr30k-val", "bge-large", "authors-float32", "captions")
     assert len(kwargs["val"]) == len(val_store) == 5
     assert result["selection"] == {"mode": "validation", "metric": "i2t_mean", "split": "flickr30k-val",
-                                   "on_test": False}  # fmt: skip
+                                   "best": True, "on_test": False}  # fmt: skip
     assert {r["selected"]["metric"] for r in result["runs"]} == {"i2t_mean"}
     assert "| fusemix |" in result["tables"] and "no test set was used to choose" in result["tables"]
 
@@ -331,6 +331,21 @@ def test_encoders_run_in_the_pipelines_dtype_on_cuda(monkeypatch, pipeline_name,
     encoders.build_encoder(bge, fidelity, device="cuda:1")
     encoders.build_encoder(bge, fidelity, device="cpu")
     assert [options.get("dtype") for options in built] == [dtype, dtype, None]
+
+
+def test_report_follows_a_selection_override(tiny_world, tmp_path, fit_calls):
+    data, _, models = tiny_world
+    training = dict(replicate_paper._parse_assignment(item, "--set") for item in TINY_TRAINING)
+    overrides = {name: replicate_paper._config_value(name, text) for name, text in training.items()}
+    result = pipeline.run_preset(
+        PRESETS["image-text"], data_root=data, cache_dir=tmp_path / "cache", out_dir=tmp_path, selection="authors",
+        config_overrides={**overrides, "device": "cpu", "selection": "last"}, progress=False,
+        model_overrides=dict(item.split("=", 1) for item in models[1::2]),  # models: "--model", "slug=path", ...
+    )  # fmt: skip
+    ((config, _),) = fit_calls
+    assert config.selection == "last"
+    assert result["selection"]["on_test"] is False  # flickr30k-test was only monitored: no warning
+    assert "⚠" not in result["tables"] and "kept its last epoch" in result["tables"]
 
 
 def test_preset_options_are_checked():

@@ -84,9 +84,10 @@ def run_preset(
                         model_overrides=model_overrides, device=device, progress=progress)  # fmt: skip
     data = load_datasets(preset, data_root, eval_captions=fidelity.eval_captions, validation=validation)
     monitor = data.val if data.val is not None else data.tests[0]
-    chooser = Selection(selection, f"{query[0]}2t_mean", monitor.name)
-    overrides = {**dict(preset.config), **chooser.config_overrides(), "amp": fidelity.amp}
-    base = TrainConfig(**{**overrides, **dict(config_overrides or {})})
+    defaults = Selection(selection, f"{query[0]}2t_mean", monitor.name).config_overrides()
+    base = TrainConfig(**{**dict(preset.config), **defaults, "amp": fidelity.amp, **dict(config_overrides or {})})
+    # What the report says follows the config trained with (--set selection=... / selection_metric=... included).
+    chooser = Selection(selection, base.selection_metric, monitor.name, best=base.selection == "best")
     if device is not None:
         base = replace(base, device=device)
     records: list[dict[str, Any]] = []
@@ -110,7 +111,9 @@ def run_preset(
         result = fit(train, config, val=val, val_pair=(query, key), out_dir=preset_dir / _slug(run.name),
                      progress=progress)  # fmt: skip
         seconds = time.perf_counter() - start
-        selected = {"epoch": result.selected.epoch, "metric": result.selected.metric, "value": result.selected.value}
+        chosen_epoch = result.selected
+        selected = None if chosen_epoch is None else {
+            "epoch": chosen_epoch.epoch, "metric": chosen_epoch.metric, "value": chosen_epoch.value}  # fmt: skip
         for name, paired in tests.items():
             metrics = evaluate_retrieval(result.model, paired, (query, key), chunk_size=config.eval_chunk_size)
             records.append({"method": run.name, "eval_set": name, "train_size": len(train), "seed": config.seed,

@@ -13,7 +13,7 @@ it produced with a warning.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 SelectionMode = Literal["validation", "authors"]
@@ -27,10 +27,11 @@ class Selection:
     """Model selection of a preset run.
 
     Attributes:
-        mode: ``"validation"`` or ``"authors"`` (best epoch on the first test set).
+        mode: ``"validation"`` or ``"authors"`` (the first test set is evaluated during training).
         metric: The metric maximised, e.g. ``"i2t_mean"`` (the authors' ``agg_metrics``:
             query-to-text mean recall).
         split: The evaluation set the epochs are compared on, e.g. ``"flickr30k-val"``.
+        best: Keep the best epoch by ``metric`` (``False``: the last epoch, ``split`` only monitored).
 
     Example:
         >>> honest = Selection("validation", "i2t_mean", "flickr30k-val")
@@ -40,12 +41,15 @@ class Selection:
         ('fusemix', False)
         >>> Selection("authors", "i2t_mean", "flickr30k-test").label("fusemix")
         'fusemix ⚠ best epoch on flickr30k-test'
+        >>> Selection("authors", "i2t_mean", "flickr30k-test", best=False).on_test  # only monitored there
+        False
 
     """
 
     mode: SelectionMode
     metric: str
     split: str
+    best: bool = True
 
     def __post_init__(self) -> None:
         if self.mode not in SELECTION_MODES:
@@ -53,12 +57,12 @@ class Selection:
 
     @property
     def on_test(self) -> bool:
-        """Whether the epochs are compared on a test split (the authors' protocol)."""
-        return self.mode == "authors"
+        """Whether the kept epoch was chosen on a test split (the authors' protocol)."""
+        return self.mode == "authors" and self.best
 
     def config_overrides(self) -> dict[str, Any]:
-        """:class:`~fusemix.train.TrainConfig` fields: the best epoch by ``metric``, evaluated every epoch."""
-        return {"selection": "best", "selection_metric": self.metric, "eval_every": 1}
+        """:class:`~fusemix.train.TrainConfig` fields: the epoch to keep, by ``metric``, evaluated every epoch."""
+        return {"selection": "best" if self.best else "last", "selection_metric": self.metric, "eval_every": 1}
 
     def label(self, run_name: str) -> str:
         """The table label of a run: its name, with a warning when the epoch was chosen on a test set."""
@@ -72,6 +76,8 @@ class Selection:
                 f"the epoch with the best {self.metric} on {self.split}, so its {self.split} numbers are optimistic. "
                 "Compare them only with the authors' own; for honest numbers, run without --authors-selection."
             )
+        if not self.best:
+            return f"Model selection: none; each run kept its last epoch ({self.split} was monitored)."
         return (
             f"Model selection: each run kept the epoch with the best {self.metric} on {self.split} "
             "(a validation split; no test set was used to choose)."
@@ -79,4 +85,4 @@ class Selection:
 
     def describe(self) -> dict[str, Any]:
         """JSON record of the selection, for ``results.json``."""
-        return {"mode": self.mode, "metric": self.metric, "split": self.split, "on_test": self.on_test}
+        return {**asdict(self), "on_test": self.on_test}
