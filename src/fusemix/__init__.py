@@ -4,6 +4,7 @@ The core (mixing, adapters, losses, metrics) imports nothing from the I/O half
 of the package.
 """
 
+from fusemix.adapters import FusionAdapter, IdentityAdapter, LinearAdapter, ResidualMLPBlock
 from fusemix.aligners import CCAAligner, ProcrustesAligner
 from fusemix.fixed_target import (
     ConditioningLayout,
@@ -27,7 +28,6 @@ from fusemix.mixing import (
     sample_mix_params,
 )
 from fusemix.model import FusionModel
-from fusemix.projectors import FusionAdapter, IdentityAdapter, LinearAdapter, ResidualMLPBlock
 from fusemix.regularizers import StructureLoss
 from fusemix.warmstart import aligner_input_norm, warm_start
 

@@ -60,7 +60,6 @@ Cost:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -69,7 +68,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fusemix._checks import check_features, check_floating, check_positive_int
+from fusemix._checks import check_features, check_floating, check_nonnegative, check_positive_int
 
 _CHUNK_ELEMENTS = 2**22
 """Float64 values per streamed chunk of rows, summed over both modalities (32 MiB)."""
@@ -258,12 +257,6 @@ def _flip_signs(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
     signs = torch.sign(a[rows, torch.arange(a.shape[1], device=a.device)])
     signs[signs == 0] = 1.0
     return a * signs, b * signs
-
-
-def _check_regularization(value: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-        raise ValueError(f"regularization: expected a finite number >= 0, got {value!r}")
-    return float(value)
 
 
 def _check_dim(dim: int | None) -> int | None:
@@ -508,15 +501,8 @@ class CCAAligner(_LinearAligner):
     ) -> None:
         super().__init__(input_norm)
         self.dim = _check_dim(dim)
-        self.regularization = _check_regularization(regularization)
-        if (
-            isinstance(correlation_power, bool)
-            or not isinstance(correlation_power, (int, float))
-            or not math.isfinite(correlation_power)
-            or correlation_power < 0
-        ):
-            raise ValueError(f"correlation_power: expected a finite number >= 0, got {correlation_power!r}")
-        self.correlation_power = float(correlation_power)
+        self.regularization = check_nonnegative("regularization", regularization)
+        self.correlation_power = check_nonnegative("correlation_power", correlation_power)
 
     @property
     def correlations_(self) -> Tensor:
@@ -625,7 +611,7 @@ class ProcrustesAligner(_LinearAligner):
         if not pca and dim is not None:
             raise ValueError("dim: must be None when pca=False (nothing is reduced)")
         self.pca, self.whiten = pca, whiten
-        self.regularization = _check_regularization(regularization)
+        self.regularization = check_nonnegative("regularization", regularization)
 
     @property
     def rotation_(self) -> Tensor:

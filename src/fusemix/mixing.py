@@ -35,7 +35,14 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from fusemix._checks import check_choice, check_floating, check_positive, check_positive_int, check_same_rows
+from fusemix._checks import (
+    check_choice,
+    check_floating,
+    check_mask,
+    check_positive,
+    check_positive_int,
+    check_same_rows,
+)
 
 Pairing = Literal["halves", "permute"]
 PAIRINGS: tuple[str, ...] = ("halves", "permute")
@@ -292,20 +299,10 @@ def mix_masks(masks: Sequence[Tensor], params: MixParams) -> list[Tensor]:
     """
     out = []
     for i, mask in enumerate(masks):
-        mask = _check_mask(f"masks[{i}]", mask, params.batch_size)
+        mask = check_mask(f"masks[{i}]", mask, params.batch_size)
         a, b = params.index_a.to(mask.device), params.index_b.to(mask.device)
         out.append(mask[a] & mask[b])
     return out
-
-
-def _check_mask(name: str, mask: object, batch_size: int) -> Tensor:
-    if not isinstance(mask, Tensor):
-        raise TypeError(f"{name}: expected a boolean torch.Tensor, got {type(mask).__name__}")
-    if mask.dtype != torch.bool:
-        raise TypeError(f"{name}: expected a boolean tensor, got dtype {mask.dtype}")
-    if mask.shape != (batch_size,):
-        raise ValueError(f"{name}: expected shape ({batch_size},) (one flag per row), got {tuple(mask.shape)}")
-    return mask
 
 
 def _is_contiguous_halves(params: MixParams) -> bool:
@@ -384,7 +381,7 @@ def _unpack_masks(masks: object, inputs: tuple[LatentInputs, ...], named: Sequen
             raise ValueError(f"masks: expected one mask per input ({len(named)}), got {len(masks)}")
         given, labels = list(masks), [f"masks[{i}]" for i in range(len(masks))]
     return [
-        torch.ones(batch, dtype=torch.bool, device=x.device) if m is None else _check_mask(label, m, batch)
+        torch.ones(batch, dtype=torch.bool, device=x.device) if m is None else check_mask(label, m, batch)
         for m, label, (_, x) in zip(given, labels, named)
     ]
 

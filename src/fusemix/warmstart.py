@@ -40,9 +40,9 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from fusemix.adapters import FusionAdapter, LinearAdapter
 from fusemix.aligners import _LinearAligner
 from fusemix.model import FusionModel
-from fusemix.projectors import FusionAdapter, LinearAdapter
 
 
 def aligner_input_norm(model: FusionModel) -> dict[str, str | None]:
