@@ -5,7 +5,7 @@ of the package.
 """
 
 from fusemix.adapters import FusionAdapter, IdentityAdapter, LinearAdapter, ResidualMLPBlock
-from fusemix.aligners import CCAAligner, ProcrustesAligner
+from fusemix.aligners import CCAAligner, ClosedFormAligner, ProcrustesAligner
 from fusemix.fixed_target import (
     ConditioningLayout,
     FixedTargetLoss,
@@ -36,6 +36,7 @@ __version__ = "0.1.0.dev0"
 __all__ = [
     "AlphaSchedule",
     "CCAAligner",
+    "ClosedFormAligner",
     "ConditioningLayout",
     "ContrastiveLoss",
     "CosineAlphaSchedule",

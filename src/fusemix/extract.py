@@ -64,6 +64,7 @@ from fusemix._checks import check_json_object, check_positive_int
 from fusemix._fileio import os_error, write_json_atomic
 from fusemix._optional import progress_bar
 from fusemix._store_format import convert_latents, open_shard, shard_indices, storage_dtype
+from fusemix.encoders.base import Encoder
 from fusemix.store import MANIFEST, SHARD_DIR, LatentStore, LatentStoreWriter, StoreError, shard_file
 
 SPEC = "extraction.json"
@@ -71,8 +72,6 @@ SPEC = "extraction.json"
 SPEC_FORMAT = "fusemix.extraction"
 _SPEC_VERSION = 1
 _COMPARED = ("modality", "dtype", "encoder", "shard_size", "count")
-
-Encoder = Callable[[list[Any]], Tensor | np.ndarray]
 
 
 def encoder_identity_of(
