@@ -108,7 +108,7 @@ def atomic_write(target: Path, write: Callable[[BinaryIO], object], doing: str =
 
 
 def write_text_atomic(path: str | Path, text: str, doing: str = "write the file") -> None:
-    """Write ``text`` to ``path`` atomically (see :func:`atomic_write`).
+    """Write ``text`` to ``path`` atomically: a temporary sibling, flushed to disk, then renamed over ``path``.
 
     Args:
         path: Destination file; its directory must exist.

@@ -8,7 +8,7 @@ A :class:`~fusemix.FusionModel` holds one adapter per modality and applies it
 in :meth:`~fusemix.FusionModel.project`.
 
 Each adapter describes itself for a model directory (``to_config`` /
-``from_config``, registered with :func:`fusemix._registry.register_part`).
+``from_config``, registered with ``register_part`` of ``fusemix._registry``).
 """
 
 from __future__ import annotations

@@ -57,7 +57,7 @@ def describe_model(model: FusionModel) -> dict[str, Any]:
     """The JSON description of ``model`` stored in ``fusemix.json`` (without weights).
 
     Every adapter, the loss and the structure term describe themselves
-    (``to_config``; see :mod:`fusemix._registry`).
+    (``to_config``; registered in ``fusemix._registry``).
 
     Args:
         model: A :class:`~fusemix.FusionModel` of built-in adapters and loss.
