@@ -27,7 +27,7 @@ from typing import Any, Literal, overload
 import numpy as np
 
 from fusemix._checks import check_choice
-from fusemix.encoders._source import require
+from fusemix._optional import require
 
 OnError = Literal["raise", "skip"]
 

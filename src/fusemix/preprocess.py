@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from fusemix._checks import check_choice, check_positive_int
-from fusemix.encoders._source import require
+from fusemix._optional import require
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 """Per-channel mean of ImageNet (RGB), the normalisation of DINOv2 and most ImageNet-trained models."""
