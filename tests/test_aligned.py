@@ -101,6 +101,9 @@ def test_bad_encoder_outputs_name_the_items(model):
     wrong_rows = AlignedEncoder(lambda items: torch.ones(1, 4), model.adapters["text"], modality="text")
     with pytest.raises(ValueError, match=r"items \[0, 2\).*\(2, D\)"):
         wrong_rows.encode(["a", "b"])
+    wrong_width = AlignedEncoder(lambda items: torch.ones(len(items), 7), model.adapters["text"], modality="text")
+    with pytest.raises(ValueError, match="latents: have dim 7, but the adapter takes dim 4"):
+        wrong_width.encode(["a"])
     not_a_tensor = AlignedEncoder(lambda items: [[1.0] * 4], model.adapters["text"], modality="text")
     with pytest.raises(TypeError, match="expected a tensor or numpy array, got list"):
         not_a_tensor.encode(["a"])

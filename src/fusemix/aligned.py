@@ -213,6 +213,12 @@ def _embed(adapter: nn.Module, latents: Tensor, device: torch.device) -> Tensor:
     """Unit-norm ``adapter(latents)`` computed on ``device`` in the adapter's dtype, returned as CPU float32."""
     if not isinstance(latents, Tensor) or not latents.is_floating_point() or latents.ndim != 2:
         raise TypeError(f"latents: expected a floating (N, D) tensor, got {_describe(latents)}")
+    in_dim = getattr(adapter, "in_dim", None)
+    if isinstance(in_dim, int) and latents.shape[1] != in_dim:
+        raise ValueError(
+            f"latents: have dim {latents.shape[1]}, but the adapter takes dim {in_dim}; are they from the encoder "
+            "the model was trained on?"
+        )
     first = next(iter(adapter.parameters()), None)
     dtype = first.dtype if first is not None and first.is_floating_point() else torch.float32
     with torch.inference_mode():
