@@ -83,7 +83,7 @@ class AlignedEncoder:
     has; otherwise the adapter stays where it is), so the whole chain runs
     there without autograd. An aligned encoder is itself an encoder, with an
     ``identity`` and a ``dim``: :func:`fusemix.extract.extract_latents` (or
-    :func:`fusemix.search.embed_store`) writes its embeddings to a store.
+    :func:`fusemix.aligned.embed_store`) writes its embeddings to a store.
 
     Args:
         encoder: The frozen encoder the adapter was trained on: a list of raw
@@ -152,7 +152,7 @@ class AlignedEncoder:
         """Map the encoder's latents into the shared space.
 
         Args:
-            latents: Latents of :attr:`encoder`. Shape: ``(N, D_modality)``.
+            latents: Latents of the frozen encoder. Shape: ``(N, D_modality)``.
 
         Returns:
             Unit-norm embeddings, ``float32`` on the CPU. Shape: ``(N, dim)``.
@@ -167,7 +167,7 @@ class AlignedEncoder:
             items: Raw items of the encoder's kind (texts, images,
                 waveforms...). A single string is refused: wrap it in a list.
             batch_size: Items per step (encoder call and adapter call);
-                :attr:`batch_size` when ``None``. The encoder may split a
+                ``self.batch_size`` when ``None``. The encoder may split a
                 step further into its own micro-batches.
             progress: Show a tqdm progress bar; ``None`` shows one for more
                 than :data:`PROGRESS_MIN_ITEMS` items (when tqdm is installed).

@@ -23,8 +23,9 @@ descending sort of the full score row would (the same for every
 with different summation orders, so scores agree to float rounding and the
 rows agree except between candidates whose scores differ by about that much;
 faiss may pick any of the rows tied at the ``k``-th place. ``"auto"`` uses
-torch: on 2 CPU cores and 1M x 512 it was as fast as faiss or faster at every
-query batch size measured (``benchmarks/bench_search.py``).
+torch: on 2 CPU cores and 1M x 512 it was faster than the faiss backend at
+every query batch size measured, 1 to 1,024 (``benchmarks/bench_search.py``,
+``benchmarks/RESULTS.md``).
 """
 
 from __future__ import annotations
@@ -62,8 +63,8 @@ class SearchResult(NamedTuple):
 
     """
 
-    scores: Tensor
-    indices: Tensor
+    scores: torch.Tensor  # spelt out for the API reference, which does not resolve a bare "Tensor"
+    indices: torch.Tensor
 
 
 def _faiss() -> Any:
