@@ -15,7 +15,7 @@ repeats):
   inner-product index, built once (its build time, a copy of the collection,
   is printed), then ``index.search(queries, k)`` on the whole collection.
 - ``torch full matrix``: ``(queries @ collection.T).topk(k)``, the memory-
-  unbounded one-liner, for batches whose score matrix stays under 1 GiB.
+  unbounded one-liner, for batches whose score matrix stays under 256 MiB.
 
 Queries per second is the batch size over the median wall time of one call.
 The script checks that ``fusemix torch`` and ``fusemix faiss`` return the same
@@ -57,8 +57,8 @@ from fusemix.store import write_store
 
 DIM = 512
 K = 10
-FULL_MATRIX_LIMIT = 2**28
-"""Largest score matrix (elements, 1 GiB of float32) the ``torch full matrix`` variant is run with."""
+FULL_MATRIX_LIMIT = 2**26
+"""Largest score matrix (elements, 256 MiB of float32) the ``torch full matrix`` variant is run with."""
 
 
 def unit_vectors(rows: int, seed: int, block: int = 100_000) -> torch.Tensor:
