@@ -14,19 +14,15 @@ import yaml
 
 from fusemix import FusionModel
 from fusemix.aligned import AlignedModel
-from fusemix.encoder_descriptions import describe_encoder
 from fusemix.encoders import CallableEncoder, HFTextEncoder
 from fusemix.hub import CARD_FILE, HUB_FILES, from_pretrained, model_card, push_to_hub, save_pretrained
 
 TEXTS = ["a dog", "the red cat", "a puppy on the beach"]
 
 
-@pytest.fixture(scope="module")
-def bert_dir(tmp_path_factory):
-    pytest.importorskip("transformers")
-    from _tiny_models import build_bert
-
-    return build_bert(tmp_path_factory.mktemp("tiny") / "tiny-bert")
+def word_stats(texts):
+    """A stand-in text encoder (no transformers needed): a few counts per text."""
+    return torch.tensor([[len(t), t.count("a"), t.count(" "), t.count("e"), 1.0] for t in texts], dtype=torch.float32)
 
 
 @pytest.fixture
@@ -36,11 +32,23 @@ def pixels():
 
 
 @pytest.fixture
-def aligned(bert_dir, pixels):
+def words():
+    return CallableEncoder(word_stats, identity={"name": "word-stats"}, dim=5)
+
+
+@pytest.fixture
+def aligned(pixels, words):
     torch.manual_seed(0)
-    model = FusionModel.from_dims({"image": 5, "text": 32}, shared_dim=4, depth=1)
-    text = HFTextEncoder(bert_dir, pooling="mean", device="cpu")
-    return AlignedModel(model, {"image": pixels, "text": text}, train_config={"epochs": 3, "batch_size": 8})
+    model = FusionModel.from_dims({"image": 5, "text": 5}, shared_dim=4, depth=1)
+    return AlignedModel(model, {"image": pixels, "text": words}, train_config={"epochs": 3, "batch_size": 8})
+
+
+@pytest.fixture(scope="module")
+def bert_dir(tmp_path_factory):
+    pytest.importorskip("transformers")
+    from _tiny_models import build_bert
+
+    return build_bert(tmp_path_factory.mktemp("tiny") / "tiny-bert")
 
 
 def card_metadata(text: str) -> dict:
@@ -60,22 +68,35 @@ def assert_no_pickle(folder: Path) -> None:
             json.loads(data[8 : 8 + header])
 
 
-def test_save_and_reopen_a_directory(tmp_path, aligned, pixels, one_thread):
+def test_save_and_reopen_a_directory(tmp_path, aligned, pixels, words):
     folder = save_pretrained(aligned, tmp_path / "shared", metrics={"i2t_R@1": 12.5}, train_pairs=1384,
                              dataset="OpenMoji drawings", license="mit")  # fmt: skip
     assert sorted(p.name for p in folder.iterdir()) == sorted(HUB_FILES)
     assert_no_pickle(folder)
-    again = from_pretrained(folder, encoders={"image": pixels}, device="cpu")
+    again = from_pretrained(folder, encoders={"image": pixels, "text": words})
     torch.testing.assert_close(again["text"].encode(TEXTS), aligned["text"].encode(TEXTS))
     images = [torch.randn(6) for _ in range(4)]
     torch.testing.assert_close(again["image"].encode(images), aligned["image"].encode(images))
     assert again.train_config == {"epochs": 3, "batch_size": 8}
-    assert AlignedModel.from_pretrained(folder, modalities=["text"]).encoders.keys() == {"text"}
+    assert AlignedModel.from_pretrained(folder, encoders={"text": words}, modalities=["text"]).encoders.keys() == {
+        "text"
+    }
 
 
-def test_saving_again_keeps_descriptions_of_encoders_not_loaded(tmp_path, aligned):
+def test_a_saved_hugging_face_text_encoder_is_rebuilt(tmp_path, aligned, bert_dir, one_thread):
+    text = HFTextEncoder(bert_dir, pooling="mean", device="cpu")
+    model = FusionModel.from_dims({"image": 5, "text": 32}, shared_dim=4, depth=1)
+    folder = save_pretrained(AlignedModel(model, {"text": text}), tmp_path / "bert-model")
+    card = (folder / CARD_FILE).read_text()
+    assert '| text | hf-text | `tiny-bert` (local directory) | pooling="mean"' in card
+    again = from_pretrained(folder, device="cpu")  # nothing passed: rebuilt from encoders.json
+    assert isinstance(again["text"].encoder, HFTextEncoder) and again["text"].encoder.pooling == "mean"
+    torch.testing.assert_close(again["text"].encode(TEXTS), model.eval().embed("text", text(TEXTS)))
+
+
+def test_saving_again_keeps_descriptions_of_encoders_not_loaded(tmp_path, aligned, words):
     first = save_pretrained(aligned, tmp_path / "first")
-    text_only = from_pretrained(first, modalities=["text"], device="cpu")  # the custom image encoder is not loaded
+    text_only = from_pretrained(first, encoders={"text": words}, modalities=["text"])  # no image encoder loaded
     second = text_only.save_pretrained(tmp_path / "second")
     assert json.loads((second / "encoders.json").read_text()) == json.loads((first / "encoders.json").read_text())
 
@@ -95,11 +116,11 @@ def test_model_card(aligned):
     meta = card_metadata(card)
     assert meta["library_name"] == "fusemix" and meta["license"] == "mit"
     assert {"fusemix", "multimodal", "image", "text"} <= set(meta["tags"])
-    assert "base_model" not in meta  # both encoders are local
+    assert "base_model" not in meta  # no encoder lives on the Hub
     assert "# me/fusemix-toy" in card and "1,384 training pairs; OpenMoji drawings" in card
     assert "| i2t_R@1 | 12.50 |" in card and "| mean | 30.00 |" in card
-    assert '| text | hf-text | `tiny-bert` (local directory) | pooling="mean"' in card
-    assert "| image | custom (`fusemix.encoders.callables.CallableEncoder`)" in card
+    assert "| text | custom (`fusemix.encoders.callables.CallableEncoder`)" in card
+    assert '| image | custom (`fusemix.encoders.callables.CallableEncoder`) | identity `{"encoder"' in card
     assert '"batch_size": 8' in card and 'AlignedModel.from_pretrained("me/fusemix-toy")' in card
     assert "@inproceedings{vouitsis2024fusemix" in card
     with pytest.raises(TypeError, match=r"metrics\['x'\]: expected a finite number"):
@@ -107,7 +128,13 @@ def test_model_card(aligned):
 
 
 def test_model_card_names_hub_encoders_as_base_models(aligned):
-    hub_text = {**describe_encoder(aligned["text"].encoder), "local": False, "location": "BAAI/bge-large-en-v1.5"}
+    hub_text = {
+        "kind": "hf-text",
+        "location": "BAAI/bge-large-en-v1.5",
+        "local": False,
+        "options": {"pooling": "cls", "normalize": True},
+        "identity": {"encoder": "HFTextEncoder", "model": "BAAI/bge-large-en-v1.5", "revision": None},
+    }
     hub_only = AlignedModel(aligned.model, {}, encoder_descriptions={"text": hub_text})
     card = model_card(hub_only, name="x/y")
     assert card_metadata(card)["base_model"] == ["BAAI/bge-large-en-v1.5"]
@@ -175,7 +202,7 @@ def test_push_to_hub_with_the_real_client_class(aligned, monkeypatch):
     assert tokens == ["hf_secret"] and hub.uploads[0]["create_pr"] and hub.uploads[0]["revision"] == "dev"
 
 
-def test_from_pretrained_downloads_from_the_hub_cache(aligned, tmp_path, pixels):
+def test_from_pretrained_downloads_from_the_hub_cache(aligned, tmp_path, pixels, words):
     """A Hub id goes through the real huggingface_hub.snapshot_download, here from a local cache, offline."""
     huggingface_hub = pytest.importorskip("huggingface_hub")
     saved = save_pretrained(aligned, tmp_path / "saved")
@@ -185,7 +212,7 @@ def test_from_pretrained_downloads_from_the_hub_cache(aligned, tmp_path, pixels)
     (repo / "refs" / "main").write_text(commit)
     shutil.copytree(saved, repo / "snapshots" / commit)
     again = from_pretrained("me/fusemix-toy", cache_dir=tmp_path / "cache", local_files_only=True,
-                            encoders={"image": pixels}, device="cpu")  # fmt: skip
+                            encoders={"image": pixels, "text": words})  # fmt: skip
     torch.testing.assert_close(again["text"].encode(TEXTS), aligned["text"].encode(TEXTS))
     with pytest.raises(huggingface_hub.utils.LocalEntryNotFoundError):
         from_pretrained("me/not-cached", cache_dir=tmp_path / "cache", local_files_only=True)
