@@ -272,3 +272,18 @@ def test_embed_store_reads_references_and_refuses_another_adapter(tmp_path, mode
         embed_store(words, TEXTS, tmp_path / "t")
     with pytest.raises(TypeError, match="read: expected a callable"):
         embed_store(aligned, TEXTS, tmp_path / "t", read="open")
+
+
+def test_the_aligned_space_modules_import_no_optional_dependency():
+    """import fusemix.aligned / search / zeroshot / hub / encoder_descriptions stays light: nothing optional loads."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "import fusemix.aligned, fusemix.search, fusemix.zeroshot, fusemix.hub, fusemix.encoder_descriptions\n"
+        "heavy = ['transformers', 'sentence_transformers', 'faiss', 'huggingface_hub', 'safetensors', 'matplotlib']\n"
+        "print([name for name in heavy if name in sys.modules])\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    assert result.stdout.strip() == "[]", result.stdout
