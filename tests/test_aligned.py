@@ -197,6 +197,7 @@ def test_a_run_reopens_with_its_text_encoder_rebuilt(trained_run, pixels, one_th
     torch.testing.assert_close(aligned["text"].encode(captions), expected)
     with_image = AlignedModel.from_directory(run, encoders={"image": pixels}, modalities=["image"])
     assert list(with_image.encoders) == ["image"]
+    assert list(AlignedModel.from_directory(run, encoders={"image": pixels}, modalities=[]).encoders) == ["image"]
     assert with_image["image"].encode(images).shape == (len(images), 4)
 
 

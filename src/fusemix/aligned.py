@@ -492,8 +492,8 @@ class AlignedModel:
             path: A model directory or a training run (its ``model/``).
             encoders: Modality name to an encoder, or to the new place (local
                 directory or Hub id) of a described model that has moved.
-            modalities: Load encoders for these modalities only (default: all
-                that can be loaded).
+            modalities: Load encoders for these modalities only, and for those
+                given in ``encoders`` (default: all that can be loaded).
             device: Where encoders rebuilt from the description run (``None``:
                 CUDA when available); each adapter follows its encoder.
             check_identity: Refuse an encoder whose identity differs from the
@@ -521,7 +521,7 @@ class AlignedModel:
         description = json.loads((folder / MODEL_CONFIG).read_text(encoding="utf-8"))
         recorded = read_encoder_descriptions(folder)
         given = {} if encoders is None else dict(encoders)
-        wanted = list(model.modalities) if modalities is None else list(modalities)
+        wanted = list(model.modalities) if modalities is None else list(dict.fromkeys([*modalities, *given]))
         unknown = [m for m in [*given, *wanted] if m not in model.modalities]
         if unknown:
             raise KeyError(f"encoders, modalities: {sorted(set(unknown))} are not among the model's {model.modalities}")
