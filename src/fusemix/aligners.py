@@ -88,7 +88,7 @@ LAYER_NORM_EPS = 1e-5
 INPUT_NORMS: tuple[str, ...] = ("layer_norm",)
 
 
-class _RowSource(Protocol):
+class _LatentArrayLike(Protocol):
     """Latents read a chunk of rows at a time: an ``(N, D)`` ``shape``, a floating ``dtype``, row indexing.
 
     Indexing takes a slice or a 1-D int64 array and returns an array-like of
@@ -105,7 +105,7 @@ class _RowSource(Protocol):
 
 
 @runtime_checkable
-class _PairedSource(Protocol):
+class _PairedLatentsLike(Protocol):
     """Paired latents as :class:`~fusemix.data.PairedLatents` holds them (the core reads them without importing it)."""
 
     @property
@@ -117,10 +117,10 @@ class _PairedSource(Protocol):
     def row_index(self, modality: str) -> np.ndarray: ...
 
 
-AlignerLatents = Tensor | np.ndarray | _RowSource
+AlignerLatents = Tensor | np.ndarray | _LatentArrayLike
 """Latents of one modality for ``fit``: a floating tensor, NumPy array or array-like (a store). Shape: ``(N, D)``."""
 
-AlignerData = Mapping[str, AlignerLatents] | _PairedSource
+AlignerData = Mapping[str, AlignerLatents] | _PairedLatentsLike
 """What ``fit`` takes: a dict of two modalities' latents (row ``i`` of each is one pair) or a ``PairedLatents``."""
 
 InputNorm = str | None | Mapping[str, str | None]
@@ -234,7 +234,7 @@ def _pairs_of_dict(latents: Mapping[str, object], names: list[str]) -> _Pairs:
     return _Pairs(sources, {m: None for m in names}, next(iter(sizes.values())))
 
 
-def _pairs_of_paired(data: _PairedSource, names: list[str]) -> _Pairs:
+def _pairs_of_paired(data: _PairedLatentsLike, names: list[str]) -> _Pairs:
     """The pairs that have both modalities (``-1`` in a ``rows`` array marks a pair that lacks one)."""
     sources = {_check_name(m): _check_latents(m, data.latents[m], min_rows=1) for m in names}
     index = {m: np.asarray(data.row_index(m), dtype=np.int64) for m in names}
@@ -263,7 +263,7 @@ def _two_modalities(
         raise TypeError(f"seed: expected an int, got {type(seed).__name__}")
     if isinstance(latents, Mapping):
         pairs = _pairs_of_dict(latents, _chosen(list(latents), modalities, owner, first_two=False))
-    elif isinstance(latents, _PairedSource):
+    elif isinstance(latents, _PairedLatentsLike):
         pairs = _pairs_of_paired(latents, _chosen(list(latents.modalities), modalities, owner, first_two=True))
     else:
         raise TypeError(
