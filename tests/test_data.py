@@ -167,6 +167,68 @@ def test_retrieval_task_with_rows_on_both_sides_and_conflicts():
         data.retrieval_task("c", "a")
 
 
+def test_a_caption_shared_by_several_images_is_refused_with_the_way_out():
+    data = PairedLatents({"image": np.eye(3), "text": np.eye(2)}, rows={"text": [0, 1, 0]})
+    with pytest.raises(ValueError, match=r"key: row 0 of 'text' is paired with several .* key_groups='row'"):
+        data.retrieval_task("image", "text")
+
+
+def test_key_groups_row_repeats_a_shared_caption_once_per_image_and_groups_its_copies():
+    images = np.eye(4, dtype=np.float32)
+    captions = np.array([[1.0, 0.0], [0.0, 1.0], [0.5, 0.5]], dtype=np.float32)
+    audio = np.ones((6, 2), dtype=np.float32)
+    # pairs: image 0 - caption 0, image 1 - caption 1, image 2 - caption 0 (image 0's caption, stored once),
+    # image 3 - caption 2, image 1 - caption 2, and a pair without an image (left out)
+    rows = {"image": [0, 1, 2, 3, 1, -1], "text": [0, 1, 0, 2, 2, 1]}
+    data = PairedLatents({"image": images, "text": captions, "audio": audio}, rows=rows)
+    q, k, k2q, groups = data.retrieval_task("image", "text", key_groups="row")
+    np.testing.assert_array_equal(q.numpy(), images)
+    # items sorted by caption row, then image: (0, 0), (0, 2), (1, 1), (2, 1), (2, 3)
+    np.testing.assert_array_equal(k.numpy(), captions[[0, 0, 1, 2, 2]])
+    assert k2q.tolist() == [0, 2, 1, 1, 3] and groups.tolist() == [0, 0, 1, 2, 2]
+    # Scores (image rows, item columns): [1, 1, 0, .5, .5], [0, 0, 1, .5, .5], [1, 1, 0, .5, .5], [.6] * 5
+    img_emb = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.6, 0.6]])
+    plain = retrieval_metrics(img_emb, k, k2q, ks=(1,))
+    grouped = retrieval_metrics(img_emb, k, k2q, ks=(1,), text_groups=groups)
+    # plain: images 0 and 2 tie with the other copy of caption 0, image 3 with everything; items 0, 1 tie between
+    # images 0 and 2, item 3 (image 1) loses to image 3
+    assert plain["i2t_R@1"] == 25.0 and plain["t2i_R@1"] == 40.0
+    # grouped: only image 3 still ties (with captions 0 and 1, which are not its own)
+    assert grouped["i2t_R@1"] == 75.0 and grouped["t2i_R@1"] == 100.0
+
+
+@given(st.integers(1, 6), st.integers(1, 6), st.integers(1, 30), st.integers(0, 2**31 - 1))
+def test_key_groups_row_gives_every_distinct_pair_once(num_images, num_captions, num_pairs, seed):
+    rng = np.random.default_rng(seed)
+    images = np.arange(num_images, dtype=np.float32)[:, None].repeat(2, 1)  # row id in every column
+    captions = np.arange(num_captions, dtype=np.float32)[:, None].repeat(3, 1)
+    rows = {"image": rng.integers(0, num_images, num_pairs), "text": rng.integers(0, num_captions, num_pairs)}
+    q, k, k2q, groups = PairedLatents({"image": images, "text": captions}, rows=rows).retrieval_task(
+        "image", "text", key_groups="row"
+    )
+    got = {(int(q[i, 0]), int(k[j, 0])) for j, i in enumerate(k2q.tolist())}
+    assert got == set(zip(rows["image"].tolist(), rows["text"].tolist())) and len(got) == len(k2q)
+    assert groups.tolist() == np.unique(k[:, 0].numpy(), return_inverse=True)[1].tolist()  # one group per caption row
+
+
+def test_key_groups_value_and_labels_group_identical_captions_stored_once_per_pair():
+    images = np.eye(3, dtype=np.float32)
+    captions = np.array([[1.0, 2.0], [3.0, 4.0], [1.0, 2.0]], dtype=np.float32)  # "dog" encoded twice
+    data = PairedLatents({"image": images, "text": captions})
+    q, k, k2q = data.retrieval_task("image", "text")
+    by_value = data.retrieval_task("image", "text", key_groups="value")
+    by_label = data.retrieval_task("image", "text", key_groups=["dog", "cat", "dog"])
+    by_row = data.retrieval_task("image", "text", key_groups="row")
+    for task in (by_value, by_label, by_row):
+        assert all(torch.equal(a, b) for a, b in zip(task[:3], (q, k, k2q)))  # no shared row: the plain task
+    assert by_value[3].tolist() == [0, 1, 0] and by_label[3].tolist() == [1, 0, 1] and by_row[3].tolist() == [0, 1, 2]
+    labels = np.array(["dog", "cat", "dog", "bird"])  # one per caption row; an unused row is fine
+    with pytest.raises(ValueError, match=r"key_groups: expected 'row', 'value' or one label per row .* \(3,\)"):
+        data.retrieval_task("image", "text", key_groups=labels)
+    with pytest.raises(ValueError, match="key_groups: expected one of"):
+        data.retrieval_task("image", "text", key_groups="caption")
+
+
 # -- LatentBatcher ---------------------------------------------------------------------------------------------------
 
 

@@ -280,6 +280,24 @@ def test_expected_encoder_and_modality(tmp_path):
         LatentStore.open(tmp_path, expected_modality="text")
 
 
+def test_the_constructor_opens_a_store_like_open(tmp_path):
+    data = _write(tmp_path, rows=9, shard_size=4)
+    store = LatentStore(tmp_path)
+    opened = LatentStore.open(tmp_path)
+    assert store.shape == opened.shape == (9, 4) and store.path == opened.path == tmp_path
+    assert np.array_equal(store[:], data) and np.array_equal(opened[:], data)
+    checked = LatentStore(str(tmp_path), verify="full", expected_encoder=dict(ENCODER), expected_modality="image")
+    assert len(checked) == 9
+    with pytest.raises(StoreError, match="modality 'image', but 'text' was named"):
+        LatentStore(tmp_path, expected_modality="text")
+    with pytest.raises(FileNotFoundError, match="no such directory"):
+        LatentStore(tmp_path / "nope")
+    with pytest.raises(ValueError, match="verify"):
+        LatentStore(tmp_path, verify="none")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="path: expected the store directory"):
+        LatentStore(7)  # type: ignore[arg-type]
+
+
 def test_float16_overflow_nan_and_inf_are_refused(tmp_path):
     data = np.zeros((6, 3), dtype=np.float32)
     data[4, 1] = 70000.0
