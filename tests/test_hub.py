@@ -1,4 +1,4 @@
-"""fusemix.hub: save_pretrained / from_pretrained round trips, the model card, push_to_hub against a fake Hub."""
+"""fusemix.hub: save_pretrained and AlignedModel.from_pretrained round trips, the card, push_to_hub to a fake Hub."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import yaml
 from fusemix import FusionModel
 from fusemix.aligned import AlignedModel
 from fusemix.encoders import CallableEncoder, HFTextEncoder
-from fusemix.hub import CARD_FILE, HUB_FILES, from_pretrained, model_card, push_to_hub, save_pretrained
+from fusemix.hub import CARD_FILE, HUB_FILES, model_card, push_to_hub, save_pretrained
 
 TEXTS = ["a dog", "the red cat", "a puppy on the beach"]
 
@@ -73,7 +73,7 @@ def test_save_and_reopen_a_directory(tmp_path, aligned, pixels, words):
                              dataset="OpenMoji drawings", license="mit")  # fmt: skip
     assert sorted(p.name for p in folder.iterdir()) == sorted(HUB_FILES)
     assert_no_pickle(folder)
-    again = from_pretrained(folder, encoders={"image": pixels, "text": words})
+    again = AlignedModel.from_pretrained(folder, encoders={"image": pixels, "text": words})
     torch.testing.assert_close(again["text"].encode(TEXTS), aligned["text"].encode(TEXTS))
     images = [torch.randn(6) for _ in range(4)]
     torch.testing.assert_close(again["image"].encode(images), aligned["image"].encode(images))
@@ -89,14 +89,16 @@ def test_a_saved_hugging_face_text_encoder_is_rebuilt(tmp_path, aligned, bert_di
     folder = save_pretrained(AlignedModel(model, {"text": text}), tmp_path / "bert-model")
     card = (folder / CARD_FILE).read_text()
     assert '| text | hf-text | `tiny-bert` (local directory) | pooling="mean"' in card
-    again = from_pretrained(folder, device="cpu")  # nothing passed: rebuilt from encoders.json
+    again = AlignedModel.from_pretrained(folder, device="cpu")  # nothing passed: rebuilt from encoders.json
     assert isinstance(again["text"].encoder, HFTextEncoder) and again["text"].encoder.pooling == "mean"
     torch.testing.assert_close(again["text"].encode(TEXTS), model.eval().embed("text", text(TEXTS)))
 
 
 def test_saving_again_keeps_descriptions_of_encoders_not_loaded(tmp_path, aligned, words):
     first = save_pretrained(aligned, tmp_path / "first")
-    text_only = from_pretrained(first, encoders={"text": words}, modalities=["text"])  # no image encoder loaded
+    text_only = AlignedModel.from_pretrained(
+        first, encoders={"text": words}, modalities=["text"]
+    )  # no image encoder loaded
     second = text_only.save_pretrained(tmp_path / "second")
     assert json.loads((second / "encoders.json").read_text()) == json.loads((first / "encoders.json").read_text())
 
@@ -211,17 +213,17 @@ def test_from_pretrained_downloads_from_the_hub_cache(aligned, tmp_path, pixels,
     (repo / "refs").mkdir(parents=True)
     (repo / "refs" / "main").write_text(commit)
     shutil.copytree(saved, repo / "snapshots" / commit)
-    again = from_pretrained("me/fusemix-toy", cache_dir=tmp_path / "cache", local_files_only=True,
+    again = AlignedModel.from_pretrained("me/fusemix-toy", cache_dir=tmp_path / "cache", local_files_only=True,
                             encoders={"image": pixels, "text": words})  # fmt: skip
     torch.testing.assert_close(again["text"].encode(TEXTS), aligned["text"].encode(TEXTS))
     with pytest.raises(huggingface_hub.utils.LocalEntryNotFoundError):
-        from_pretrained("me/not-cached", cache_dir=tmp_path / "cache", local_files_only=True)
+        AlignedModel.from_pretrained("me/not-cached", cache_dir=tmp_path / "cache", local_files_only=True)
 
 
 def test_without_huggingface_hub_the_extra_is_named(aligned, monkeypatch):
     monkeypatch.setitem(sys.modules, "huggingface_hub", None)  # "import huggingface_hub" now fails
     with pytest.raises(ImportError, match=r'pip install "fusemix\[hub\]"'):
-        from_pretrained("me/fusemix-toy")
+        AlignedModel.from_pretrained("me/fusemix-toy")
     with pytest.raises(ImportError, match=r"fusemix\[hub\]"):
         push_to_hub(aligned, "me/fusemix-toy")
     assert push_to_hub(aligned, "me/fusemix-toy", api=FakeHub()).endswith("/commit/0001")  # an injected client works
@@ -230,7 +232,7 @@ def test_without_huggingface_hub_the_extra_is_named(aligned, monkeypatch):
 @pytest.mark.parametrize("path", ["./missing", "/no/such/dir", "a/b/c"])
 def test_paths_that_do_not_exist_are_not_taken_for_hub_ids(path):
     with pytest.raises(FileNotFoundError, match="no such directory"):
-        from_pretrained(path)
+        AlignedModel.from_pretrained(path)
 
 
 @pytest.mark.parametrize("repo_id", ["toy", "a/b/c", "/toy", ""])

@@ -40,6 +40,11 @@ CORE = {
 """The core: tensors in, tensors out. ``fusemix`` itself reaches the I/O half only lazily (``__getattr__``)."""
 
 IO = {
+    "fusemix.aligned",
+    "fusemix.encoder_descriptions",
+    "fusemix.hub",
+    "fusemix.search",
+    "fusemix.zeroshot",
     "fusemix._batch_reads",
     "fusemix._fileio",
     "fusemix._optional",

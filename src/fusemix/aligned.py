@@ -563,11 +563,63 @@ class AlignedModel:
         )
 
     @classmethod
-    def from_pretrained(cls, path_or_repo_id: str | os.PathLike[str], **kwargs: Any) -> AlignedModel:
-        """:func:`fusemix.hub.from_pretrained`: a local run or model directory, or a Hugging Face Hub repo."""
-        from fusemix.hub import from_pretrained
+    def from_pretrained(
+        cls,
+        path_or_repo_id: str | os.PathLike[str],
+        *,
+        revision: str | None = None,
+        encoders: Mapping[str, EncoderSource] | None = None,
+        modalities: Sequence[str] | None = None,
+        device: str | torch.device | None = None,
+        check_identity: bool = True,
+        batch_size: int = 32,
+        cache_dir: str | os.PathLike[str] | None = None,
+        token: str | bool | None = None,
+        local_files_only: bool = False,
+    ) -> AlignedModel:
+        """Open a saved model with its encoders: a local run or model directory, or a Hugging Face Hub repository.
 
-        return from_pretrained(path_or_repo_id, **kwargs)
+        A Hub id is downloaded with :func:`fusemix.hub.download` (only the
+        files of :data:`fusemix.hub.HUB_FILES`; ``pip install
+        "fusemix[hub]"``), then opened with :meth:`from_directory`.
+
+        Args:
+            path_or_repo_id: A local directory (a training run, a model
+                directory, a ``save_pretrained`` directory) or a Hub model id
+                such as ``"user/fusemix-openmoji"``.
+            revision: Hub branch, tag or commit (Hub only).
+            encoders: Modality name to an encoder, or to the new place of a
+                described local model (see :meth:`from_directory`).
+            modalities: Load encoders for these modalities only.
+            device: Where rebuilt encoders run (``None``: CUDA when available).
+            check_identity: Refuse encoders whose identity differs from the recorded one.
+            batch_size: Default items per step of every aligned encoder.
+            cache_dir: Hub cache directory (Hub only; default: huggingface_hub's).
+            token: Hub token for private repositories (Hub only).
+            local_files_only: Use only the local Hub cache, never the network
+                (Hub only; ``HF_HUB_OFFLINE=1`` does the same).
+
+        Returns:
+            The model.
+
+        Raises:
+            FileNotFoundError: If a local path holds no model.
+            ImportError: If a Hub id is given and huggingface_hub is not installed.
+
+        """
+        from fusemix.hub import download
+
+        folder = download(
+            path_or_repo_id, revision=revision, cache_dir=cache_dir, token=token, local_files_only=local_files_only
+        )
+        return cls.from_directory(
+            folder,
+            encoders=encoders,
+            modalities=modalities,
+            device=device,
+            check_identity=check_identity,
+            batch_size=batch_size,
+        )
 
     def save_pretrained(self, path: str | os.PathLike[str], **kwargs: Any) -> Path:
         """:func:`fusemix.hub.save_pretrained` of this model."""

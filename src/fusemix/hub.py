@@ -1,4 +1,4 @@
-"""Share trained models: ``save_pretrained`` / ``from_pretrained`` / ``push_to_hub``, with a generated model card.
+"""Share trained models: ``save_pretrained`` / ``push_to_hub`` / ``download``, with a generated model card.
 
 A saved model is a directory (or a Hugging Face Hub model repository) of
 four files, none of them pickled:
@@ -13,38 +13,36 @@ four files, none of them pickled:
                              ``base_model``: the encoders that live on the Hub)
 ============================ ===============================================================
 
-:func:`from_pretrained` reads a local run or model directory, or downloads
-those four files of a Hub repository (``huggingface_hub``, ``pip install
-"fusemix[hub]"``, imported only then) and opens them with
-:meth:`fusemix.aligned.AlignedModel.from_directory`. Loading runs no code
+:meth:`fusemix.aligned.AlignedModel.from_pretrained` reads a local run or
+model directory, or downloads those four files of a Hub repository with
+:func:`download` (``huggingface_hub``, ``pip install "fusemix[hub]"``,
+imported only then), and opens them with
+:meth:`~fusemix.aligned.AlignedModel.from_directory`. Loading runs no code
 from the repository: the encoders are rebuilt from their JSON descriptions
 by fusemix's own classes.
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 import math
 import os
 import re
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-import torch
-
-from fusemix.aligned import AlignedModel, EncoderSource
+from fusemix._optional import require
+from fusemix._version import fusemix_version
 from fusemix.encoder_descriptions import ENCODERS_FILE, describe_encoder, save_encoder_descriptions
+from fusemix.model import FusionModel
 
 CARD_FILE = "README.md"
 """Name of the model card."""
 
 HUB_FILES: tuple[str, ...] = ("model.safetensors", "fusemix.json", ENCODERS_FILE, CARD_FILE)
 """The files of a saved model, as uploaded to and downloaded from the Hub."""
-
-INSTALL_HINT = 'pip install "fusemix[hub]"'
 
 CITATION = """\
 @inproceedings{vouitsis2024fusemix,
@@ -56,14 +54,23 @@ CITATION = """\
 }"""
 
 
-def _hub() -> Any:
-    try:
-        return importlib.import_module("huggingface_hub")
-    except ImportError as err:
-        raise ImportError(f"the Hugging Face Hub needs the optional package huggingface_hub: {INSTALL_HINT}") from err
+class SavableModel(Protocol):
+    """What saving needs of a :class:`~fusemix.aligned.AlignedModel`: the model, its encoders and their records."""
+
+    model: FusionModel
+    encoders: Mapping[str, Any]
+    encoder_descriptions: Mapping[str, Mapping[str, Any]]
+    train_config: Mapping[str, Any] | None
+
+    @property
+    def modalities(self) -> list[str]: ...
 
 
-def _descriptions(aligned: AlignedModel) -> dict[str, dict[str, Any]]:
+def _hub(user: str) -> Any:
+    return require("huggingface_hub", extra="hub", user=user)
+
+
+def _descriptions(aligned: SavableModel) -> dict[str, dict[str, Any]]:
     """Descriptions of every modality's encoder: of the loaded ones, else those recorded when it was opened."""
     described = dict(aligned.encoder_descriptions)
     described.update({modality: describe_encoder(e.encoder) for modality, e in aligned.encoders.items()})
@@ -100,7 +107,7 @@ def _encoder_row(modality: str, description: Mapping[str, Any]) -> str:
 
 
 def model_card(
-    aligned: AlignedModel,
+    aligned: SavableModel,
     *,
     name: str,
     metrics: Mapping[str, float] | None = None,
@@ -122,8 +129,7 @@ def model_card(
         Markdown with a YAML front matter.
 
     """
-    from fusemix import __version__
-
+    __version__ = fusemix_version()
     descriptions = _descriptions(aligned)
     checked = _check_metrics(metrics)
     base_models = sorted({d["location"] for d in descriptions.values() if d["kind"] != "custom" and not d["local"]})
@@ -190,7 +196,7 @@ def model_card(
 
 
 def save_pretrained(
-    aligned: AlignedModel,
+    aligned: SavableModel,
     path: str | os.PathLike[str],
     *,
     metrics: Mapping[str, float] | None = None,
@@ -225,7 +231,7 @@ def save_pretrained(
     """
     from fusemix.checkpoint import atomic_directory, save_model, write_text_atomic
 
-    if not isinstance(aligned, AlignedModel):
+    if not isinstance(getattr(aligned, "model", None), FusionModel):
         raise TypeError(f"aligned: expected an AlignedModel, got {type(aligned).__name__}")
     path = Path(path)
     card = model_card(
@@ -250,77 +256,58 @@ def _looks_like_path(text: str) -> bool:
     return text.startswith(("/", "./", "../", "~")) or text.count("/") > 1 or "\\" in text
 
 
-def from_pretrained(
+def download(
     path_or_repo_id: str | os.PathLike[str],
     *,
     revision: str | None = None,
-    encoders: Mapping[str, EncoderSource] | None = None,
-    modalities: Sequence[str] | None = None,
-    device: str | torch.device | None = None,
-    check_identity: bool = True,
-    batch_size: int = 32,
     cache_dir: str | os.PathLike[str] | None = None,
     token: str | bool | None = None,
     local_files_only: bool = False,
-) -> AlignedModel:
-    """Open a saved model with its encoders: a local run or model directory, or a Hugging Face Hub repository.
+) -> Path:
+    """The local directory of a saved model: ``path_or_repo_id`` itself, or a Hub repository's files downloaded.
+
+    :meth:`fusemix.aligned.AlignedModel.from_pretrained` opens what this returns.
 
     Args:
         path_or_repo_id: A local directory (a training run, a model
             directory, a :func:`save_pretrained` directory) or a Hub model
             id such as ``"user/fusemix-openmoji"``.
         revision: Hub branch, tag or commit (Hub only).
-        encoders: Modality name to an encoder, or to the new place of a
-            described local model (see
-            :meth:`fusemix.aligned.AlignedModel.from_directory`).
-        modalities: Load encoders for these modalities only.
-        device: Where rebuilt encoders run (``None``: CUDA when available).
-        check_identity: Refuse encoders whose identity differs from the recorded one.
-        batch_size: Default items per step of every aligned encoder.
         cache_dir: Hub cache directory (Hub only; default: huggingface_hub's).
         token: Hub token for private repositories (Hub only).
         local_files_only: Use only the local Hub cache, never the network
             (Hub only; ``HF_HUB_OFFLINE=1`` does the same).
 
     Returns:
-        The :class:`~fusemix.aligned.AlignedModel`.
+        The directory.
 
     Raises:
-        FileNotFoundError: If a local path holds no model.
+        FileNotFoundError: If a path written as a local path is not a directory.
         ImportError: If a Hub id is given and huggingface_hub is not installed.
 
     """
     local = Path(path_or_repo_id).expanduser()
     if local.is_dir():
-        folder = local
-    else:
-        text = os.fspath(path_or_repo_id)
-        if isinstance(path_or_repo_id, os.PathLike) or _looks_like_path(text) or local.exists():
-            raise FileNotFoundError(f"path_or_repo_id: {text}: no such directory")
-        hub = _hub()
-        folder = Path(
-            hub.snapshot_download(
-                text,
-                revision=revision,
-                allow_patterns=list(HUB_FILES),
-                cache_dir=cache_dir,
-                token=token,
-                local_files_only=local_files_only,
-                library_name="fusemix",
-            )
+        return local
+    text = os.fspath(path_or_repo_id)
+    if isinstance(path_or_repo_id, os.PathLike) or _looks_like_path(text) or local.exists():
+        raise FileNotFoundError(f"path_or_repo_id: {text}: no such directory")
+    hub = _hub("from_pretrained of a Hub repository")
+    return Path(
+        hub.snapshot_download(
+            text,
+            revision=revision,
+            allow_patterns=list(HUB_FILES),
+            cache_dir=cache_dir,
+            token=token,
+            local_files_only=local_files_only,
+            library_name="fusemix",
         )
-    return AlignedModel.from_directory(
-        folder,
-        encoders=encoders,
-        modalities=modalities,
-        device=device,
-        check_identity=check_identity,
-        batch_size=batch_size,
     )
 
 
 def push_to_hub(
-    aligned: AlignedModel,
+    aligned: SavableModel,
     repo_id: str,
     *,
     private: bool | None = None,
@@ -366,7 +353,7 @@ def push_to_hub(
     """
     if not isinstance(repo_id, str) or repo_id.count("/") != 1 or not all(repo_id.split("/")):
         raise ValueError(f"repo_id: expected 'namespace/name', got {repo_id!r}")
-    hub_api = _hub().HfApi(token=token) if api is None else api
+    hub_api = _hub("push_to_hub").HfApi(token=token) if api is None else api
     hub_api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
     with tempfile.TemporaryDirectory(prefix="fusemix-push-") as tmp:
         folder = save_pretrained(
@@ -390,4 +377,4 @@ def push_to_hub(
     return str(result)
 
 
-__all__ = ["CARD_FILE", "HUB_FILES", "from_pretrained", "model_card", "push_to_hub", "save_pretrained"]
+__all__ = ["CARD_FILE", "HUB_FILES", "SavableModel", "download", "model_card", "push_to_hub", "save_pretrained"]
