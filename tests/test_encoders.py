@@ -824,53 +824,62 @@ def _switches(transformers):
     )
 
 
+@pytest.fixture
+def library_switches(transformers):
+    """Bars on and INFO logs for the test (another test may have turned them off for the process); restored after."""
+    import huggingface_hub.utils
+
+    bars, hub_off, verbosity, _ = _switches(transformers)
+    transformers.utils.logging.enable_progress_bar()
+    huggingface_hub.utils.enable_progress_bars()
+    transformers.utils.logging.set_verbosity_info()
+    yield
+    transformers.utils.logging.set_verbosity(verbosity)
+    (transformers.utils.logging.enable_progress_bar if bars else transformers.utils.logging.disable_progress_bar)()
+    (huggingface_hub.utils.disable_progress_bars if hub_off else huggingface_hub.utils.enable_progress_bars)()
+
+
 @pytest.mark.parametrize("kind", ["text", "image", "audio", "sentence-transformers"])
-def test_progress_false_silences_the_loading_bar_and_info_logs(kind, build_encoder, transformers, capfd, caplog):
+def test_progress_false_silences_the_loading_bar_and_info_logs(
+    kind, build_encoder, transformers, library_switches, capfd, caplog
+):
     import logging
 
     build_encoder(kind)  # build the tiny model outside the captured part
-    verbosity = transformers.utils.logging.get_verbosity()
-    transformers.utils.logging.set_verbosity_info()
-    try:
-        before = _switches(transformers)
-        capfd.readouterr()
-        caplog.clear()
-        build_encoder(kind, progress=True)
-        # transformers draws "Loading weights" for local checkpoints too, and logs the config at INFO level.
-        assert "Loading weights" in capfd.readouterr().err
-        assert any(r.name.startswith("transformers") and r.levelno == logging.INFO for r in caplog.records)
-        caplog.clear()
-        build_encoder(kind, progress=False)
-        quiet = capfd.readouterr().err
-        assert "Loading weights" not in quiet and "it/s" not in quiet
-        assert not [r for r in caplog.records if r.levelno < logging.WARNING]
-        assert _switches(transformers) == before
-    finally:
-        transformers.utils.logging.set_verbosity(verbosity)
+    before = _switches(transformers)
+    capfd.readouterr()
+    caplog.clear()
+    build_encoder(kind, progress=True)
+    # transformers draws "Loading weights" for local checkpoints too, and logs the config at INFO level.
+    assert "Loading weights" in capfd.readouterr().err
+    assert any(r.name.startswith("transformers") and r.levelno == logging.INFO for r in caplog.records)
+    caplog.clear()
+    build_encoder(kind, progress=False)
+    quiet = capfd.readouterr().err
+    assert "Loading weights" not in quiet and "it/s" not in quiet
+    assert not [r for r in caplog.records if r.levelno < logging.WARNING]
+    assert _switches(transformers) == before
 
 
-def test_quiet_loading_restores_switches_that_were_off_and_after_an_error(build_encoder, transformers, bert_dir,
-                                                                        tmp_path):  # fmt: skip
+def test_quiet_loading_restores_switches_that_were_off_and_after_an_error(
+    build_encoder, transformers, library_switches, bert_dir, tmp_path
+):
     import huggingface_hub.utils
 
     broken = tmp_path / "broken-bert"
     shutil.copytree(bert_dir, broken)
     (broken / "model.safetensors").unlink()
-    transformers.utils.logging.disable_progress_bar()
-    try:
-        huggingface_hub.utils.enable_progress_bars()  # transformers' bars off, the hub's on
-        before = _switches(transformers)
-        build_encoder("text", progress=False)
-        assert _switches(transformers) == before
-        with pytest.raises(OSError):
-            HFTextEncoder(broken, progress=False)
-        assert _switches(transformers) == before
-    finally:
-        transformers.utils.logging.enable_progress_bar()
     with pytest.raises(OSError):
         HFTextEncoder(broken, progress=False)
-    assert transformers.utils.logging.is_progress_bar_enabled()
-    assert not huggingface_hub.utils.are_progress_bars_disabled()
+    assert _switches(transformers)[:2] == (True, False)  # both bars back on after the error
+    transformers.utils.logging.disable_progress_bar()
+    huggingface_hub.utils.enable_progress_bars()  # transformers' bars off, the hub's on
+    before = _switches(transformers)
+    build_encoder("text", progress=False)
+    assert _switches(transformers) == before
+    with pytest.raises(OSError):
+        HFTextEncoder(broken, progress=False)
+    assert _switches(transformers) == before
 
 
 @pytest.mark.parametrize("cls", [HFTextEncoder, HFImageEncoder, HFAudioEncoder, SentenceTransformerEncoder])
