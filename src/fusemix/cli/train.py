@@ -20,6 +20,7 @@ from typing import Any
 
 from fusemix._fileio import write_json_atomic
 from fusemix._optional import require
+from fusemix._run_files import CHECKPOINT_DIR, MODEL_DIR
 from fusemix.cli.common import (
     LATENTS_FILE,
     PROG,
@@ -38,7 +39,7 @@ from fusemix.cli.common import (
     workers,
 )
 from fusemix.cli.config_flags import add_config_flags, config_fields, field_default, value_from_native
-from fusemix.train import CHECKPOINT_DIR, MODEL_DIR, TrainConfig, fit
+from fusemix.train_config import TrainConfig
 
 SUMMARY = "train fusion adapters on stored latents"
 DATA_KEYS: tuple[str, ...] = ("latents", "pairs", "val_latents", "val_pairs", "val_pair", "out")
@@ -288,6 +289,8 @@ def _latents_record(settings: TrainSettings, train: Mapping[str, Latents]) -> di
 
 def run(args: argparse.Namespace) -> int:
     """Run ``fusemix train``; the exit status (1 when training diverges)."""
+    from fusemix.train import fit  # here, so that the parser (and 'fusemix evaluate') does not load the trainer
+
     settings = train_settings(args)
     train_latents = open_all("--latents", settings.latents)
     train_rows = read_pairs("--pairs", settings.pairs) if settings.pairs is not None else None
