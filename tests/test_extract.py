@@ -273,6 +273,27 @@ def test_resume_after_sigkill_is_byte_identical_and_skips_finished_shards(tmp_pa
     assert LatentStore.open(killed, verify="full").shape == (COUNT, 6)
 
 
+def test_a_second_extraction_into_a_busy_out_dir_is_refused(tmp_path):
+    busy, clean = tmp_path / "busy", tmp_path / "clean"
+    proc = subprocess.Popen([sys.executable, str(SLEEPY), str(busy), "0.1"], stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while not list((busy / "shards").glob("*.npy")):
+            assert proc.poll() is None, proc.stderr.read().decode()
+            assert time.monotonic() < deadline, "no shard was written in time"
+            time.sleep(0.005)
+        second = SineEncoder()
+        refused = rf"out_dir: \S*busy is in use by another extraction \(pid {proc.pid} "
+        with pytest.raises(FileExistsError, match=refused):
+            run(str(busy), second)
+        assert second.seen == [] and proc.wait(timeout=120) == 0, proc.stderr.read().decode()
+    finally:
+        proc.kill()
+        proc.wait()
+    run(str(clean), SineEncoder())
+    assert store_bytes(busy) == store_bytes(clean)  # the first run finished undisturbed, and took its lock away
+
+
 def test_resume_with_a_generator_skips_finished_shards(tmp_path):
     out = tmp_path / "s"
     with pytest.raises(RuntimeError):

@@ -428,6 +428,25 @@ def test_killed_runs_resume_to_the_uninterrupted_weights(tmp_path):
     _assert_same_run(again, reference, mid)
 
 
+def test_a_second_run_in_a_busy_out_dir_is_refused_and_a_killed_holder_leaves_no_lock(tmp_path):
+    reference = resume_run.run(tmp_path / "reference")
+    out = tmp_path / "busy"
+    steps = resume_run.STEPS_PER_EPOCH
+    command = [sys.executable, str(TESTS / "_train_resume.py"), str(out), str(steps + 3), "pause"]
+    holder = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "paused", holder.stderr.read()
+        log = (out / "log.jsonl").read_text()
+        refused = rf"out_dir: \S*busy is in use by another training run \(pid {holder.pid} "
+        with pytest.raises(FileExistsError, match=refused):
+            resume_run.run(out)
+        assert _state(out).state["step"] == steps and (out / "log.jsonl").read_text() == log  # untouched
+    finally:
+        holder.kill()
+        holder.wait()
+    _assert_same_run(resume_run.run(out), reference, out)  # the kernel dropped the killed holder's lock
+
+
 def test_resume_refuses_another_config_or_other_data(tmp_path):
     config = TrainConfig.from_dict({**resume_run.CONFIG.to_dict(), "epochs": 1})
     resume_run.run(tmp_path, config=config)

@@ -73,6 +73,7 @@ this module imports without them.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -83,14 +84,21 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from fusemix._fileio import directory_lock
 from fusemix._optional import progress_bar
 from fusemix._run import Run, TrainState, seed_torch
-from fusemix._run_files import CHECKPOINT_DIR, CURVES_PNG, MODEL_DIR
+from fusemix._run_files import CHECKPOINT_DIR, CURVES_PNG, MODEL_DIR, RUN_LOCK
 from fusemix._run_log import RunLog, plot_curves
 from fusemix._selection import Selection, check_selection_target
 from fusemix.checkpoint import require_safetensors, save_model
 from fusemix.data import PairedLatents
-from fusemix.distributed import ProcessPlace, barrier, init_from_environment, launch_environment
+from fusemix.distributed import (
+    ProcessPlace,
+    all_gather_tensors,
+    barrier,
+    init_from_environment,
+    launch_environment,
+)
 from fusemix.evaluation import evaluate_retrieval
 from fusemix.model import FusionModel
 from fusemix.recipe import (
@@ -323,7 +331,9 @@ def fit(
             any step), a checkpoint saved with another config (fields in
             ``RESULT_NEUTRAL_FIELDS`` may change, except ``eval_every`` with
             ``selection="best"``), or other ``train`` or ``val`` data.
-        FileExistsError: If ``resume=False`` and ``out_dir`` holds a checkpoint.
+        FileExistsError: If ``resume=False`` and ``out_dir`` holds a checkpoint,
+            or another run (process) is training in ``out_dir``: a run holds
+            the lock file ``out_dir/.fusemix-run.lock`` while it trains.
         FloatingPointError: If the loss becomes NaN or infinite.
         RuntimeError: Under several processes, if a collective fails: another
             rank died, or stalled for longer than ``config.dist_timeout_s``.
@@ -391,40 +401,66 @@ def _fit(
         atexit.register(_destroy_process_group)
     run: Run | None = None
     try:
-        cuda_devices = (
-            [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
-        )
-        with torch.random.fork_rng(devices=cuda_devices, device_type="cuda"):
-            seed_torch(derived_seed(config.seed, INIT_STREAM), device)
-            run = Run(train, config, val, val_pair, run_dir, model, callbacks, place, device)
-            run.restore(resume)
-            log = RunLog(run_dir if place.is_main else None, run.history)
-            try:
-                total = config.epochs * run.steps_per_epoch
-                initial = run.epoch * run.steps_per_epoch + run.batcher.batch_index
-                with progress_bar(
-                    progress and place.is_main,
-                    user="fit",
-                    total=total,
-                    initial=initial,
-                    unit="step",
-                    dynamic_ncols=True,
-                ) as bar:
-                    while not run.finished:
-                        run.run_epoch(log, bar)
-                run.conclude(log)
-            finally:
-                log.close()
-        run.model.eval()
-        if run_dir is not None and place.is_main:
-            save_model(run.model, run_dir / MODEL_DIR, config=config)
-            plot_curves(run.history, run_dir / CURVES_PNG)
-        barrier(device)
+        with _run_directory_held(run_dir, place, device):
+            cuda_devices = []
+            if device.type == "cuda":
+                cuda_devices = [device.index if device.index is not None else torch.cuda.current_device()]
+            with torch.random.fork_rng(devices=cuda_devices, device_type="cuda"):
+                seed_torch(derived_seed(config.seed, INIT_STREAM), device)
+                run = Run(train, config, val, val_pair, run_dir, model, callbacks, place, device)
+                run.restore(resume)
+                log = RunLog(run_dir if place.is_main else None, run.history)
+                try:
+                    total = config.epochs * run.steps_per_epoch
+                    initial = run.epoch * run.steps_per_epoch + run.batcher.batch_index
+                    with progress_bar(
+                        progress and place.is_main,
+                        user="fit",
+                        total=total,
+                        initial=initial,
+                        unit="step",
+                        dynamic_ncols=True,
+                    ) as bar:
+                        while not run.finished:
+                            run.run_epoch(log, bar)
+                    run.conclude(log)
+                finally:
+                    log.close()
+            run.model.eval()
+            if run_dir is not None and place.is_main:
+                save_model(run.model, run_dir / MODEL_DIR, config=config)
+                plot_curves(run.history, run_dir / CURVES_PNG)
+            barrier(device)
     except Exception as err:
         if place.world_size > 1:
             _note_rank(err, place, config, run)
         raise
     return _result(run)
+
+
+@contextmanager
+def _run_directory_held(run_dir: Path | None, place: ProcessPlace, device: torch.device) -> Iterator[None]:
+    """Hold ``run_dir``'s lock (from rank 0) for the block; every rank refuses when another run holds it."""
+    if run_dir is None:
+        yield
+        return
+    with contextlib.ExitStack() as held:
+        refusal = None
+        if place.is_main:
+            try:
+                held.enter_context(directory_lock(run_dir, RUN_LOCK, argument="out_dir", activity="training run"))
+            except FileExistsError as err:
+                refusal = err
+        if place.world_size > 1:
+            refused = all_gather_tensors(torch.tensor([int(refusal is not None)]), device)[0]
+            if refusal is None and bool(refused):
+                raise FileExistsError(
+                    f"out_dir: rank 0 found {run_dir} in use by another training run (its error says which); wait "
+                    "for it to end, or use another out_dir"
+                )
+        if refusal is not None:
+            raise refusal
+        yield
 
 
 def _result(run: Run) -> FitResult:
