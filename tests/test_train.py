@@ -467,6 +467,37 @@ def test_resume_refuses_another_config_or_other_data(tmp_path):
         fit(resume_run.make_data()[0], config, out_dir=tmp_path, resume=False, progress=False)
 
 
+def test_resume_refuses_other_latents_of_the_same_shape_naming_the_modality(tmp_path):
+    import shutil
+
+    from fusemix.store import LatentStore, write_store
+
+    config = TrainConfig.from_dict({**resume_run.CONFIG.to_dict(), "epochs": 1})
+    train, _ = resume_run.make_data()
+    image, text = train.latents["image"], train.latents["text"]
+    fit(train, config, out_dir=tmp_path / "arrays", progress=False)
+    shuffled = PairedLatents({"image": image[::-1].copy(), "text": text})  # same shape, dims and pairing
+    with pytest.raises(ValueError, match=r"train: its 'image' latents differ from those the checkpoint in \S*arrays"):
+        fit(shuffled, config, out_dir=tmp_path / "arrays", progress=False)
+
+    def stored(rows):  # a store re-extracted in place: same path, encoder identity and shape
+        shutil.rmtree(tmp_path / "image", ignore_errors=True)
+        write_store(tmp_path / "image", rows, modality="image", encoder={"name": "toy"})
+        return PairedLatents({"image": LatentStore.open(tmp_path / "image"), "text": text})
+
+    fit(stored(image), config, out_dir=tmp_path / "store", progress=False)
+    fit(stored(image), config, out_dir=tmp_path / "store", progress=False)  # the same store content resumes
+    other_store = r"'image' latents differ .*\(latent store \w{12} now, latent store \w{12} there"
+    with pytest.raises(ValueError, match=other_store):
+        fit(stored(image[::-1].copy()), config, out_dir=tmp_path / "store", progress=False)
+
+    state_file = tmp_path / "arrays" / "checkpoint" / "state.json"  # a checkpoint from before the field was recorded
+    state = json.loads(state_file.read_text())
+    del state["train"]["latents"]
+    state_file.write_text(json.dumps(state))
+    assert fit(shuffled, config, out_dir=tmp_path / "arrays", progress=False).steps == resume_run.STEPS_PER_EPOCH
+
+
 # -- beyond the paper: hidden width, structure term, warm start -------------------------------------------------------
 
 

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from fusemix._latent_identity import describe_identity, latent_identity
 from fusemix._paired import PairedLatents
 from fusemix._run_files import CHECKPOINT_DIR
 from fusemix.checkpoint import TrainingCheckpoint
@@ -41,16 +42,26 @@ def pairing_fingerprint(data: PairedLatents) -> str:
 
 
 def data_identity(data: PairedLatents) -> dict[str, Any]:
-    """What a checkpoint records to recognise its training or validation data: size, dims, pairing fingerprint.
+    """What a checkpoint records to recognise its training or validation data.
 
-    :func:`check_same_data` compares it on resume; extend the two together
-    (a hash of the latent values, say).
+    The number of pairs, the dims, the pairing fingerprint and, per modality,
+    the content identity of its latents (:func:`~fusemix._latent_identity.latent_identity`:
+    a store's shard hashes from its manifest, or a hash of an array's bytes).
+    :func:`check_same_data` compares it on resume.
     """
-    return {"num_pairs": len(data), "dims": data.dims, "pairing": pairing_fingerprint(data)}
+    return {
+        "num_pairs": len(data),
+        "dims": data.dims,
+        "pairing": pairing_fingerprint(data),
+        "latents": {modality: latent_identity(source) for modality, source in data.latents.items()},
+    }
 
 
 def check_same_data(name: str, saved: Mapping[str, Any], current: Mapping[str, Any], where: Path) -> None:
     """Refuse to resume with ``name`` data (``"train"`` or ``"val"``) other than the checkpoint's.
+
+    A checkpoint written before a field was recorded (the pairing, the
+    latents' content) is not compared on it.
 
     Args:
         name: The argument of :func:`~fusemix.train.fit` the data came in.
@@ -71,6 +82,15 @@ def check_same_data(name: str, saved: Mapping[str, Any], current: Mapping[str, A
             "number of pairs and dims, other row indices or missing rows); resume with the same pairs, or "
             "train in another out_dir"
         )
+    for modality, identity in current["latents"].items():
+        before = saved.get("latents", {}).get(modality)
+        if before is not None and before != identity:
+            raise ValueError(
+                f"{name}: its {modality!r} latents differ from those the checkpoint in {where} was made with "
+                f"({describe_identity(identity)} now, {describe_identity(before)} there: same number of pairs "
+                f"and dims, other values, e.g. a shuffled or re-extracted store); resume with the same {name} "
+                "latents, or train in another out_dir"
+            )
 
 
 def resume_neutral_fields(config: TrainConfig) -> frozenset[str]:
