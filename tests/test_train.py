@@ -498,6 +498,24 @@ def test_resume_refuses_other_latents_of_the_same_shape_naming_the_modality(tmp_
     assert fit(shuffled, config, out_dir=tmp_path / "arrays", progress=False).steps == resume_run.STEPS_PER_EPOCH
 
 
+def test_a_nan_in_a_store_stops_fit_naming_the_store_modality_and_row(tmp_path):
+    from fusemix.store import LatentStore, write_store
+
+    train, val = resume_run.make_data()
+    write_store(tmp_path / "image", train.latents["image"], modality="image", encoder={"name": "toy"}, shard_size=64)
+    shard = np.load(tmp_path / "image" / "shards" / "00002.npy", mmap_mode="r+")  # rows 128..191
+    shard[5, 0] = np.nan  # the quick check of LatentStore.open does not read values
+    shard.flush()
+    del shard
+    stored = PairedLatents({"image": LatentStore.open(tmp_path / "image"), "text": train.latents["text"]})
+    config = TrainConfig.from_dict({**resume_run.CONFIG.to_dict(), "epochs": 1})
+    refused = rf"latents\['image'\]: row 133 of the latent store {tmp_path / 'image'} holds NaN or Inf"
+    with pytest.raises(ValueError, match=refused):
+        fit(stored, config, progress=False)
+    with pytest.raises(ValueError, match=refused):  # the validation task reads it too
+        fit(train, config, val=stored, progress=False)
+
+
 # -- beyond the paper: hidden width, structure term, warm start -------------------------------------------------------
 
 

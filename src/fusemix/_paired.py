@@ -334,7 +334,8 @@ class PairedLatents:
         Raises:
             KeyError: If a modality is unknown.
             ValueError: If ``query == key``, no pair has both modalities,
-                or a key row is paired with two different query rows.
+                a key row is paired with two different query rows, or a row
+                read holds NaN or Inf (the message names the source and row).
 
         Example:
             >>> img, txt = np.eye(2, dtype=np.float32), np.ones((4, 3), np.float32)
@@ -367,8 +368,8 @@ class PairedLatents:
             )
         cpu = torch.device("cpu")
         return (
-            read_rows(self._latents[query], unique_query, dtype, cpu),
-            read_rows(self._latents[key], unique_key, dtype, cpu),
+            read_rows(self._latents[query], unique_query, dtype, cpu, role=(query,)),
+            read_rows(self._latents[key], unique_key, dtype, cpu, role=(key,)),
             torch.from_numpy(key_to_query),
         )
 
