@@ -440,13 +440,14 @@ def _fit(
 
 @contextmanager
 def _run_directory_held(run_dir: Path | None, place: ProcessPlace, device: torch.device) -> Iterator[None]:
-    """Hold ``run_dir``'s lock (from rank 0) for the block; every rank refuses when another run holds it."""
-    if run_dir is None:
-        yield
-        return
+    """Hold ``run_dir``'s lock (from rank 0) for the block; every rank refuses when another run holds it.
+
+    Under several processes every rank takes part in one collective, whether
+    or not it was given ``run_dir`` (a rank without it learns the refusal too).
+    """
     with contextlib.ExitStack() as held:
         refusal = None
-        if place.is_main:
+        if run_dir is not None and place.is_main:
             try:
                 held.enter_context(directory_lock(run_dir, RUN_LOCK, argument="out_dir", activity="training run"))
             except FileExistsError as err:
