@@ -330,7 +330,10 @@ def fit(
             ``selection_metric`` that ``val_pair``'s evaluation lacks (before
             any step), a checkpoint saved with another config (fields in
             ``RESULT_NEUTRAL_FIELDS`` may change, except ``eval_every`` with
-            ``selection="best"``), or other ``train`` or ``val`` data.
+            ``selection="best"``), other ``train`` or ``val`` data (other
+            latents of the same shape included; the message names the
+            modality), or latents that hold NaN or Inf (the message names the
+            modality, the store and the row).
         FileExistsError: If ``resume=False`` and ``out_dir`` holds a checkpoint,
             or another run (process) is training in ``out_dir``: a run holds
             the lock file ``out_dir/.fusemix-run.lock`` while it trains.
