@@ -536,3 +536,81 @@ def test_rows_give_back_the_pairing():
     again = PairedLatents(data.latents, data.rows)
     assert again.row_index("image").tolist() == data.row_index("image").tolist() == [0, 0, 0, 1, 1]
     assert torch.equal(again.gather([0, 4])["image"], data.gather([0, 4])["image"])
+
+
+# -- finite latents ---------------------------------------------------------------------------------------------------
+
+_SPECIALS = [0.0, -0.0, 1.0, -1.0, 6e-8, -6e-8, 65504.0, -65504.0, 1e30, -1e30, *map(float, ("inf", "-inf", "nan"))]
+
+
+@given(
+    st.sampled_from([torch.float16, torch.float32, torch.float64]),
+    st.lists(st.sampled_from(_SPECIALS), min_size=1, max_size=12),
+    st.booleans(),
+)
+def test_all_finite_reads_the_bits_as_isfinite_does(dtype, values, negative_nan):
+    from fusemix._batch_reads import all_finite
+
+    tensor = torch.tensor(values, dtype=torch.float64).to(dtype).reshape(1, -1)
+    if negative_nan:  # a NaN with its sign bit set
+        tensor = torch.cat([tensor, -torch.tensor([[float("nan")]], dtype=dtype).abs().neg()], dim=1)
+    assert all_finite(tensor) == bool(torch.isfinite(tensor).all())
+
+
+def _corrupted_store(path, rows, bad_row):
+    """A store of ``rows`` whose shard file gets a NaN at ``bad_row`` afterwards (the quick check does not see it)."""
+    from fusemix.store import LatentStore, write_store
+
+    store = write_store(path, rows, modality="image", encoder={"name": "toy"}, shard_size=16)
+    shard = np.load(path / "shards" / f"{bad_row // 16:05d}.npy", mmap_mode="r+")
+    shard[bad_row % 16, 2] = np.nan
+    shard.flush()
+    del shard, store
+    return LatentStore.open(path)
+
+
+@pytest.mark.parametrize("preload", [False, True])
+def test_a_non_finite_latent_is_refused_naming_the_store_modality_and_row(tmp_path, preload):
+    rows = np.random.default_rng(0).standard_normal((40, 4)).astype(np.float32)
+    store = _corrupted_store(tmp_path / "image", rows, bad_row=21)
+    data = PairedLatents({"image": store, "text": rows[:, :3].copy()})
+    refused = rf"latents\['image'\]: row 21 of the latent store {tmp_path / 'image'} holds NaN or Inf"
+    with pytest.raises(ValueError, match=refused):
+        list(LatentBatcher(data, batch_size=8, preload=preload))  # streamed: when the batch with row 21 is read
+    with pytest.raises(ValueError, match=refused):
+        data.retrieval_task("image", "text")
+    with pytest.raises(ValueError, match=refused):
+        data.gather(np.arange(18, 25))
+    batches = LatentBatcher(data.subset(np.arange(16)), batch_size=8, preload=False)  # rows that are all finite
+    assert len(list(batches)) == 2
+
+
+def test_a_non_finite_latent_in_memory_is_refused_when_preloaded(tmp_path):
+    text = np.random.default_rng(0).standard_normal((12, 3)).astype(np.float32)
+    text[7, 1] = np.inf
+    with pytest.raises(ValueError, match=r"latents\['text'\]: row 7 of the ndarray holds NaN or Inf"):
+        LatentBatcher(PairedLatents({"image": np.ones((12, 2), np.float32), "text": text}), batch_size=4, preload=True)
+    np.save(tmp_path / "text.npy", text)
+    mapped = np.load(tmp_path / "text.npy", mmap_mode="r")
+    rows = {"text": np.array([3, 7, 7, 0])}  # pairs 1 and 2 read row 7 of the memory map
+    data = PairedLatents({"image": np.ones((4, 2), np.float32), "text": mapped}, rows)
+    with pytest.raises(ValueError, match=rf"row 7 of the memory map {tmp_path / 'text.npy'} holds NaN or Inf"):
+        next(iter(LatentBatcher(data, batch_size=4, shuffle=False, preload=False)))
+
+
+def test_streaming_checks_each_row_once(tmp_path, monkeypatch):
+    import fusemix._batch_reads as batch_reads
+
+    calls = []
+    checked = batch_reads.check_finite_rows
+    monkeypatch.setattr(
+        batch_reads, "check_finite_rows", lambda values, *rest: calls.append(len(values)) or checked(values, *rest)
+    )
+    np.save(tmp_path / "a.npy", np.random.default_rng(0).standard_normal((24, 3)).astype(np.float32))
+    data = PairedLatents({"a": np.load(tmp_path / "a.npy", mmap_mode="r"), "b": np.zeros((24, 2), np.float32)})
+    batcher = LatentBatcher(data, batch_size=8, preload=False, seed=0)
+    list(batcher)
+    assert calls == [8, 8] * 3  # both modalities of every batch of the first epoch
+    list(batcher)
+    assert len(calls) == 6  # every row was checked once: the second epoch checks nothing
+    assert len(data.gather(np.arange(8))) == 2 and len(calls) == 8  # one-off reads check what they read

@@ -241,15 +241,20 @@ def test_overwrite_discards_an_unfinished_run_with_other_settings(tmp_path):
     assert store_bytes(tmp_path / "ref") == store_bytes(out)
 
 
+def _wait_for_a_shard(proc: subprocess.Popen, out: Path) -> None:
+    """Wait until the extraction ``proc`` runs into ``out`` has written its first shard."""
+    deadline = time.monotonic() + 120
+    while not list((out / "shards").glob("*.npy")):
+        assert proc.poll() is None, proc.stderr.read().decode()
+        assert time.monotonic() < deadline, "no shard was written in time"
+        time.sleep(0.005)
+
+
 def test_resume_after_sigkill_is_byte_identical_and_skips_finished_shards(tmp_path):
     killed, clean = tmp_path / "killed", tmp_path / "clean"
     proc = subprocess.Popen([sys.executable, str(SLEEPY), str(killed), "0.2"], stderr=subprocess.PIPE)
     try:
-        deadline = time.monotonic() + 120
-        while not list((killed / "shards").glob("*.npy")):
-            assert proc.poll() is None, proc.stderr.read().decode()
-            assert time.monotonic() < deadline, "no shard was written in time"
-            time.sleep(0.005)
+        _wait_for_a_shard(proc, killed)
         proc.send_signal(signal.SIGKILL)
     finally:
         proc.kill()
@@ -271,6 +276,23 @@ def test_resume_after_sigkill_is_byte_identical_and_skips_finished_shards(tmp_pa
     assert store_bytes(killed) == store_bytes(clean)
     assert store.encoder == IDENTITY and not [p for p in (killed / "shards").iterdir() if p.suffix != ".npy"]
     assert LatentStore.open(killed, verify="full").shape == (COUNT, 6)
+
+
+def test_a_second_extraction_into_a_busy_out_dir_is_refused(tmp_path):
+    busy, clean = tmp_path / "busy", tmp_path / "clean"
+    proc = subprocess.Popen([sys.executable, str(SLEEPY), str(busy), "0.1"], stderr=subprocess.PIPE)
+    try:
+        _wait_for_a_shard(proc, busy)
+        second = SineEncoder()
+        refused = rf"out_dir: \S*busy is in use by another extraction \(pid {proc.pid} "
+        with pytest.raises(FileExistsError, match=refused):
+            run(str(busy), second)
+        assert second.seen == [] and proc.wait(timeout=120) == 0, proc.stderr.read().decode()
+    finally:
+        proc.kill()
+        proc.wait()
+    run(str(clean), SineEncoder())
+    assert store_bytes(busy) == store_bytes(clean)  # the first run finished undisturbed, and took its lock away
 
 
 def test_resume_with_a_generator_skips_finished_shards(tmp_path):

@@ -372,7 +372,8 @@ class PairedLatents:
             KeyError: If a modality is unknown.
             ValueError: If ``query == key``, no pair has both modalities, a
                 key row is paired with two different query rows and
-                ``key_groups`` is ``None``, or the labels do not fit.
+                ``key_groups`` is ``None``, the labels do not fit, or a row
+                read holds NaN or Inf (the message names the source and row).
 
         Example:
             >>> img, txt = np.eye(2, dtype=np.float32), np.ones((4, 3), np.float32)
@@ -405,8 +406,8 @@ class PairedLatents:
             items = np.unique(np.stack([key_rows, query_item.reshape(-1)], axis=1), axis=0)  # by key row, then query
             key_item_rows, key_to_query = items[:, 0], items[:, 1]
         cpu = torch.device("cpu")
-        query_latents = read_rows(self._latents[query], unique_query, dtype, cpu)
-        key_latents = read_rows(self._latents[key], key_item_rows, dtype, cpu)
+        query_latents = read_rows(self._latents[query], unique_query, dtype, cpu, role=(query,))
+        key_latents = read_rows(self._latents[key], key_item_rows, dtype, cpu, role=(key,))
         task = (query_latents, key_latents, torch.from_numpy(key_to_query))
         if key_groups is None:
             return task

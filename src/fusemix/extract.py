@@ -61,7 +61,7 @@ from torch import Tensor
 from torch.utils.data import IterableDataset
 
 from fusemix._checks import check_json_object, check_positive_int
-from fusemix._fileio import os_error, write_json_atomic
+from fusemix._fileio import directory_lock, os_error, write_json_atomic
 from fusemix._optional import progress_bar
 from fusemix._store_format import convert_latents, open_shard, shard_indices, storage_dtype
 from fusemix.encoders.base import Encoder
@@ -538,6 +538,10 @@ def extract_latents(
             ``out_dir`` holds a store or unfinished run with other settings,
             or an encoder output has the wrong shape, changes dim or holds
             NaN/Inf (the message names the item range). Nothing is finalized.
+        FileExistsError: If another process is extracting into ``out_dir`` as
+            the same worker: each worker holds a lock file in ``out_dir``
+            (``.fusemix-extract.lock``, or ``.fusemix-extract-<w>-of-<n>.lock``
+            with several workers) while it runs.
         OSError: If a file cannot be written (the message names the path).
 
     Example:
@@ -582,6 +586,35 @@ def extract_latents(
     root = Path(out_dir)
     if root.exists() and not root.is_dir():
         raise NotADirectoryError(f"out_dir: {root} exists and is not a directory")
+    store = None if overwrite else _existing_store(root, settings, overwrite)  # a complete store is only read
+    if store is not None:
+        return store
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise os_error(err, root, "create the output directory") from err
+    with directory_lock(root, _lock_name(num_workers, worker_index), argument="out_dir", activity="extraction"):
+        return _extract(encoder, items, root, settings, batch_size, num_workers, worker_index, progress, overwrite)
+
+
+def _lock_name(num_workers: int, worker_index: int) -> str:
+    """The lock file of one worker in ``out_dir``: workers of one extraction each hold their own."""
+    return ".fusemix-extract.lock" if num_workers == 1 else f".fusemix-extract-{worker_index}-of-{num_workers}.lock"
+
+
+def _extract(
+    encoder: Encoder,
+    items: Sequence[Any] | Iterable[Any],
+    root: Path,
+    settings: dict[str, Any],
+    batch_size: int,
+    num_workers: int,
+    worker_index: int,
+    progress: bool,
+    overwrite: bool,
+) -> LatentStore | None:
+    """:func:`extract_latents` once its arguments are checked and this worker holds its lock on ``root``."""
+    modality, shard_size, count = settings["modality"], settings["shard_size"], settings["count"]
     store = _existing_store(root, settings, overwrite)
     if store is not None:
         return store

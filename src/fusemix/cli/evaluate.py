@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from fusemix._fileio import write_json_atomic
+from fusemix._run_files import MODEL_DIR
 from fusemix.checkpoint import MODEL_CONFIG, describe_model, load_model
 from fusemix.cli.common import (
     LATENTS_FILE,
@@ -30,7 +31,7 @@ from fusemix.cli.common import (
     read_latents_record,
     read_pairs,
 )
-from fusemix.train import MODEL_DIR, evaluate_retrieval
+from fusemix.evaluation import evaluate_retrieval
 
 SUMMARY = "score retrieval with a trained model"
 
