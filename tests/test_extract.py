@@ -492,3 +492,10 @@ def test_writer_failure_surfaces_and_a_rerun_completes_identically(tmp_path, mon
     assert rerun.seen == list(range(10, 35))
     extract(CountingEncoder(), list(range(35)), tmp_path / "ref")
     assert store_bytes(tmp_path / "ref") == store_bytes(out)
+
+
+def test_deeply_nested_extraction_settings_are_a_store_error(tmp_path):
+    # Issue 13 item 9: deeply nested JSON raised RecursionError instead of naming the file.
+    (tmp_path / SPEC).write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(StoreError, match=f"{SPEC}: unreadable extraction settings .nested too deeply"):
+        extract(CountingEncoder(), list(range(5)), tmp_path)

@@ -166,3 +166,22 @@ def test_inputs_are_not_modified():
     ContrastiveLoss()(a, b)
     SigLIPLoss(chunk_size=2)(a, b)
     assert torch.equal(a, a0) and torch.equal(b, b0)
+
+
+@pytest.mark.parametrize(
+    ("build", "error", "match"),
+    [
+        (lambda: ContrastiveLoss(temperature_range=(0.01, 0.5, 1.0)), ValueError, r"temperature_range: expected \(low"),
+        (lambda: ContrastiveLoss(temperature_range=0.5), TypeError, r"temperature_range: expected \(low"),
+        (lambda: ContrastiveLoss(temperature_range=(0.5, 0.01)), ValueError, "temperature_range: low 0.5 > high"),
+        (lambda: ContrastiveLoss(temperature_range=("a", 1)), TypeError, "temperature_range: expected a number"),
+        (lambda: SigLIPLoss(logit_bias_init="a"), TypeError, "logit_bias_init: expected a number, got str"),
+        (lambda: SigLIPLoss(logit_bias_init=float("nan")), ValueError, "logit_bias_init: expected a finite"),
+        (lambda: ContrastiveLoss(learnable="no"), TypeError, "learnable: expected True or False, got str"),
+        (lambda: SigLIPLoss(anchor=[1]), TypeError, "anchor: expected a modality name or position, got list"),
+    ],
+)
+def test_bad_settings_name_the_argument(build, error, match):
+    # Issue 13 item 9: a 3-value temperature_range and a string logit_bias_init failed without naming them.
+    with pytest.raises(error, match=match):
+        build()

@@ -151,3 +151,18 @@ def test_bad_ks_and_chunk_are_refused():
         retrieval_metrics(img, txt, [0, 1], ks=())
     with pytest.raises(ValueError, match="chunk_size"):
         retrieval_metrics(img, txt, [0, 1], chunk_size=0)
+
+
+def test_names_and_ks_are_checked_before_scoring():
+    # Issue 13 item 9: one name twice overwrote a direction; ks=5 and a single name failed without naming them.
+    img, txt = torch.eye(3), torch.eye(3)
+    with pytest.raises(ValueError, match=r"names: expected two different short names, .*got \('x', 'x'\)"):
+        retrieval_metrics(img, txt, [0, 1, 2], names=("x", "x"))
+    with pytest.raises(ValueError, match=r"names: expected two different short names, .*got \('a',\)"):
+        retrieval_metrics(img, txt, [0, 1, 2], names=("a",))
+    with pytest.raises(TypeError, match="names: expected two different short names"):
+        metrics_from_ranks(torch.zeros(3), torch.zeros(3), names="it")
+    with pytest.raises(TypeError, match="ks: expected a sequence of ints >= 1, .* got int"):
+        retrieval_metrics(img, txt, [0, 1, 2], ks=5)
+    with pytest.raises(TypeError, match="ks: expected a sequence of ints >= 1, .* got str"):
+        recall_at_k(torch.zeros(3), ks="15")

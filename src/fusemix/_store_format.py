@@ -185,6 +185,8 @@ def read_manifest(root: Path) -> dict[str, Any]:
         data = json.loads(file.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise StoreError(f"{file}: not valid JSON ({err})") from err
+    except RecursionError as err:
+        raise StoreError(f"{file}: not valid JSON (nested too deeply to be a manifest)") from err
     if not isinstance(data, dict):
         raise StoreError(f"{file}: expected a JSON object, got {type(data).__name__}")
     if data.get("format") != FORMAT:

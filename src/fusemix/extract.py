@@ -113,8 +113,11 @@ def _read_spec(root: Path) -> dict[str, Any] | None:
         spec = json.loads(file.read_text(encoding="utf-8"))
     except FileNotFoundError:
         return None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise StoreError(f"{file}: unreadable extraction settings ({err}); pass overwrite=True to start over") from err
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
+        reason = "nested too deeply" if isinstance(err, RecursionError) else err
+        raise StoreError(
+            f"{file}: unreadable extraction settings ({reason}); pass overwrite=True to start over"
+        ) from err
     if (
         not isinstance(spec, dict)
         or spec.get("format") != SPEC_FORMAT

@@ -40,7 +40,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from fusemix._checks import check_choice, check_features, check_positive, check_positive_int, check_same_rows
+from fusemix._checks import (
+    check_bool,
+    check_choice,
+    check_features,
+    check_positive,
+    check_positive_int,
+    check_same_rows,
+)
 from fusemix._registry import register_part
 from fusemix.distributed import check_equal_batch_sizes, gather_with_grad, get_rank, get_world_size
 
@@ -108,6 +115,28 @@ def _both(a: Tensor | None, b: Tensor | None, rows: int, device: torch.device) -
     return (full if a is None else a.to(device)) & (full if b is None else b.to(device))
 
 
+def _check_anchor(anchor: object) -> str | None:
+    """The anchor as its name (a position becomes its string), or an error naming ``anchor``."""
+    if anchor is None:
+        return None
+    if isinstance(anchor, bool) or not isinstance(anchor, (str, int)):
+        raise TypeError(f"anchor: expected a modality name or position, got {type(anchor).__name__}")
+    return str(anchor)
+
+
+def _check_temperature_range(value: object) -> tuple[float, float]:
+    """``(low, high)``, two numbers with ``0 < low <= high``, or an error naming ``temperature_range``."""
+    wanted = "temperature_range: expected (low, high), two numbers with 0 < low <= high"
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+        raise TypeError(f"{wanted}, got {type(value).__name__}")
+    if len(value) != 2:
+        raise ValueError(f"{wanted}, got {len(value)} values")
+    low, high = (check_positive("temperature_range", v) for v in value)
+    if low > high:
+        raise ValueError(f"temperature_range: low {low} > high {high}")
+    return low, high
+
+
 class PairwiseContrastiveLoss(nn.Module):
     """Base class: averages a two-modality loss over modality pairs.
 
@@ -138,7 +167,7 @@ class PairwiseContrastiveLoss(nn.Module):
         self.pairs = check_choice("pairs", pairs, ("all", "anchor"))
         if pairs == "anchor" and anchor is None:
             raise ValueError("anchor: pairs='anchor' needs the anchor modality's name or position")
-        self.anchor = None if anchor is None else str(anchor)
+        self.anchor = _check_anchor(anchor)
         self.gather_distributed = bool(gather_distributed)
         self.local_loss = bool(local_loss)
 
@@ -340,7 +369,7 @@ class ContrastiveLoss(PairwiseContrastiveLoss):
         super().__init__(pairs=pairs, anchor=anchor, gather_distributed=gather_distributed, local_loss=local_loss)
         temperature_init = check_positive("temperature_init", temperature_init)
         self.parameterization = check_choice("parameterization", parameterization, ("temperature", "logit_scale"))
-        low, high = (check_positive("temperature_range", float(v)) for v in temperature_range)
+        low, high = _check_temperature_range(temperature_range)
         if not low <= temperature_init <= high and parameterization == "temperature":
             raise ValueError(f"temperature_range: ({low}, {high}) does not contain temperature_init={temperature_init}")
         self.temperature_range = (low, high)
@@ -352,7 +381,7 @@ class ContrastiveLoss(PairwiseContrastiveLoss):
             init = torch.tensor(math.log(1.0 / temperature_init))
             self._clamp = (0.0, math.log(self.max_logit_scale))
         name = parameterization
-        if learnable:
+        if check_bool("learnable", learnable):
             self.register_parameter(name, nn.Parameter(init))
         else:
             self.register_buffer(name, init)
@@ -415,7 +444,7 @@ class ContrastiveLoss(PairwiseContrastiveLoss):
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> ContrastiveLoss:
         """A loss from :meth:`to_config`'s settings; its temperature starts in range until weights are loaded."""
-        low, high = config["temperature_range"]
+        low, high = _check_temperature_range(config["temperature_range"])
         return cls(
             temperature_init=low if config["parameterization"] == "temperature" else 0.07,
             learnable=config["learnable"],
@@ -478,11 +507,13 @@ class SigLIPLoss(PairwiseContrastiveLoss):
     ) -> None:
         super().__init__(pairs=pairs, anchor=anchor, gather_distributed=gather_distributed, local_loss=local_loss)
         scale = torch.tensor(math.log(check_positive("logit_scale_init", logit_scale_init)))
+        if isinstance(logit_bias_init, bool) or not isinstance(logit_bias_init, (int, float)):
+            raise TypeError(f"logit_bias_init: expected a number, got {type(logit_bias_init).__name__}")
         if not math.isfinite(logit_bias_init):
             raise ValueError(f"logit_bias_init: expected a finite number, got {logit_bias_init}")
         bias = torch.tensor(float(logit_bias_init))
         self.chunk_size = None if chunk_size is None else check_positive_int("chunk_size", chunk_size)
-        if learnable:
+        if check_bool("learnable", learnable):
             self.logit_scale = nn.Parameter(scale)
             self.logit_bias = nn.Parameter(bias)
         else:

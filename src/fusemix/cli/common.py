@@ -264,8 +264,9 @@ def read_latents_record(path: Path) -> dict[str, Any] | None:
         record = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         return None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise CommandError(f"{path}: unreadable ({err})") from err
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
+        reason = "nested too deeply" if isinstance(err, RecursionError) else err
+        raise CommandError(f"{path}: unreadable ({reason})") from err
     if not isinstance(record, dict) or record.get("format") != "fusemix-cli-latents":
         raise CommandError(f"{path}: not a fusemix latents record")
     return record
