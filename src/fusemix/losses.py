@@ -26,12 +26,24 @@ get zero gradient. Under ``torch.distributed`` the masks are gathered with the
 features and every pair keeps its meaning on the global batch (with
 ``local_loss`` each rank's share is scaled by its count of present rows, so
 the mean over ranks is still the global loss).
+
+Dtypes: features of different floating dtypes are scored in the wider one
+(``torch.promote_types``: float16 with float32 gives float32, float16 with
+bfloat16 gives float32), so a fixed float16 target space can meet float32
+adapter outputs; gradients flow back in each input's own dtype.
+
+Zero vectors: a feature row whose L2 norm is below :data:`MIN_NORM` (1e-6)
+has no direction, and normalising it would give gradients of about
+``1 / norm`` (around 1e12 for an exact zero), so such a row raises a
+``ValueError`` naming the modality and the row. Rows marked absent with
+``masks=`` are exempt: they may hold zeros.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from functools import reduce
 from itertools import combinations
 from typing import Any, Literal, Union
 
@@ -51,6 +63,9 @@ from fusemix._checks import (
 from fusemix._registry import register_part
 from fusemix.distributed import check_equal_batch_sizes, gather_with_grad, get_rank, get_world_size
 
+MIN_NORM = 1e-6
+"""Feature rows whose L2 norm is below this are refused (absent rows aside): they have no direction."""
+
 FeatureInputs = Union[Tensor, Sequence[Tensor], Mapping[str, Tensor]]  # noqa: UP007 (runtime alias, Python 3.10)
 MaskInputs = Union[Sequence[Union[Tensor, None]], Mapping[str, Tensor]]  # noqa: UP007 (runtime alias, Python 3.10)
 PairMode = Literal["all", "anchor"]
@@ -67,7 +82,29 @@ def _named_features(inputs: tuple[FeatureInputs, ...]) -> list[tuple[str, Tensor
         raise ValueError(f"features: a contrastive loss needs at least 2 modalities, got {len(items)}")
     named = [(name, check_features(f"features[{name!r}]", x, min_rows=2)) for name, x in items]
     check_same_rows([(f"features[{name!r}]", x) for name, x in named])
-    return named
+    common = reduce(torch.promote_types, [x.dtype for _, x in named])
+    return [(name, x.to(common)) for name, x in named]
+
+
+def _check_directions(named: list[tuple[str, Tensor]], masks: list[Tensor | None]) -> None:
+    """Refuse feature rows too short to have a direction (norm below :data:`MIN_NORM`), absent rows aside.
+
+    One host sync for all modalities; the offending row is looked up only when there is one.
+    """
+    short = []
+    for (_, x), mask in zip(named, masks):
+        flags = torch.linalg.vector_norm(x.detach(), dim=-1) < MIN_NORM
+        short.append(flags if mask is None else flags & mask.to(flags.device))
+    if not bool(torch.stack([flags.any().cpu() for flags in short]).any()):
+        return
+    for (name, _), flags in zip(named, short):
+        rows = torch.nonzero(flags).flatten()
+        if rows.numel():
+            raise ValueError(
+                f"features[{name!r}]: row {int(rows[0])} has an L2 norm below {MIN_NORM} ({rows.numel()} such "
+                "row(s)); a zero vector has no direction to compare, and normalising it would give gradients of "
+                "about 1 / norm; drop such rows, or mark them absent with masks="
+            )
 
 
 def _named_masks(
@@ -205,7 +242,8 @@ class PairwiseContrastiveLoss(nn.Module):
                 tuple/list, or as one dict of modality name to tensor); row
                 ``i`` of every tensor is one positive tuple. Shape of each:
                 ``(B, D_m)``, ``B >= 2``; two modalities in a pair need the
-                same ``D``.
+                same ``D``. Any floating dtypes: all are scored in the widest
+                (see the module docstring).
             return_dict: Return ``{"loss": total, "<a>-<b>": pair loss, ...}``
                 instead of the scalar.
             masks: Optional boolean presence flags per row, shape ``(B,)``: a
@@ -221,6 +259,12 @@ class PairwiseContrastiveLoss(nn.Module):
             loss is a zero that still depends on every input and parameter,
             so ``backward`` works.
 
+        Raises:
+            ValueError: If a present row's L2 norm is below :data:`MIN_NORM`
+                (a zero vector: the message names the modality and the
+                row), or the inputs' shapes do not fit.
+            TypeError: If a feature tensor is not floating, or a mask is not boolean.
+
         Example:
             >>> loss_fn = ContrastiveLoss()
             >>> feats = {"image": torch.randn(6, 4), "text": torch.randn(6, 4), "audio": torch.randn(6, 4)}
@@ -233,6 +277,7 @@ class PairwiseContrastiveLoss(nn.Module):
         named = _named_features(features)
         names = [n for n, _ in named]
         mask_list = [None] * len(named) if masks is None else _named_masks(masks, features, named)
+        _check_directions(named, mask_list)
         normed = [F.normalize(x, dim=-1) for _, x in named]
         pairs = self._pairs(names)
         for i, j in pairs:
