@@ -16,22 +16,38 @@ swapped in with renames, so a reader sees the old directory or the new one,
 never a mix, whenever the writer is killed (:func:`atomic_directory`; it and
 the atomic file writes live in ``fusemix._fileio`` and are re-exported here).
 safetensors is an optional dependency (``pip install "fusemix[train]"``).
+
+Reading never writes: :func:`load_model` and :func:`load_training_checkpoint`
+work on a read-only disk and beside a concurrent writer (a directory swapped
+in during a read is read again). Settling a write whose writer was killed
+mid-swap belongs to writers (:func:`save_model`, ``fit``) or to an explicit
+:func:`recover_directory`; a reader that finds the directory missing with the
+complete new version beside it waits briefly for a writer to finish the
+swap, then raises ``FileNotFoundError`` saying so.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor, nn
 
-from fusemix._fileio import atomic_directory, recover_directory, write_json_atomic, write_text_atomic
+from fusemix._fileio import (
+    atomic_directory,
+    interrupted_write,
+    recover_directory,
+    write_json_atomic,
+    write_text_atomic,
+)
 from fusemix._optional import require
 from fusemix._registry import build_part, describe_part
 from fusemix._version import fusemix_version
@@ -44,6 +60,16 @@ RNG_FILE = "rng.pt"
 STATE_FILE = "state.json"
 BEST_WEIGHTS = "best.safetensors"
 FORMAT_VERSION = 1
+
+_SWAP_WAIT_S = 2.0
+"""How long a reader waits for a missing directory whose new version lies beside it (a writer swapping it in)."""
+_READ_ATTEMPTS = 10
+"""How many times a reader reads a directory that keeps being replaced during the read."""
+_MODEL_RECOVERY = "call fusemix.checkpoint.recover_directory on it (or save the model again), then load it"
+_CHECKPOINT_RECOVERY = (
+    "fit(..., resume=True) settles it when it resumes, or call fusemix.checkpoint.recover_directory on it"
+)
+Read = TypeVar("Read")
 
 
 def require_safetensors() -> ModuleType:
@@ -180,6 +206,68 @@ def save_model(model: FusionModel, path: str | Path, *, config: object = None) -
     return path
 
 
+def _directory_id(path: Path) -> tuple[int, int] | None:
+    """Device and inode of a directory (a swap-in gives a new one), ``None`` if it is missing."""
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return info.st_dev, info.st_ino
+
+
+def _wait_for_swap(path: Path, recovery: str) -> None:
+    """Return once ``path`` is not a missing directory with an interrupted write's version beside it.
+
+    Raises:
+        FileNotFoundError: If that lasts :data:`_SWAP_WAIT_S` (the writer was
+            killed mid-swap); the message says how to recover (``recovery``).
+
+    """
+    deadline = time.monotonic() + _SWAP_WAIT_S
+    while (leftover := interrupted_write(path)) is not None:
+        if time.monotonic() >= deadline:
+            raise FileNotFoundError(
+                f"path: {path} is missing, but {leftover} holds the version an interrupted write left (its writer "
+                f"was killed while swapping it in); {recovery}"
+            )
+        time.sleep(0.01)
+
+
+@contextlib.contextmanager
+def _pinned_id(path: Path) -> Iterator[tuple[int, int] | None]:
+    """The directory's device and inode, the directory held open meanwhile so no new one can take its inode."""
+    try:
+        fd: int | None = os.open(path, os.O_RDONLY)
+    except OSError:  # missing, or a platform that cannot open directories: compare without the pin
+        fd = None
+    try:
+        yield _directory_id(path) if fd is None else (os.fstat(fd).st_dev, os.fstat(fd).st_ino)
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
+def _read_directory(path: Path, read: Callable[[], Read], recovery: str) -> Read:
+    """``read()`` a directory that a writer may replace whole meanwhile, without writing anything.
+
+    A read during which the directory was swapped for another version is
+    repeated, so the result never mixes two versions: the directory is held
+    open while it is read, so a swap shows as another inode at ``path``.
+    """
+    for _ in range(_READ_ATTEMPTS):
+        _wait_for_swap(path, recovery)
+        with _pinned_id(path) as before:
+            try:
+                result = read()
+            except Exception:
+                if _directory_id(path) == before:
+                    raise
+                continue
+            if _directory_id(path) == before:
+                return result
+    raise OSError(f"path: {path} was replaced {_READ_ATTEMPTS} times while being read; read it again later")
+
+
 def load_model(path: str | Path, *, device: str | torch.device = "cpu") -> FusionModel:
     """Rebuild a model saved by :func:`save_model`, in eval mode.
 
@@ -187,18 +275,27 @@ def load_model(path: str | Path, *, device: str | torch.device = "cpu") -> Fusio
         path: The model directory.
         device: Where to put the weights.
 
+    Reading writes nothing (a read-only directory loads), and a concurrent
+    :func:`save_model` of the same path is safe: the model is whole, from
+    one version or the other.
+
     Returns:
         The :class:`~fusemix.FusionModel`, in eval mode (dropout off).
 
     Raises:
-        FileNotFoundError: If ``path`` lacks ``fusemix.json`` or ``model.safetensors``.
+        FileNotFoundError: If ``path`` lacks ``fusemix.json`` or
+            ``model.safetensors``, or is missing while an interrupted save
+            left its new version beside it (the message says how to recover).
         ValueError: If the files do not describe a fusemix model or the
             weights do not fit the description.
 
     """
     st = require_safetensors()
     path = Path(path)
-    recover_directory(path)
+    return _read_directory(path, lambda: _load_model(st, path, device), _MODEL_RECOVERY)
+
+
+def _load_model(st: ModuleType, path: Path, device: str | torch.device) -> FusionModel:
     for name in (MODEL_CONFIG, MODEL_WEIGHTS):
         if not (path / name).is_file():
             raise FileNotFoundError(f"path: {path} has no {name}; expected a directory written by save_model")
@@ -281,21 +378,28 @@ def save_training_checkpoint(
 def load_training_checkpoint(path: str | Path) -> TrainingCheckpoint | None:
     """Read a checkpoint written by :func:`save_training_checkpoint`, or ``None`` if there is none.
 
-    An interrupted write is settled first (see :func:`recover_directory`).
+    Reading writes nothing. An interrupted write is settled by its writer
+    (``fit`` calls :func:`recover_directory` before it resumes), not here.
 
     Args:
         path: The checkpoint directory.
 
     Returns:
-        The :class:`TrainingCheckpoint`, or ``None`` when ``path`` does not exist.
+        The :class:`TrainingCheckpoint`, or ``None`` when ``path`` does not
+        exist and no interrupted write of it is left.
 
     Raises:
-        FileNotFoundError: If the directory exists but misses a file.
+        FileNotFoundError: If the directory exists but misses a file, or is
+            missing while an interrupted write left its new version beside
+            it (the message says how to recover).
 
     """
     st = require_safetensors()
     path = Path(path)
-    recover_directory(path)
+    return _read_directory(path, lambda: _load_training_checkpoint(st, path), _CHECKPOINT_RECOVERY)
+
+
+def _load_training_checkpoint(st: ModuleType, path: Path) -> TrainingCheckpoint | None:
     if not path.exists():
         return None
     for name in (MODEL_WEIGHTS, OPTIMIZER_FILE, RNG_FILE, STATE_FILE):
