@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import threading
@@ -14,6 +15,8 @@ import torch
 
 from fusemix import FusionModel
 from fusemix.checkpoint import (
+    MODEL_CONFIG,
+    MODEL_WEIGHTS,
     load_model,
     load_training_checkpoint,
     recover_directory,
@@ -136,3 +139,110 @@ def test_concurrent_save_and_load(tmp_path):
     writer.join()
     assert not errors, errors
     assert loads > 0 and _same(load_model(folder), versions[1])
+
+
+# -- crafted or corrupt model directories (issue 13 item 5) ----------------------------------------------------------
+
+
+def _edited(tmp_path: Path, edit) -> Path:
+    folder = tmp_path / "m"
+    save_model(_model(), folder)
+    description = json.loads((folder / MODEL_CONFIG).read_text())
+    edit(description)
+    (folder / MODEL_CONFIG).write_text(json.dumps(description))
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda d: d.update(adapters=[1, 2]), r"adapters: expected an object of modality name to adapter, got list"),
+        (lambda d: d.update(adapters={}), r"adapters: expected at least one modality"),
+        (lambda d: d["adapters"]["a"].update(in_dim="3"), r"adapters\.a: in_dim: expected an int, got str"),
+        (lambda d: d["adapters"]["a"].update(in_dim=-3), r"adapters\.a: in_dim: expected an int >= 1, got -3"),
+        (lambda d: d["adapters"]["a"].pop("out_dim"), r"adapters\.a\.out_dim: missing"),
+        (lambda d: d["adapters"]["a"].update(type="mlp"), r"adapters\.a\.type: unknown adapter type 'mlp'"),
+        (lambda d: d["adapters"].update(b=[2]), r"adapters\.b: expected an object with a 'type', got list"),
+        (lambda d: d["loss"].update(temperature_range=[0.01, 0.5, 1]), r"loss: temperature_range: expected \(low"),
+        (lambda d: d["loss"].update(learnable="yes"), r"loss: learnable: expected True or False, got str"),
+        (lambda d: d.update(structure_weight="1"), r"structure_weight: expected a number, got str"),
+        (lambda d: d.update(structure=[]), r"structure: expected an object with a 'type', got list"),
+        (lambda d: d.update(format_version=True), r"format_version: expected an int <= 1, got True"),
+        (lambda d: d.update(format_version=2), r"format_version: 2 is newer than this fusemix reads \(1\)"),
+        (
+            lambda d: d.update(modalities=["b", "a"]),
+            r"modalities: \['b', 'a'\] differs from the adapters' \['a', 'b'\]",
+        ),
+        (lambda d: d.update(dims={"a": 4, "b": 2}), r"dims: \{'a': 4, 'b': 2\} differs from the adapters' in_dim"),
+    ],
+)
+def test_a_crafted_description_is_a_value_error_naming_the_file_and_field(tmp_path, edit, message):
+    folder = _edited(tmp_path, edit)
+    with pytest.raises(ValueError, match=f"{folder / MODEL_CONFIG}: {message}"):
+        load_model(folder)
+
+
+def test_unparsable_descriptions_name_the_file(tmp_path):
+    folder = tmp_path / "m"
+    save_model(_model(), folder)
+    for text, message in (
+        ("{", "not valid JSON"),
+        ("[" * 100_000, "not valid JSON .nested too deeply"),
+        ("[]", "a JSON object"),
+    ):
+        (folder / MODEL_CONFIG).write_text(text)
+        with pytest.raises(ValueError, match=f"{folder / MODEL_CONFIG}: .*{message}"):
+            load_model(folder)
+    (folder / MODEL_CONFIG).write_bytes(b"\xff\xfe")
+    with pytest.raises(ValueError, match=f"{folder / MODEL_CONFIG}: not UTF-8"):
+        load_model(folder)
+
+
+def test_dims_are_checked_against_the_weights_before_anything_is_allocated(tmp_path):
+    # in_dim=10**7 used to allocate the adapter (~4 GB) before the weights were compared; 10**12 cannot be allocated.
+    def edit(description):
+        description["adapters"]["a"]["in_dim"] = description["dims"]["a"] = 10**12
+
+    folder = _edited(tmp_path, edit)
+    message = (
+        r"model\.safetensors: adapters\.a\.blocks\.0\.norm\.weight has shape \[3\], fusemix\.json implies \[10{12}\]"
+    )
+    with pytest.raises(ValueError, match=message):
+        load_model(folder)
+
+
+@pytest.mark.parametrize(
+    ("corrupt", "message"),
+    [
+        (lambda b: b[:-10], r"not a readable safetensors file \(.*incomplete metadata"),
+        (lambda b: b"\xff" * 8 + b[8:], r"not a readable safetensors file"),
+        (lambda b: b[:4], r"not a readable safetensors file"),
+    ],
+)
+def test_a_corrupt_weights_file_is_a_value_error_naming_it(tmp_path, corrupt, message):
+    folder = tmp_path / "m"
+    save_model(_model(), folder)
+    weights = folder / MODEL_WEIGHTS
+    weights.write_bytes(corrupt(weights.read_bytes()))
+    with pytest.raises(ValueError, match=f"{weights}: {message}"):
+        load_model(folder)
+
+
+def test_weights_that_do_not_fit_name_the_tensors(tmp_path):
+    from safetensors.torch import save_file
+
+    folder = tmp_path / "m"
+    save_model(_model(), folder)
+    state = {k: v for k, v in _model().state_dict().items() if k != "loss.temperature"}
+    state["extra"] = torch.zeros(2)
+    state["adapters.a.proj.bias"] = torch.zeros(2, dtype=torch.int64)
+    save_file(state, str(folder / MODEL_WEIGHTS))
+    with pytest.raises(
+        ValueError, match=r"lacks \['loss\.temperature'\]; holds tensors fusemix\.json does not describe: \['extra'\]"
+    ):
+        load_model(folder)
+    del state["extra"]
+    state["loss.temperature"] = torch.tensor(0.07)
+    save_file(state, str(folder / MODEL_WEIGHTS))
+    with pytest.raises(ValueError, match=r"adapters\.a\.proj\.bias has dtype I64, expected a floating dtype"):
+        load_model(folder)

@@ -49,7 +49,7 @@ from fusemix._fileio import (
     write_text_atomic,
 )
 from fusemix._optional import require
-from fusemix._registry import build_part, describe_part
+from fusemix._registry import PartConfigError, build_part, describe_part
 from fusemix._version import fusemix_version
 from fusemix.model import FusionModel
 
@@ -121,40 +121,79 @@ def describe_model(model: FusionModel) -> dict[str, Any]:
     }
 
 
-def build_model(description: Mapping[str, Any]) -> FusionModel:
+def _check_top_level(description: Mapping[str, Any]) -> None:
+    """Raise :class:`PartConfigError` unless the fields outside the parts are those of a model description."""
+    if description.get("format") != "fusemix-model":
+        found = description.get("format")
+        raise PartConfigError("format", f"{found!r} is not 'fusemix-model'; not a fusemix model description")
+    version = description.get("format_version")
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise PartConfigError("format_version", f"expected an int <= {FORMAT_VERSION}, got {version!r}")
+    if version > FORMAT_VERSION:
+        raise PartConfigError(
+            "format_version", f"{version} is newer than this fusemix reads ({FORMAT_VERSION}); upgrade fusemix"
+        )
+    adapters = description.get("adapters")
+    if not isinstance(adapters, Mapping):
+        raise PartConfigError(
+            "adapters", f"expected an object of modality name to adapter, got {type(adapters).__name__}"
+        )
+    if not adapters:
+        raise PartConfigError("adapters", "expected at least one modality")
+
+
+def _check_redundant_fields(description: Mapping[str, Any], model: FusionModel) -> None:
+    """``modalities`` and ``dims``, when present, must say what the adapters say."""
+    modalities = description.get("modalities", model.modalities)
+    if modalities != model.modalities:
+        raise PartConfigError("modalities", f"{modalities!r} differs from the adapters' {model.modalities!r}")
+    dims = description.get("dims")
+    in_dims = {name: getattr(adapter, "in_dim", None) for name, adapter in model.adapters.items()}
+    if dims is not None and dims != in_dims:
+        raise PartConfigError("dims", f"{dims!r} differs from the adapters' in_dim {in_dims!r}")
+
+
+def build_model(description: Mapping[str, Any], *, source: str = MODEL_CONFIG) -> FusionModel:
     """Build an untrained :class:`~fusemix.FusionModel` from a :func:`describe_model` description.
+
+    Every field is checked before anything is built: under
+    ``torch.device("meta")`` the model can be built without allocating
+    anything, to learn the shapes its weights must have.
 
     Args:
         description: The parsed ``fusemix.json``.
+        source: Names the description in error messages (a file path).
 
     Returns:
         The model, with freshly initialised weights.
 
     Raises:
-        ValueError: If the description is not a fusemix model description or
-            names an unknown adapter or loss type.
+        ValueError: If the description is not that of a fusemix model; the
+            message starts with ``source`` and the field's dotted path, e.g.
+            ``fusemix.json: adapters.image: in_dim: expected an int, got str``.
 
     """
-    if description.get("format") != "fusemix-model":
-        raise ValueError(f"{MODEL_CONFIG}: not a fusemix model description (format={description.get('format')!r})")
-    version = description.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise ValueError(
-            f"{MODEL_CONFIG}: format_version {version!r} is newer than this fusemix reads ({FORMAT_VERSION}); "
-            "upgrade fusemix"
+    if not isinstance(description, Mapping):
+        raise ValueError(f"{source}: expected a JSON object, got {type(description).__name__}")
+    try:
+        _check_top_level(description)
+        adapters = {
+            name: build_part("adapter", spec, where=f"adapters.{name}")
+            for name, spec in description["adapters"].items()
+        }
+        loss = build_part("loss", description.get("loss"), where="loss")
+        spec = description.get("structure")
+        structure = None if spec is None else build_part("structure", spec, where="structure")
+    except PartConfigError as err:
+        raise ValueError(f"{source}: {err}") from None
+    try:
+        model = FusionModel(
+            adapters, loss=loss, structure=structure, structure_weight=description.get("structure_weight", 0.0)
         )
-    adapters = {
-        name: build_part("adapter", spec, where=f"{MODEL_CONFIG}: adapter {name!r}")
-        for name, spec in description["adapters"].items()
-    }
-    spec = description.get("structure")
-    structure = None if spec is None else build_part("structure", spec, where=f"{MODEL_CONFIG}: structure term")
-    return FusionModel(
-        adapters,
-        loss=build_part("loss", description["loss"], where=f"{MODEL_CONFIG}: loss"),
-        structure=structure,
-        structure_weight=description.get("structure_weight", 0.0),
-    )
+        _check_redundant_fields(description, model)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{source}: {err}") from None
+    return model
 
 
 def _config_dict(config: object) -> dict[str, Any] | None:
@@ -296,17 +335,97 @@ def load_model(path: str | Path, *, device: str | torch.device = "cpu") -> Fusio
 
 
 def _load_model(st: ModuleType, path: Path, device: str | torch.device) -> FusionModel:
+    """Check the description, then the weights' header against it, then build the model and load the weights."""
     for name in (MODEL_CONFIG, MODEL_WEIGHTS):
         if not (path / name).is_file():
             raise FileNotFoundError(f"path: {path} has no {name}; expected a directory written by save_model")
-    description = json.loads((path / MODEL_CONFIG).read_text(encoding="utf-8"))
-    model = build_model(description)
-    state = st.load_file(str(path / MODEL_WEIGHTS), device=str(torch.device(device)))
+    config_file, weights_file = path / MODEL_CONFIG, path / MODEL_WEIGHTS
+    description = _read_description(config_file)
+    with torch.device("meta"):  # shapes and dtypes only: nothing is allocated
+        expected = build_model(description, source=str(config_file)).state_dict()
+    _check_weights(weights_file, _weights_header(weights_file), expected)
+    model = build_model(description, source=str(config_file))
+    state = st.load_file(str(weights_file), device=str(torch.device(device)))
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as err:
-        raise ValueError(f"{path / MODEL_WEIGHTS}: weights do not fit {MODEL_CONFIG}: {err}") from err
+        raise ValueError(f"{weights_file}: weights do not fit {MODEL_CONFIG}: {err}") from err
     return model.to(device).eval()
+
+
+def _read_description(file: Path) -> object:
+    """The parsed ``fusemix.json``; ``ValueError`` naming the file when it is not UTF-8 JSON."""
+    try:
+        return json.loads(file.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{file}: not UTF-8 text ({err})") from None
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{file}: not valid JSON ({err})") from None
+    except RecursionError:
+        raise ValueError(f"{file}: not valid JSON (nested too deeply)") from None
+
+
+_SAFETENSORS_DTYPES = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+"""The safetensors dtype codes a model directory may hold, as torch dtypes."""
+
+
+def _weights_header(file: Path) -> dict[str, tuple[str, list[int]]]:
+    """Dtype code and shape of every tensor of a safetensors file, from its header (no tensor data is read).
+
+    Raises:
+        ValueError: If the file is not a whole safetensors file (truncated
+            files too: the header's offsets must cover the file exactly).
+
+    """
+    safetensors = require("safetensors", extra="train", user="loading models")
+    try:
+        with safetensors.safe_open(str(file), framework="pt") as weights:
+            slices = {name: weights.get_slice(name) for name in weights.keys()}  # noqa: SIM118 (not a dict)
+            return {name: (piece.get_dtype(), list(piece.get_shape())) for name, piece in slices.items()}
+    except safetensors.SafetensorError as err:
+        raise ValueError(f"{file}: not a readable safetensors file ({err})") from None
+
+
+def _check_weights(file: Path, header: Mapping[str, tuple[str, list[int]]], expected: Mapping[str, Tensor]) -> None:
+    """Raise ``ValueError`` unless ``header`` holds exactly the tensors of ``expected``, with their shapes.
+
+    Floating tensors may be stored in any floating dtype (they are cast on
+    loading); other tensors need their own dtype.
+    """
+    missing = [name for name in expected if name not in header]
+    extra = [name for name in header if name not in expected]
+    if missing or extra:
+        lacks = f"lacks {missing}" if missing else "lacks nothing"
+        raise ValueError(
+            f"{file}: weights do not fit {MODEL_CONFIG}: {lacks}; holds tensors {MODEL_CONFIG} does not describe: "
+            f"{extra}"
+        )
+    wrong = [name for name, tensor in expected.items() if list(tensor.shape) != header[name][1]]
+    if wrong:
+        name = wrong[0]
+        raise ValueError(
+            f"{file}: {name} has shape {header[name][1]}, {MODEL_CONFIG} implies {list(expected[name].shape)} "
+            f"({len(wrong)} tensor(s) differ); the two files do not belong together"
+        )
+    for name, tensor in expected.items():
+        stored = _SAFETENSORS_DTYPES.get(header[name][0])
+        fits = stored is not None and (
+            stored.is_floating_point if tensor.dtype.is_floating_point else stored == tensor.dtype
+        )
+        if not fits:
+            wanted = "a floating dtype" if tensor.dtype.is_floating_point else str(tensor.dtype)
+            raise ValueError(f"{file}: {name} has dtype {header[name][0]}, expected {wanted}")
 
 
 @dataclass
