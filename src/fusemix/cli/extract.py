@@ -21,7 +21,16 @@ from typing import Any
 import torch
 
 from fusemix._fileio import write_text_atomic
-from fusemix.cli.common import ITEMS_FILE, PROG, CommandError, flag, positive_int, positive_int_or_none, workers
+from fusemix.cli.common import (
+    ITEMS_FILE,
+    PROG,
+    CommandError,
+    check_output_folder,
+    flag,
+    positive_int,
+    positive_int_or_none,
+    workers,
+)
 from fusemix.cli.encoder_setup import (
     ADAPTER_OPTIONS,
     ENCODER_INPUT,
@@ -39,7 +48,8 @@ from fusemix.cli.inputs import (
     image_reader,
     read_inputs,
 )
-from fusemix.extract import SPEC, encoder_identity_of, extract_latents, finalize_store
+from fusemix.encoders.base import BatchEncoder
+from fusemix.extract import SPEC, _Extraction, encoder_identity_of, extract_latents, finalize_store
 from fusemix.store import MANIFEST, SHARD_DIR, LatentStore, StoreError
 
 SUMMARY = "encode a dataset once into a latent store"
@@ -277,9 +287,7 @@ def run(args: argparse.Namespace) -> int:
             "--overwrite: not with several workers (each would clear the others' shards); delete --out first"
         )
     inputs = read_inputs(args.input, input_type, column=args.column, extensions=args.extensions)
-    root: Path = args.out
-    if root.exists() and not root.is_dir():
-        raise CommandError(f"--out: {root} exists and is not a folder")
+    root: Path = check_output_folder("--out", args.out)
     items_text = _items_text(inputs.items)
     _check_items_file(root, items_text, args.overwrite)
     stamp_before = _manifest_stamp(root)
@@ -324,6 +332,22 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+_OUTPUT_CHECKS = (BatchEncoder._check_output.__code__, _Extraction.encode.__code__)
+"""The code of fusemix's checks of what an encoder returns (as opposed to the code inside the encoder)."""
+
+
+def _is_output_check(err: BaseException) -> bool:
+    """Whether ``err`` was raised by fusemix's check of an encoder's output, not from inside the encoder."""
+    trace = err.__traceback__
+    while trace is not None and trace.tb_next is not None:
+        trace = trace.tb_next
+    return trace is not None and trace.tb_frame.f_code in _OUTPUT_CHECKS
+
+
+def _encoder_flag(args: argparse.Namespace) -> str:
+    return f"--callable {args.callable}" if args.encoder == "python" else f"--encoder {args.encoder}"
+
+
 def _manifest_stamp(root: Path) -> tuple[int, int] | None:
     """Inode and modification time of ``root``'s manifest (a rewrite changes them), ``None`` without one."""
     try:
@@ -344,7 +368,11 @@ def _extract(
     worker_index: int,
     num_workers: int,
 ) -> LatentStore | None:
-    """Run :func:`extract_latents` for this worker; the complete store, or ``None`` while shards are missing."""
+    """Run :func:`extract_latents` for this worker; the complete store, or ``None`` while shards are missing.
+
+    An encoder output of the wrong type (a list, integers) is a user error
+    naming the encoder; an exception from inside the encoder keeps its traceback.
+    """
     try:
         store = extract_latents(
             encoder,
@@ -361,6 +389,10 @@ def _extract(
             metadata=metadata,
             overwrite=args.overwrite,
         )
+    except TypeError as err:
+        if not _is_output_check(err):
+            raise
+        raise CommandError(f"{_encoder_flag(args)}: {err}") from err
     except StoreError:
         # Two workers finishing together may both finalize; the one that loses the race finds the manifest written.
         if num_workers == 1 or not (root / MANIFEST).exists():

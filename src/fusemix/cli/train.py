@@ -26,6 +26,7 @@ from fusemix.cli.common import (
     CommandError,
     Latents,
     add_latents_arguments,
+    check_output_folder,
     check_same_latents,
     latents_map,
     latents_spec,
@@ -302,7 +303,7 @@ def run(args: argparse.Namespace) -> int:
             missing = [m for m in settings.val_pair if m not in val_latents]
             if missing:
                 raise CommandError(f"--val-pair: {missing[0]!r} is not one of {list(val_latents)}")
-    out = settings.out
+    out = check_output_folder("--out", settings.out)
     record = _latents_record(settings, train_latents)
     main_process = workers()[0] == 0  # under torchrun, rank 0 alone writes and reports (as fit does)
     checkpoint = out / CHECKPOINT_DIR
