@@ -48,8 +48,7 @@ from fusemix.cli.inputs import (
     image_reader,
     read_inputs,
 )
-from fusemix.encoders.base import BatchEncoder
-from fusemix.extract import SPEC, _Extraction, encoder_identity_of, extract_latents, finalize_store
+from fusemix.extract import SPEC, encoder_identity_of, extract_latents, finalize_store
 from fusemix.store import MANIFEST, SHARD_DIR, LatentStore, StoreError
 
 SUMMARY = "encode a dataset once into a latent store"
@@ -332,16 +331,19 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-_OUTPUT_CHECKS = (BatchEncoder._check_output.__code__, _Extraction.encode.__code__)
-"""The code of fusemix's checks of what an encoder returns (as opposed to the code inside the encoder)."""
+_PACKAGE = Path(__file__).resolve().parents[1]
 
 
-def _is_output_check(err: BaseException) -> bool:
-    """Whether ``err`` was raised by fusemix's check of an encoder's output, not from inside the encoder."""
+def _raised_by_fusemix(err: BaseException) -> bool:
+    """Whether ``err`` was raised in fusemix's own code (a check refusing what the encoder returned).
+
+    A ``TypeError`` raised inside the user's encoder (its innermost frame is
+    the encoder's code) is a bug there, and keeps its traceback.
+    """
     trace = err.__traceback__
     while trace is not None and trace.tb_next is not None:
         trace = trace.tb_next
-    return trace is not None and trace.tb_frame.f_code in _OUTPUT_CHECKS
+    return trace is not None and Path(trace.tb_frame.f_code.co_filename).resolve().is_relative_to(_PACKAGE)
 
 
 def _encoder_flag(args: argparse.Namespace) -> str:
@@ -370,8 +372,9 @@ def _extract(
 ) -> LatentStore | None:
     """Run :func:`extract_latents` for this worker; the complete store, or ``None`` while shards are missing.
 
-    An encoder output of the wrong type (a list, integers) is a user error
-    naming the encoder; an exception from inside the encoder keeps its traceback.
+    An encoder output of the wrong type (a list, integers), refused by
+    fusemix, is a user error naming the encoder; an exception from inside the
+    encoder keeps its traceback.
     """
     try:
         store = extract_latents(
@@ -390,7 +393,7 @@ def _extract(
             overwrite=args.overwrite,
         )
     except TypeError as err:
-        if not _is_output_check(err):
+        if not _raised_by_fusemix(err):
             raise
         raise CommandError(f"{_encoder_flag(args)}: {err}") from err
     except StoreError:
