@@ -42,6 +42,7 @@ CORE = {
 IO = {
     "fusemix._batch_reads",
     "fusemix._fileio",
+    "fusemix._items",
     "fusemix._optional",
     "fusemix._paired",
     "fusemix._store_format",

@@ -236,6 +236,8 @@ def _check_entry(file: Path, index: int, entry: object) -> None:
             raise StoreError(f"{file}: shards[{index}].{key} must be an int >= 1, got {value!r}")
     if not isinstance(entry.get("sha256"), str) or not SHA256_HEX.match(entry["sha256"]):
         raise StoreError(f"{file}: shards[{index}].sha256 must be 64 lowercase hex digits, got {entry.get('sha256')!r}")
+    if "items" in entry and (not isinstance(entry["items"], str) or not entry["items"]):
+        raise StoreError(f"{file}: shards[{index}].items must be a non-empty string, got {entry['items']!r}")
 
 
 def check_identity(
