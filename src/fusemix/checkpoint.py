@@ -258,7 +258,7 @@ def _wait_for_swap(path: Path, recovery: str) -> None:
     """Return once ``path`` is not a missing directory with an interrupted write's version beside it.
 
     Raises:
-        FileNotFoundError: If that lasts :data:`_SWAP_WAIT_S` (the writer was
+        FileNotFoundError: If that lasts ``_SWAP_WAIT_S`` (the writer was
             killed mid-swap); the message says how to recover (``recovery``).
 
     """

@@ -32,7 +32,7 @@ Dtypes: features of different floating dtypes are scored in the wider one
 bfloat16 gives float32), so a fixed float16 target space can meet float32
 adapter outputs; gradients flow back in each input's own dtype.
 
-Zero vectors: a feature row whose L2 norm is below :data:`MIN_NORM` (1e-6)
+Zero vectors: a feature row whose L2 norm is below ``MIN_NORM`` (1e-6)
 has no direction, and normalising it would give gradients of about
 ``1 / norm`` (around 1e12 for an exact zero), so such a row raises a
 ``ValueError`` naming the modality and the row. Rows marked absent with
@@ -87,7 +87,7 @@ def _named_features(inputs: tuple[FeatureInputs, ...]) -> list[tuple[str, Tensor
 
 
 def _check_directions(named: list[tuple[str, Tensor]], masks: list[Tensor | None]) -> None:
-    """Refuse feature rows too short to have a direction (norm below :data:`MIN_NORM`), absent rows aside.
+    """Refuse feature rows too short to have a direction (norm below ``MIN_NORM``), absent rows aside.
 
     One host sync for all modalities; the offending row is looked up only when there is one.
     """
@@ -260,7 +260,7 @@ class PairwiseContrastiveLoss(nn.Module):
             so ``backward`` works.
 
         Raises:
-            ValueError: If a present row's L2 norm is below :data:`MIN_NORM`
+            ValueError: If a present row's L2 norm is below ``MIN_NORM``
                 (a zero vector: the message names the modality and the
                 row), or the inputs' shapes do not fit.
             TypeError: If a feature tensor is not floating, or a mask is not boolean.
