@@ -280,7 +280,8 @@ def _pinned_id(path: Path) -> Iterator[tuple[int, int] | None]:
     except OSError:  # missing, or a platform that cannot open directories: compare without the pin
         fd = None
     try:
-        yield _directory_id(path) if fd is None else (os.fstat(fd).st_dev, os.fstat(fd).st_ino)
+        info = None if fd is None else os.fstat(fd)
+        yield _directory_id(path) if info is None else (info.st_dev, info.st_ino)
     finally:
         if fd is not None:
             os.close(fd)
