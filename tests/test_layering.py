@@ -48,6 +48,7 @@ IO = {
     "fusemix._batch_reads",
     "fusemix._fileio",
     "fusemix._latent_identity",
+    "fusemix._items",
     "fusemix._optional",
     "fusemix._paired",
     "fusemix._resume",

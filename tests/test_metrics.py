@@ -239,3 +239,18 @@ def test_grouped_ranks_equal_the_definition_and_never_exceed_the_plain_ones(
 def test_bad_text_groups_are_refused(groups, match):
     with pytest.raises(ValueError, match=match):
         retrieval_metrics(torch.randn(3, 4), torch.randn(3, 4), [0, 1, 2], text_groups=groups)
+
+
+def test_names_and_ks_are_checked_before_scoring():
+    # Issue 13 item 9: one name twice overwrote a direction; ks=5 and a single name failed without naming them.
+    img, txt = torch.eye(3), torch.eye(3)
+    with pytest.raises(ValueError, match=r"names: expected two different short names, .*got \('x', 'x'\)"):
+        retrieval_metrics(img, txt, [0, 1, 2], names=("x", "x"))
+    with pytest.raises(ValueError, match=r"names: expected two different short names, .*got \('a',\)"):
+        retrieval_metrics(img, txt, [0, 1, 2], names=("a",))
+    with pytest.raises(TypeError, match="names: expected two different short names"):
+        metrics_from_ranks(torch.zeros(3), torch.zeros(3), names="it")
+    with pytest.raises(TypeError, match="ks: expected a sequence of ints >= 1, .* got int"):
+        retrieval_metrics(img, txt, [0, 1, 2], ks=5)
+    with pytest.raises(TypeError, match="ks: expected a sequence of ints >= 1, .* got str"):
+        recall_at_k(torch.zeros(3), ks="15")

@@ -320,3 +320,11 @@ def test_schedule_sets_alpha_per_epoch_and_excludes_alpha():
     with pytest.raises(TypeError, match="schedule"):
         FuseMix(schedule=0.5)  # type: ignore[arg-type]
     LatentNoise().set_epoch(2)  # every augmentation takes set_epoch
+
+
+def test_latent_noise_refuses_a_tensor_without_a_feature_dimension():
+    # Issue 13 item 9: a 1-D tensor raised IndexError from deep inside the noise.
+    with pytest.raises(ValueError, match=r"inputs\[0\]: expected shape \(B, \*\) with at least one feature dim"):
+        LatentNoise()(torch.randn(5))
+    with pytest.raises(ValueError, match=r"inputs\['y'\]: expected shape"):
+        LatentNoise(relative=False)({"x": torch.randn(5, 2), "y": torch.randn(5)})

@@ -450,3 +450,11 @@ def test_read_rows_refuses_bad_rows_and_bad_out(stores):
     with pytest.raises(TypeError, match="out: expected an np.ndarray"):
         store.read_rows(rows, out=torch.empty(3, 5, dtype=torch.float16))
     assert store.read_rows(np.array([], dtype=np.int64)).shape == (0, 5)
+
+
+def test_deeply_nested_manifest_is_a_store_error(tmp_path):
+    # Issue 13 item 9: a manifest nested very deeply raised RecursionError instead of a store error.
+    _write(tmp_path)
+    (tmp_path / MANIFEST).write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(StoreError, match="manifest.json: not valid JSON .*nested too deeply"):
+        LatentStore.open(tmp_path)

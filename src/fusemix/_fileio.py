@@ -9,7 +9,8 @@
   new file under the current umask.
 - :func:`atomic_directory` does the same for a whole directory (renames of a
   staging sibling), and :func:`recover_directory` settles one whose writer
-  was killed half way.
+  was killed half way (writers call it; readers only look, with
+  :func:`interrupted_write`).
 - :func:`directory_lock` keeps a second process out of a directory another
   one is writing (a training run's ``out_dir``, an extraction's store).
 
@@ -166,6 +167,20 @@ def recover_directory(path: str | Path) -> None:
         os.replace(old, path)
     shutil.rmtree(staging, ignore_errors=True)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def interrupted_write(path: str | Path) -> Path | None:
+    """The version an interrupted :func:`atomic_directory` write left beside a missing ``path``, if any.
+
+    Only reads: ``None`` when ``path`` exists or nothing of a write is left
+    beside it; otherwise the sibling :func:`recover_directory` would move to
+    ``path`` (a writer killed mid-swap, or one swapping right now).
+    """
+    path = Path(path)
+    if path.exists():
+        return None
+    _, ready, old = _siblings(path)
+    return next((sibling for sibling in (ready, old) if sibling.is_dir()), None)
 
 
 @contextlib.contextmanager

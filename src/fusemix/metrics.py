@@ -348,12 +348,25 @@ def recall_at_k(ranks: Tensor, ks: Sequence[int] = (1, 5, 10)) -> dict[int, floa
 
 
 def _check_ks(ks: Sequence[int]) -> tuple[int, ...]:
+    """``ks`` as a tuple of ints >= 1, or an error naming ``ks``."""
+    if isinstance(ks, (str, bytes)) or not isinstance(ks, Sequence):
+        raise TypeError(f"ks: expected a sequence of ints >= 1, e.g. (1, 5, 10), got {type(ks).__name__}")
     ks = tuple(ks)
     if not ks:
         raise ValueError("ks: expected at least one cut-off")
     for k in ks:
         check_positive_int("ks", k)
     return ks
+
+
+def _check_names(names: tuple[str, str]) -> tuple[str, str]:
+    """``names`` if it is two different non-empty strings (the keys of the two directions), else an error."""
+    wanted = f"names: expected two different short names, e.g. ('i', 't'), got {names!r}"
+    if not isinstance(names, (tuple, list)) or not all(isinstance(n, str) and n for n in names):
+        raise TypeError(wanted)
+    if len(names) != 2 or names[0] == names[1]:
+        raise ValueError(wanted)
+    return names[0], names[1]
 
 
 def metrics_from_ranks(
@@ -365,8 +378,13 @@ def metrics_from_ranks(
         i2t_ranks: Ranks of the first modality's queries. Shape: ``(I,)``.
         t2i_ranks: Ranks of the second modality's queries. Shape: ``(T,)``.
         ks: Cut-offs.
-        names: Short names of the two modalities for the keys, e.g.
-            ``("a", "t")`` gives ``a2t_R@1`` and ``t2a_R@1``.
+        names: Two different short names of the two modalities for the
+            keys, e.g. ``("a", "t")`` gives ``a2t_R@1`` and ``t2a_R@1``.
+
+    Raises:
+        TypeError, ValueError: If ``ks`` is not a sequence of ints >= 1, or
+            ``names`` is not two different non-empty strings (one name twice
+            would give both directions the same keys).
 
     Returns:
         ``{"i2t_R@1": ..., "i2t_R@5": ..., "t2i_R@1": ..., "i2t_mean": ...,
@@ -375,7 +393,7 @@ def metrics_from_ranks(
 
     """
     ks = _check_ks(ks)
-    a, b = names
+    a, b = _check_names(names)
     out: dict[str, float] = {}
     means = []
     for direction, ranks in ((f"{a}2{b}", i2t_ranks), (f"{b}2{a}", t2i_ranks)):
@@ -411,7 +429,7 @@ def retrieval_metrics(
         text_to_image: Image index of each text. Shape: ``(T,)``.
         ks: Cut-offs.
         chunk_size: Queries scored at once (see :func:`retrieval_ranks`).
-        names: Short modality names used in the keys.
+        names: Two different short modality names used in the keys.
         text_groups: One label per text (e.g. the caption string): identical
             captions of different images count as hits for each other's
             images, in both directions, instead of tying against the query
@@ -421,6 +439,10 @@ def retrieval_metrics(
         ``{"i2t_R@1", ..., "t2i_R@10", "i2t_mean", "t2i_mean", "mean"}``, in
         percent.
 
+    Raises:
+        TypeError, ValueError: As :func:`retrieval_ranks`, and for ``ks`` and
+            ``names`` as :func:`metrics_from_ranks` (checked before scoring).
+
     Example:
         >>> img = torch.eye(2)
         >>> txt = torch.tensor([[1.0, 0], [0.2, 1], [0, 1]])
@@ -429,5 +451,6 @@ def retrieval_metrics(
         (100.0, 100.0)
 
     """
+    ks, names = _check_ks(ks), _check_names(names)
     i2t, t2i = retrieval_ranks(image_emb, text_emb, text_to_image, chunk_size=chunk_size, text_groups=text_groups)
     return metrics_from_ranks(i2t, t2i, ks, names=names)

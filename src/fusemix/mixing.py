@@ -658,7 +658,8 @@ class LatentNoise(nn.Module):
             ``None``.
 
     Shape:
-        - Input: tensors of shape ``(B, *)``.
+        - Input: tensors of shape ``(B, *)`` with at least one dim after
+          the batch dim (a 1-D tensor is refused: it has no row to scale).
         - Output: same shapes.
 
     Example:
@@ -695,6 +696,12 @@ class LatentNoise(nn.Module):
         """
         named, rebuild = _unpack(inputs)
         _check_batch(named)
+        for name, x in named:
+            if x.ndim < 2:
+                raise ValueError(
+                    f"{name}: expected shape (B, *) with at least one feature dim after the batch dim, got shape "
+                    f"{tuple(x.shape)}; add one with x.unsqueeze(-1)"
+                )
         mask_list = None if masks is None else _unpack_masks(masks, inputs, named)
         out = []
         for _, x in named:

@@ -21,6 +21,7 @@ from fusemix.cli.common import (
     LATENTS_FILE,
     CommandError,
     add_latents_arguments,
+    check_output_file,
     check_same_latents,
     latents_map,
     metrics_table,
@@ -100,6 +101,8 @@ def _model_folder(path: Path) -> Path:
 def run(args: argparse.Namespace) -> int:
     """Run ``fusemix evaluate``; the exit status."""
     folder = _model_folder(args.model)
+    if args.json is not None:
+        check_output_file("--json", args.json)
     if args.device == "auto":
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     else:

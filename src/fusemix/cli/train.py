@@ -29,6 +29,7 @@ from fusemix.cli.common import (
     CommandError,
     Latents,
     add_latents_arguments,
+    check_output_folder,
     check_same_latents,
     latents_map,
     latents_spec,
@@ -344,7 +345,7 @@ def run(args: argparse.Namespace) -> int:
 
     settings = train_settings(args)
     train_latents, train, val = _open_data(settings)
-    out = settings.out
+    out = check_output_folder("--out", settings.out)
     main_process = workers()[0] == 0  # under torchrun, rank 0 alone writes and reports (as fit does)
     checkpoint = out / CHECKPOINT_DIR
     with _out_held(out, main_process):
