@@ -94,13 +94,6 @@ def check_bool(name: str, value: bool) -> bool:
     return value
 
 
-def check_bool(name: str, value: bool) -> bool:
-    """Return ``value`` if it is ``True`` or ``False`` (a truthy string or number is refused)."""
-    if not isinstance(value, bool):
-        raise TypeError(f"{name}: expected True or False, got {type(value).__name__}")
-    return value
-
-
 def check_choice(name: str, value: str, choices: Sequence[str]) -> str:
     """Return ``value`` if it is one of ``choices``."""
     if value not in choices:
