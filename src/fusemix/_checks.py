@@ -90,7 +90,7 @@ def check_positive_int(name: str, value: int) -> int:
 def check_bool(name: str, value: bool) -> bool:
     """Return ``value`` if it is ``True`` or ``False`` (not merely truthy)."""
     if not isinstance(value, bool):
-        raise TypeError(f"{name}: expected True or False, got {value!r}")
+        raise TypeError(f"{name}: expected True or False, got {type(value).__name__} {value!r}")
     return value
 
 
