@@ -46,6 +46,7 @@ IO = {
     "fusemix.search",
     "fusemix.zeroshot",
     "fusemix._batch_reads",
+    "fusemix._extraction_pass",
     "fusemix._fileio",
     "fusemix._latent_identity",
     "fusemix._items",

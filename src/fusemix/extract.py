@@ -66,26 +66,29 @@ import json
 import math
 import os
 import shutil
-import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
-from itertools import islice
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
-from torch import Tensor
 from torch.utils.data import IterableDataset
 
 from fusemix._checks import check_json_object, check_positive_int
+from fusemix._extraction_pass import (
+    ExtractionPass,
+    ItemsChanged,
+    Progress,
+    Share,
+    existing_dim,
+    same_items,
+    shard_writer,
+)
 from fusemix._fileio import directory_lock, os_error, write_json_atomic
-from fusemix._items import ItemsDigest, describe, named_items
+from fusemix._items import named_items
 from fusemix._optional import progress_bar
-from fusemix._store_format import convert_latents, open_shard, read_manifest, shard_indices, storage_dtype
+from fusemix._store_format import read_manifest, shard_indices, storage_dtype
 from fusemix.encoders.base import Encoder
-from fusemix.store import MANIFEST, SHARD_DIR, LatentStore, LatentStoreWriter, StoreError, shard_file
+from fusemix.store import MANIFEST, SHARD_DIR, LatentStore, StoreError, shard_file
 
 SPEC = "extraction.json"
 """Name of the file holding an unfinished extraction's settings."""
@@ -176,14 +179,6 @@ def _clear(root: Path) -> None:
         raise os_error(err, root, "remove the previous store for overwrite=True") from err
 
 
-def _advance(iterator: Iterator[Any], n: int) -> int:
-    """Consume up to ``n`` items of ``iterator``; returns how many there were."""
-    seen = 0
-    for _ in islice(iterator, n):
-        seen += 1
-    return seen
-
-
 def _existing_store(root: Path, settings: Mapping[str, Any], overwrite: bool) -> LatentStore | None:
     """The complete store in ``root`` if it matches ``settings``; ``None`` if there is none (or it was cleared)."""
     if not (root / MANIFEST).exists():
@@ -248,40 +243,17 @@ def _claim(root: Path, settings: dict[str, Any], overwrite: bool) -> dict[str, A
     return spec
 
 
-def _existing_dim(root: Path) -> int | None:
-    """Latent dim of the first readable shard already in ``root``, if any."""
-    for index in shard_indices(root):
-        try:
-            shard = open_shard(root / shard_file(index))
-        except StoreError:
-            continue
-        if shard.ndim == 2:
-            return int(shard.shape[1])
-    return None
-
-
-def _writer(root: Path, spec: Mapping[str, Any], dim: int) -> LatentStoreWriter:
-    return LatentStoreWriter(
-        root,
-        modality=spec["modality"],
-        dim=dim,
-        dtype=spec["dtype"],
-        encoder=spec["encoder"],
-        metadata=spec["metadata"],
-    )
-
-
 def _try_finalize(root: Path, spec: Mapping[str, Any]) -> tuple[LatentStore | None, list[int]]:
     """Finalize the store if every shard is present; returns ``(store or None, missing shard indices)``."""
     if (root / MANIFEST).exists():
         return LatentStore.open(root), []
     count = spec["count"]
     layout = _shard_layout(count, spec["shard_size"])
-    dim = _existing_dim(root)
+    dim = existing_dim(root)
     if dim is None:
         return None, list(range(len(layout)))
     try:
-        writer = _writer(root, spec, dim)
+        writer = shard_writer(root, spec, dim)
     except StoreError:
         if (root / MANIFEST).exists():  # another worker finalized it meanwhile
             return LatentStore.open(root), []
@@ -341,278 +313,6 @@ def finalize_store(out_dir: str | os.PathLike[str]) -> LatentStore:
     return store
 
 
-# ---------------------------------------------------------------------------------------------------------------------
-# The extraction loop
-# ---------------------------------------------------------------------------------------------------------------------
-
-
-class _Progress:
-    """Counts items on a tqdm bar (``None``: no bar) with a rows/s postfix for the encoded ones."""
-
-    def __init__(self, bar: Any) -> None:
-        self._bar = bar
-        self._encoded = 0
-        self._start = time.perf_counter()
-
-    def skipped(self, rows: int) -> None:
-        if self._bar is not None and rows:
-            self._bar.update(rows)
-
-    def encoded(self, rows: int) -> None:
-        if self._bar is not None:
-            self._encoded += rows
-            rate = self._encoded / max(time.perf_counter() - self._start, 1e-9)
-            self._bar.set_postfix_str(f"{rate:,.0f} rows/s", refresh=False)
-            self._bar.update(rows)
-
-
-@dataclass(frozen=True)
-class _Share:
-    """One worker's part of an extraction: its batch size, its place among the workers, the caller's ``items_id``."""
-
-    batch_size: int
-    num_workers: int
-    worker_index: int
-    items_id: str | None
-
-
-class _ItemsChanged(Exception):
-    """A finished shard was computed from other items than these (turned into a ``ValueError``, or a fresh start)."""
-
-    def __init__(self, shard: int, first: int, stop: int, there: str, now: str) -> None:
-        super().__init__(shard)
-        self.shard, self.first, self.stop, self.there, self.now = shard, first, stop, there, now
-
-    def message(self, root: Path) -> str:
-        kinds = {self.there.partition(":")[0], self.now.partition(":")[0]}
-        note = (
-            "; a store of hashed items is not reused under an items_id, nor the other way round"
-            if len(kinds) > 1
-            else ""
-        )
-        return (
-            f"items: differ from those the latents in out_dir {root} were computed from: shard {self.shard} "
-            f"(items [{self.first}, {self.stop})) records {describe(self.there)}, these items give "
-            f"{describe(self.now)}{note}; pass overwrite=True to replace them, or use another out_dir"
-        )
-
-
-def _same_items(shard: int, entry: Mapping[str, Any], first: int, now: str | None) -> bool:
-    """Whether a finished shard records the fingerprint ``now``; ``False`` when it records none.
-
-    Raises:
-        _ItemsChanged: If it records another one.
-
-    """
-    there = entry.get("items")
-    if there is None or now is None:  # written by an earlier fusemix (or not by extract_latents)
-        return False
-    if there != now:
-        raise _ItemsChanged(shard, first, first + int(entry["rows"]), there, now)
-    return True
-
-
-class _ShardFingerprint:
-    """The fingerprint of one shard's items: hashed batch by batch as they come, or named by ``items_id``."""
-
-    def __init__(self, items_id: str | None) -> None:
-        self.items_id = items_id
-        self.digest = ItemsDigest() if items_id is None else None
-
-    def update(self, batch: list[Any], first: int) -> None:
-        if self.digest is not None:
-            self.digest.update(batch, first=first)
-
-    def value(self) -> str:
-        return self.digest.value() if self.digest is not None else named_items(str(self.items_id))
-
-
-class _Extraction:
-    """One worker's pass over the items: check its finished shards' items, encode the others and write them.
-
-    With ``complete`` (the manifest entries of a complete store) every shard
-    is finished: the pass only checks the items against the store.
-    """
-
-    def __init__(
-        self,
-        encoder: Encoder,
-        root: Path,
-        spec: Mapping[str, Any],
-        share: _Share,
-        progress: _Progress,
-        complete: Sequence[Mapping[str, Any]] | None = None,
-    ) -> None:
-        self.encoder = encoder
-        self.root = root
-        self.spec = spec
-        self.shard_size: int = spec["shard_size"]
-        self.dtype = storage_dtype(spec["dtype"])
-        self.batch_size = share.batch_size
-        self.num_workers = share.num_workers
-        self.worker_index = share.worker_index
-        self.items_id = share.items_id
-        self.progress = progress
-        self.complete = complete
-        self.unchecked: list[int] = []
-        dim = _existing_dim(root) if complete is None else None
-        self.dim = dim
-        self.writer = _writer(root, spec, dim) if dim is not None else None
-
-    def _mine(self, shard: int) -> bool:
-        return shard % self.num_workers == self.worker_index
-
-    def _finished(self, shard: int) -> Mapping[str, Any] | None:
-        if self.complete is not None:
-            return self.complete[shard] if shard < len(self.complete) else None
-        return self.writer.shard_entry(shard) if self.writer is not None else None
-
-    def _hashes(self, entry: Mapping[str, Any]) -> bool:
-        """Whether a finished shard's items must be hashed: it records a content fingerprint and no id is given."""
-        return self.items_id is None and "items" in entry
-
-    def check_items(self, shard: int, entry: Mapping[str, Any], first: int, fingerprint: _ShardFingerprint) -> None:
-        """Raise :class:`_ItemsChanged` unless a finished shard records the fingerprint of these items."""
-        if not _same_items(shard, entry, first, fingerprint.value() if "items" in entry else None):
-            self.unchecked.append(shard)
-
-    def encode(self, batch: list[Any], first: int) -> np.ndarray:
-        """Encode one batch of items ``[first, first + len(batch))`` and return it in the storage dtype."""
-        what = f"encoder output for items [{first}, {first + len(batch)})"
-        with torch.inference_mode():
-            out = self.encoder(batch)
-        if not isinstance(out, (Tensor, np.ndarray)):
-            raise TypeError(f"{what}: expected a torch.Tensor or numpy array of shape (batch, dim), got {type(out)}")
-        if out.ndim != 2 or out.shape[0] != len(batch):
-            raise ValueError(
-                f"{what}: expected shape (batch, dim) with batch = {len(batch)} items given, got {tuple(out.shape)}"
-            )
-        is_float = out.is_floating_point() if isinstance(out, Tensor) else out.dtype.kind == "f"
-        if not is_float:
-            raise TypeError(f"{what}: expected floating-point latents, got dtype {out.dtype}")
-        if self.dim is None:
-            self.dim = int(out.shape[1])
-            self.writer = _writer(self.root, self.spec, self.dim)
-        elif out.shape[1] != self.dim:
-            raise ValueError(
-                f"{what}: latent dim is {out.shape[1]}, but earlier batches (or shards already in out_dir) "
-                f"have dim {self.dim}; the encoder must return the same dim for every batch"
-            )
-        latents = convert_latents(what, out, self.dtype, first_row=first, row_word="item")
-        self.progress.encoded(len(batch))
-        return latents
-
-    def write(self, shard: int, parts: list[np.ndarray], fingerprint: _ShardFingerprint) -> None:
-        assert self.writer is not None  # set by the first encoded batch
-        array = parts[0] if len(parts) == 1 else np.concatenate(parts)
-        self.writer.write_shard(shard, array, items=fingerprint.value())
-
-    def check_rows(self, shard: int, entry: Mapping[str, Any], rows: int) -> None:
-        if entry["rows"] != rows:
-            raise StoreError(
-                f"{self.root / shard_file(shard)}: finished shard holds {entry['rows']} rows, expected {rows}; "
-                "it was written from different items; pass overwrite=True to start over"
-            )
-
-    def _sequence_batches(self, items: Sequence[Any], start: int, stop: int) -> Iterator[tuple[int, list[Any]]]:
-        """``(first, batch)`` for the batches of items ``[start, stop)`` (never crossing ``stop``)."""
-        slicing = isinstance(items, (list, tuple))
-        for first in range(start, stop, self.batch_size):
-            last = min(first + self.batch_size, stop)
-            yield first, list(items[first:last]) if slicing else [items[i] for i in range(first, last)]
-
-    def run_sequence(self, items: Sequence[Any], count: int) -> None:
-        """Check the worker's finished shards of an indexable ``items`` and encode the others."""
-        for shard in range(self.worker_index, math.ceil(count / self.shard_size), self.num_workers):
-            start, stop = shard * self.shard_size, min(count, (shard + 1) * self.shard_size)
-            fingerprint = _ShardFingerprint(self.items_id)
-            entry = self._finished(shard)
-            if entry is not None:
-                self.check_rows(shard, entry, stop - start)
-                if self._hashes(entry):
-                    for first, batch in self._sequence_batches(items, start, stop):
-                        fingerprint.update(batch, first)
-                self.check_items(shard, entry, start, fingerprint)
-                self.progress.skipped(stop - start)
-                continue
-            parts = []
-            for first, batch in self._sequence_batches(items, start, stop):
-                fingerprint.update(batch, first)
-                parts.append(self.encode(batch, first))
-            self.write(shard, parts, fingerprint)
-
-    def _take(self, iterator: Iterator[Any], rows: int, first: int, fingerprint: _ShardFingerprint | None) -> int:
-        """Consume up to ``rows`` items in batches, fed to ``fingerprint`` when given; returns how many there were."""
-        if fingerprint is None:
-            return _advance(iterator, rows)
-        taken = 0
-        while taken < rows and (batch := list(islice(iterator, min(self.batch_size, rows - taken)))):
-            fingerprint.update(batch, first + taken)
-            taken += len(batch)
-        return taken
-
-    def _skip_finished(self, iterator: Iterator[Any], shard: int, entry: Mapping[str, Any], consumed: int) -> int:
-        """Read a finished shard's items off ``iterator`` and check them; returns how many there were."""
-        fingerprint = _ShardFingerprint(self.items_id)
-        rows = int(entry["rows"])
-        skipped = self._take(iterator, rows, consumed, fingerprint if self._hashes(entry) else None)
-        if skipped < rows:
-            raise ValueError(
-                f"items: yielded {consumed + skipped} items, but finished shard {shard} covers items "
-                f"[{consumed}, {consumed + rows}); the iterable must yield the same items on a rerun"
-            )
-        self.check_items(shard, entry, consumed, fingerprint)
-        self.progress.skipped(skipped)
-        return skipped
-
-    def run_iterable(self, items: Iterable[Any]) -> int:
-        """Check the worker's finished shards of an iterable ``items`` and encode the others; returns the count."""
-        iterator: Iterator[Any] = iter(items)
-        consumed = 0
-        shard = 0
-        while True:
-            if self.complete is not None and shard == len(self.complete):
-                if _advance(iterator, 1):
-                    raise ValueError(
-                        f"items: yields more than the {consumed} items of the complete store in out_dir; the "
-                        "iterable must yield the same items on a rerun, or use another out_dir"
-                    )
-                return consumed
-            entry = self._finished(shard) if self._mine(shard) else None
-            if entry is not None:
-                skipped = self._skip_finished(iterator, shard, entry, consumed)
-                consumed += skipped
-                if skipped < self.shard_size:
-                    if _advance(iterator, 1):
-                        raise ValueError(
-                            f"items: yields more than the {consumed} items it had when the last shard ({shard}) was "
-                            "written; the iterable must yield the same items on a rerun, or use another out_dir"
-                        )
-                    return consumed
-            elif not self._mine(shard):
-                skipped = _advance(iterator, self.shard_size)
-                consumed += skipped
-                if skipped < self.shard_size:
-                    return consumed
-            else:
-                fingerprint = _ShardFingerprint(self.items_id)
-                parts: list[np.ndarray] = []
-                rows = 0
-                while rows < self.shard_size:
-                    batch = list(islice(iterator, min(self.batch_size, self.shard_size - rows)))
-                    if not batch:
-                        break
-                    fingerprint.update(batch, consumed + rows)
-                    parts.append(self.encode(batch, consumed + rows))
-                    rows += len(batch)
-                if rows:
-                    self.write(shard, parts, fingerprint)
-                consumed += rows
-                if rows < self.shard_size:
-                    return consumed
-            shard += 1
-
-
 def _is_sequence(items: object) -> bool:
     return hasattr(items, "__len__") and hasattr(items, "__getitem__") and not isinstance(items, IterableDataset)
 
@@ -621,7 +321,7 @@ class _Run:
     """One call of :func:`extract_latents` once its arguments are checked: reuse, check, resume or encode."""
 
     def __init__(
-        self, encoder: Encoder, root: Path, settings: dict[str, Any], share: _Share, *, progress: bool, overwrite: bool
+        self, encoder: Encoder, root: Path, settings: dict[str, Any], share: Share, *, progress: bool, overwrite: bool
     ) -> None:
         self.encoder = encoder
         self.root = root
@@ -635,7 +335,7 @@ class _Run:
         """The complete store for ``items``: reused after checking its items, or resumed, or made.
 
         Raises:
-            _ItemsChanged: If a finished shard was computed from other items.
+            ItemsChanged: If a finished shard was computed from other items.
 
         """
         store = _existing_store(self.root, self.settings, self.overwrite)
@@ -678,19 +378,19 @@ class _Run:
         total: int | None,
         verb: str,
         complete: Sequence[Mapping[str, Any]] | None = None,
-    ) -> Iterator[_Extraction]:
-        """An :class:`_Extraction` of this worker's shards, with its progress bar of ``total`` items."""
+    ) -> Iterator[ExtractionPass]:
+        """An :class:`ExtractionPass` of this worker's shards, with its progress bar of ``total`` items."""
         share = self.share
         worker = "" if share.num_workers == 1 else f" [{share.worker_index}/{share.num_workers}]"
         description = f"{verb} {spec['modality']}{worker}"
         with progress_bar(self.progress, user="extract_latents", total=total, unit="item", desc=description) as bar:
-            yield _Extraction(self.encoder, self.root, spec, share, _Progress(bar), complete)
+            yield ExtractionPass(self.encoder, self.root, spec, share, Progress(bar), complete)
 
     def _check_store(self, store: LatentStore, items: Sequence[Any] | Iterable[Any]) -> None:
         """Check ``items`` against the fingerprints a complete store records (this worker's shards; no encoding).
 
         Raises:
-            _ItemsChanged: If a shard records other items.
+            ItemsChanged: If a shard records other items.
             ValueError: If an iterable yields another number of items.
 
         """
@@ -699,7 +399,7 @@ class _Run:
         if items_id is not None or not any("items" in entry for entry in entries):  # nothing to read
             now = named_items(items_id) if items_id is not None else None
             size = self.settings["shard_size"]
-            self.unchecked += [k for k, entry in enumerate(entries) if not _same_items(k, entry, k * size, now)]
+            self.unchecked += [k for k, entry in enumerate(entries) if not same_items(k, entry, k * size, now)]
             return
         count = self.settings["count"]
         with self._pass(self.settings, self._own_rows(count), "check", entries) as run:
@@ -870,12 +570,12 @@ def extract_latents(
     root = Path(out_dir)
     if root.exists() and not root.is_dir():
         raise NotADirectoryError(f"out_dir: {root} exists and is not a directory")
-    share = _Share(batch_size=batch_size, num_workers=num_workers, worker_index=worker_index, items_id=items_id)
+    share = Share(batch_size=batch_size, num_workers=num_workers, worker_index=worker_index, items_id=items_id)
     run = _Run(encoder, root, settings, share, progress=progress, overwrite=overwrite)
     with _worker_lock(root, num_workers, worker_index, overwrite):
         try:
             store = run.extract(items)
-        except _ItemsChanged as change:
+        except ItemsChanged as change:
             if not overwrite:
                 raise ValueError(change.message(root)) from None
             _clear(root)
