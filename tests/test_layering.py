@@ -21,6 +21,7 @@ PACKAGE = Path(fusemix.__file__).parent
 
 CORE = {
     "fusemix",
+    "fusemix._aligner_pairs",
     "fusemix._checks",
     "fusemix._registry",
     "fusemix._version",
