@@ -22,6 +22,7 @@ PACKAGE = Path(fusemix.__file__).parent
 CORE = {
     "fusemix",
     "fusemix._aligner_pairs",
+    "fusemix._call_forms",
     "fusemix._checks",
     "fusemix._registry",
     "fusemix._version",
@@ -33,6 +34,7 @@ CORE = {
     "fusemix.metrics",
     "fusemix.mixing",
     "fusemix.model",
+    "fusemix.noise",
     "fusemix.regularizers",
     "fusemix.schedules",
     "fusemix.tables",

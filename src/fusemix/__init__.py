@@ -29,13 +29,13 @@ from fusemix.mixing import (
     CosineAlphaSchedule,
     ExponentialAlphaSchedule,
     FuseMix,
-    LatentNoise,
     MixParams,
     mix_latents,
     mix_masks,
     sample_mix_params,
 )
 from fusemix.model import FusionModel
+from fusemix.noise import LatentNoise
 from fusemix.regularizers import StructureLoss
 from fusemix.warmstart import aligner_input_norm, warm_start
 

@@ -18,39 +18,30 @@ each of its modalities from two rows that both have it. The output masks are
 the AND of the two rows' masks, so a mixed value that any of its two rows
 lacked is marked absent and a masked loss never sees it.
 
-This module holds the transform (:class:`FuseMix`), its functional form
-(:func:`sample_mix_params`, :func:`mix_latents`, :func:`~fusemix.mix_masks`) and the
-latent-noise baseline (:class:`LatentNoise`); the alpha schedules of the
-authors' code are in :mod:`fusemix.schedules` (and importable from here).
+This module holds the transform (:class:`FuseMix`) and its functional form
+(:func:`sample_mix_params`, :func:`mix_latents`, :func:`~fusemix.mix_masks`);
+the latent-noise baseline (:class:`~fusemix.LatentNoise`) is in
+:mod:`fusemix.noise` and the alpha schedules of the authors' code in
+:mod:`fusemix.schedules` (both importable from here).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal, Union
+from typing import Literal
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from fusemix._checks import (
-    check_choice,
-    check_floating,
-    check_mask,
-    check_positive,
-    check_positive_int,
-    check_same_rows,
-)
+from fusemix._call_forms import LatentInputs, MaskInputs, Mixed, check_batch, unpack_inputs, unpack_masks
+from fusemix._checks import check_choice, check_floating, check_mask, check_positive, check_positive_int
+from fusemix.noise import LatentNoise
 from fusemix.schedules import AlphaSchedule, CosineAlphaSchedule, ExponentialAlphaSchedule
 
 Pairing = Literal["halves", "permute"]
 PAIRINGS: tuple[str, ...] = ("halves", "permute")
-
-LatentInputs = Union[Tensor, Sequence[Tensor], Mapping[str, Tensor]]  # noqa: UP007 (runtime alias, Python 3.10)
-MaskInputs = Union[Tensor, Sequence[Union[Tensor, None]], Mapping[str, Tensor]]  # noqa: UP007 (runtime alias)
-Mixed = Union[LatentInputs, tuple[LatentInputs, LatentInputs]]  # noqa: UP007 (runtime alias, Python 3.10)
-"""What an augmentation returns: the latents in their input structure, or ``(latents, masks)`` with masks."""
 
 
 @dataclass(frozen=True)
@@ -93,18 +84,6 @@ def _check_batch_size(batch_size: int, pairing: str, name: str = "batch_size") -
             f"{name}: pairing='halves' mixes the first half of the batch with the second and needs an even "
             f"batch, got {batch_size} rows; use an even batch or pairing='permute'"
         )
-
-
-def _check_batch(named: Sequence[tuple[str, Tensor]]) -> int:
-    """Return the shared, non-empty batch size of ``named`` tensors or raise ``ValueError``."""
-    if not named:
-        raise ValueError("inputs: expected at least one tensor, got none")
-    for name, x in named:
-        if x.ndim < 1 or x.shape[0] == 0:
-            raise ValueError(
-                f"{name}: expected a non-empty batch with a leading batch dimension, got shape {tuple(x.shape)}"
-            )
-    return check_same_rows(named)
 
 
 def _seeded_numpy_rng(generator: torch.Generator | None) -> np.random.Generator:
@@ -319,7 +298,7 @@ def _is_contiguous_halves(params: MixParams) -> bool:
 
 
 def _mix_named(named: Sequence[tuple[str, Tensor]], params: MixParams) -> list[Tensor]:
-    batch = _check_batch(named)
+    batch = check_batch(named)
     if batch != params.batch_size:
         raise ValueError(f"params: drawn for a batch of {params.batch_size} rows, but the inputs have {batch}")
     groups = params.lam.shape[0]
@@ -362,55 +341,6 @@ def _mix_weights(lam: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
         lam.to(dtype=x.dtype).to(x.device).reshape(shape),
         (1 - lam).to(dtype=x.dtype).to(x.device).reshape(shape),
     )
-
-
-def _unpack(
-    inputs: tuple[LatentInputs, ...],
-) -> tuple[list[tuple[str, Tensor]], Callable[[list[Tensor]], LatentInputs]]:
-    """Turn the call forms ``f(x)``, ``f(x, y)``, ``f((x, y))`` and ``f({...})`` into a flat list.
-
-    Returns the named tensors and a function that rebuilds the caller's
-    structure (tensor, tuple or dict) from a list of outputs.
-    """
-    if len(inputs) == 1 and isinstance(inputs[0], Mapping):
-        mapping = inputs[0]
-        keys = list(mapping.keys())
-        named = [(f"inputs[{k!r}]", check_floating(f"inputs[{k!r}]", mapping[k])) for k in keys]
-        return named, lambda outs: dict(zip(keys, outs))
-    if len(inputs) == 1 and isinstance(inputs[0], Tensor):
-        return [("inputs[0]", check_floating("inputs[0]", inputs[0]))], lambda outs: outs[0]
-    seq = inputs[0] if len(inputs) == 1 and isinstance(inputs[0], (tuple, list)) else inputs
-    named = [(f"inputs[{i}]", check_floating(f"inputs[{i}]", x)) for i, x in enumerate(seq)]
-    return named, tuple
-
-
-def _unpack_masks(masks: object, inputs: tuple[LatentInputs, ...], named: Sequence[tuple[str, Tensor]]) -> list[Tensor]:
-    """Masks in the structure of ``inputs`` as one ``(B,)`` bool tensor per input; a missing one is all present."""
-    batch = _check_batch(named)
-    if len(inputs) == 1 and isinstance(inputs[0], Mapping):
-        if not isinstance(masks, Mapping):
-            raise TypeError(f"masks: dict inputs take a dict of modality name to mask, got {type(masks).__name__}")
-        keys = list(inputs[0].keys())
-        unknown = [k for k in masks if k not in inputs[0]]
-        if unknown:
-            raise ValueError(f"masks: modalities {unknown} are not among the inputs {keys}")
-        given: list[object] = [masks.get(k) for k in keys]
-        labels = [f"masks[{k!r}]" for k in keys]
-    elif len(inputs) == 1 and isinstance(inputs[0], Tensor) and isinstance(masks, Tensor):
-        given, labels = [masks], ["masks"]
-    else:
-        if not isinstance(masks, (tuple, list)):
-            raise TypeError(
-                f"masks: inputs given as tensors take a tuple or list of masks (one per input, None for all "
-                f"present), got {type(masks).__name__}"
-            )
-        if len(masks) != len(named):
-            raise ValueError(f"masks: expected one mask per input ({len(named)}), got {len(masks)}")
-        given, labels = list(masks), [f"masks[{i}]" for i in range(len(masks))]
-    return [
-        torch.ones(batch, dtype=torch.bool, device=x.device) if m is None else check_mask(label, m, batch)
-        for m, label, (_, x) in zip(given, labels, named)
-    ]
 
 
 class FuseMix(nn.Module):
@@ -580,10 +510,10 @@ class FuseMix(nn.Module):
             (4, torch.Size([4, 16]))
 
         """
-        named, rebuild = _unpack(inputs)
-        mask_list = None if masks is None else _unpack_masks(masks, inputs, named)
+        named, rebuild = unpack_inputs(inputs)
+        mask_list = None if masks is None else unpack_masks(masks, inputs, named)
         if params is None:
-            batch = _check_batch(named)
+            batch = check_batch(named)
             _check_batch_size(batch, self.pairing, name="inputs")
             presence = None if mask_list is None else torch.stack([m.cpu() for m in mask_list], dim=1)
             params = self.sample_params(batch, len(named), presence=presence)
@@ -639,83 +569,6 @@ class FuseMix(nn.Module):
             f"alpha={self.alpha}, pairing={self.pairing!r}, per_sample={self.per_sample}, "
             f"share_lambda={self.share_lambda}"
         )
-
-
-class LatentNoise(nn.Module):
-    """Additive Gaussian noise in latent space: the paper's non-mixup baseline.
-
-    Each modality gets independent noise; shapes are preserved. It has the
-    same call forms as :class:`FuseMix` (tensor, tuple or dict in, the same
-    structure out).
-
-    Args:
-        std: Noise standard deviation (> 0).
-        relative: Scale the noise of each row by that row's root-mean-square
-            value, so ``std`` is relative to the latent's own magnitude and
-            one value fits encoders with very different scales. With
-            ``False`` the noise is absolute.
-        generator: ``torch.Generator`` for the noise; the global RNG when
-            ``None``.
-
-    Shape:
-        - Input: tensors of shape ``(B, *)`` with at least one dim after
-          the batch dim (a 1-D tensor is refused: it has no row to scale).
-        - Output: same shapes.
-
-    Example:
-        >>> noise = LatentNoise(std=0.1, generator=torch.Generator().manual_seed(0))
-        >>> img, txt = noise(torch.randn(4, 8), torch.randn(4, 3))
-        >>> img.shape, txt.shape
-        (torch.Size([4, 8]), torch.Size([4, 3]))
-
-    """
-
-    def __init__(self, std: float = 0.1, *, relative: bool = True, generator: torch.Generator | None = None) -> None:
-        super().__init__()
-        self.std = check_positive("std", std)
-        self.relative = bool(relative)
-        self.generator = generator
-
-    def set_epoch(self, epoch: int) -> None:
-        """Nothing to do: the noise has no schedule. Present so that a loop calls ``set_epoch`` on any augmentation."""
-
-    def forward(self, *inputs: LatentInputs, masks: MaskInputs | None = None) -> Mixed:
-        """Add noise to every tensor.
-
-        Args:
-            *inputs: Same call forms as :meth:`FuseMix.forward`.
-            masks: Optional presence masks, as for :meth:`FuseMix.forward`;
-                rows keep their presence, so they are returned unchanged
-                (every modality, in the inputs' structure), which lets one
-                loop call either augmentation the same way.
-
-        Returns:
-            Noisy tensors in the input's structure; with ``masks``, then the
-            masks.
-
-        """
-        named, rebuild = _unpack(inputs)
-        _check_batch(named)
-        for name, x in named:
-            if x.ndim < 2:
-                raise ValueError(
-                    f"{name}: expected shape (B, *) with at least one feature dim after the batch dim, got shape "
-                    f"{tuple(x.shape)}; add one with x.unsqueeze(-1)"
-                )
-        mask_list = None if masks is None else _unpack_masks(masks, inputs, named)
-        out = []
-        for _, x in named:
-            device = self.generator.device if self.generator is not None else x.device
-            eps = torch.randn(x.shape, generator=self.generator, device=device, dtype=x.dtype).to(x.device)
-            scale = self.std
-            if self.relative:
-                rms = x.detach().flatten(1).pow(2).mean(dim=1).sqrt()
-                scale = self.std * rms.reshape((-1,) + (1,) * (x.ndim - 1))
-            out.append(x + scale * eps)
-        return rebuild(out) if mask_list is None else (rebuild(out), rebuild(mask_list))
-
-    def extra_repr(self) -> str:
-        return f"std={self.std}, relative={self.relative}"
 
 
 __all__ = [
