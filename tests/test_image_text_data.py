@@ -17,6 +17,9 @@ import fusemix
 from _examples import import_example
 
 itd = import_example("replication.image_text_data")
+flickr_id = import_example("replication.web_captions").flickr_id
+iter_json_array = import_example("replication.json_stream").iter_json_array
+IMAGE_TEXT_MODULES = ("image_text_data", "caption_dataset", "karpathy", "web_captions", "visual_genome", "json_stream")
 
 
 def _captions_of(dataset, image: int) -> list[str]:
@@ -227,9 +230,9 @@ def test_sbu_misaligned_files(tmp_path):
 
 
 def test_flickr_id_from_url():
-    assert itd._flickr_id("http://static.flickr.com/2723/4385058960_b0f291553e.jpg") == 4385058960
-    assert itd._flickr_id("https://farm4.staticflickr.com/3084/2804963359_a3f5b0d0b9_o.jpg") == 2804963359
-    assert itd._flickr_id("http://example.com/cat.jpg") is None
+    assert flickr_id("http://static.flickr.com/2723/4385058960_b0f291553e.jpg") == 4385058960
+    assert flickr_id("https://farm4.staticflickr.com/3084/2804963359_a3f5b0d0b9_o.jpg") == 2804963359
+    assert flickr_id("http://example.com/cat.jpg") is None
 
 
 # --------------------------------------------------------------------------- Visual Genome
@@ -306,7 +309,7 @@ def test_vg_missing_image(tmp_path):
 def test_streaming_json_array_matches_json_loads(tmp_path_factory, values, indent, chunk_chars):
     path = tmp_path_factory.mktemp("json") / "array.json"
     path.write_text(json.dumps(values, indent=indent, ensure_ascii=False), encoding="utf-8")
-    assert list(itd._iter_json_array(path, chunk_chars=chunk_chars)) == json.loads(path.read_text(encoding="utf-8"))
+    assert list(iter_json_array(path, chunk_chars=chunk_chars)) == json.loads(path.read_text(encoding="utf-8"))
 
 
 @pytest.mark.parametrize("text", ['{"a": 1}', "[1, 2", "[1 2]", "[1,]", "[1] 2", '[{"a": ]'])
@@ -314,7 +317,7 @@ def test_streaming_json_array_rejects_bad_input(tmp_path, text):
     path = tmp_path / "bad.json"
     path.write_text(text)
     with pytest.raises(ValueError, match="bad.json"):
-        list(itd._iter_json_array(path, chunk_chars=2))
+        list(iter_json_array(path, chunk_chars=2))
 
 
 # --------------------------------------------------------------------------- layout check
@@ -467,8 +470,9 @@ def test_unreadable_images_are_dropped_consistently(tmp_path):
 
 
 def test_module_docstring_examples():
-    result = doctest.testmod(itd, optionflags=doctest.ELLIPSIS)
-    assert result.failed == 0 and result.attempted > 10
+    modules = [import_example(f"replication.{name}") for name in IMAGE_TEXT_MODULES]
+    results = [doctest.testmod(module, optionflags=doctest.ELLIPSIS) for module in modules]
+    assert sum(r.failed for r in results) == 0 and sum(r.attempted for r in results) > 10
 
 
 @pytest.mark.parametrize("name", ["replication.captions", "replication.files", "replication.checks"])

@@ -1,9 +1,12 @@
-"""Files and folders a replication reader needs: raise when one is missing, or list what is missing up front."""
+"""Files and folders a replication reader needs: read them, raise when one is missing, list what is missing."""
 
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 
 def require_file(path: Path, what: str, source: str) -> Path:
@@ -44,3 +47,37 @@ def missing_dir(component: str, path: Path, what: str, source: str) -> list[str]
         return []
     state = "is empty" if path.is_dir() else "is missing"
     return [f"{component}: {path}/ ({what}) {state}; get it from {source}"]
+
+
+def file_progress(items: Iterable[Any], desc: str, total: int | None = None) -> Iterable[Any]:
+    """Wrap ``items`` in a tqdm bar when tqdm is installed (shown on terminals only)."""
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return items
+    return tqdm(items, desc=desc, total=total, disable=None, unit="file")
+
+
+def read_json(path: Path, what: str, source: str) -> Any:
+    """The JSON value in ``path`` (``FileNotFoundError`` saying where to get it; ``ValueError`` for bad JSON)."""
+    require_file(path, what, source)
+    with path.open(encoding="utf-8") as file:
+        try:
+            return json.load(file)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}: not valid JSON ({exc})") from exc
+
+
+def json_field(record: Any, key: str, where: str) -> Any:
+    """``record[key]`` of a JSON object, else a ``ValueError`` starting with ``where``."""
+    if not isinstance(record, dict) or key not in record:
+        raise ValueError(f"{where}: expected an object with a {key!r} field, got {str(record)[:80]}")
+    return record[key]
+
+
+def list_files(folder: Path) -> set[str]:
+    """Names of the plain files directly inside ``folder`` (empty if it does not exist)."""
+    if not folder.is_dir():
+        return set()
+    with os.scandir(folder) as entries:
+        return {entry.name for entry in entries if entry.is_file()}
