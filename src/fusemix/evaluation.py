@@ -18,7 +18,7 @@ from typing import Protocol
 import torch
 from torch import Tensor, nn
 
-from fusemix._paired import PairedLatents
+from fusemix._paired import KeyGroups, PairedLatents
 from fusemix.metrics import metrics_from_ranks, retrieval_metrics
 
 
@@ -94,7 +94,7 @@ def _embed(model: Embedder, modality: str, latents: Tensor, batch_size: int, dev
 
 def score_retrieval_task(
     model: Embedder,
-    task: tuple[Tensor, Tensor, Tensor],
+    task: tuple[Tensor, Tensor, Tensor] | tuple[Tensor, Tensor, Tensor, Tensor],
     pair: tuple[str, str],
     *,
     ks: Sequence[int] = (1, 5, 10),
@@ -107,8 +107,10 @@ def score_retrieval_task(
     Args:
         model: The embedder.
         task: ``(query_latents, key_latents, key_to_query)`` as
-            :meth:`~fusemix.data.PairedLatents.retrieval_task` returns them.
-            Shapes: ``(Q, D_query)``, ``(K, D_key)``, ``(K,)``.
+            :meth:`~fusemix.data.PairedLatents.retrieval_task` returns them,
+            or with ``key_groups`` also the group of each key item (passed
+            to :func:`fusemix.retrieval_metrics` as ``text_groups``).
+            Shapes: ``(Q, D_query)``, ``(K, D_key)``, ``(K,)``, ``(K,)``.
         pair: The ``(query, key)`` modalities of the task.
         ks: Recall cut-offs.
         batch_size: Rows embedded at once.
@@ -130,7 +132,10 @@ def score_retrieval_task(
     finally:
         if module is not None:
             module.train(was_training)
-    return retrieval_metrics(query, key, task[2], ks, chunk_size=chunk_size, names=metric_names(*pair))
+    groups = task[3] if len(task) == 4 else None
+    return retrieval_metrics(
+        query, key, task[2], ks, chunk_size=chunk_size, names=metric_names(*pair), text_groups=groups
+    )
 
 
 def evaluate_retrieval(
@@ -138,6 +143,7 @@ def evaluate_retrieval(
     data: PairedLatents,
     pair: tuple[str, str] | None = None,
     *,
+    key_groups: KeyGroups | None = None,
     ks: Sequence[int] = (1, 5, 10),
     batch_size: int = 8192,
     chunk_size: int | None = None,
@@ -156,6 +162,14 @@ def evaluate_retrieval(
         data: Paired latents; see :meth:`~fusemix.data.PairedLatents.retrieval_task`.
         pair: ``(query, key)`` modalities, e.g. ``("image", "text")``; the
             first two modalities of ``data`` when ``None``.
+        key_groups: Which keys are the same (identical captions): ``None``
+            (each key row its own item; a key row paired with several query
+            rows is refused), ``"row"`` (a key row shared by several
+            queries), ``"value"`` (equal key latents) or one label per row of
+            the key latents (e.g. the caption strings); see
+            :meth:`~fusemix.data.PairedLatents.retrieval_task`. The keys of a
+            group then count as hits for each other's queries, in both
+            directions (``text_groups`` of :func:`fusemix.retrieval_metrics`).
         ks: Recall cut-offs.
         batch_size: Rows embedded at once.
         chunk_size: Queries scored at once (``None``: automatic).
@@ -167,7 +181,10 @@ def evaluate_retrieval(
         Metrics such as ``{"i2t_R@1": ..., "t2i_R@10": ..., "mean": ...}``, in percent.
 
     Raises:
-        ValueError: If ``pair`` is not two different modalities of ``data``.
+        ValueError: If ``pair`` is not two different modalities of ``data``,
+            or a key row is paired with several query rows and
+            ``key_groups`` is ``None`` (see
+            :meth:`~fusemix.data.PairedLatents.retrieval_task` for the others).
 
     Example:
         >>> import numpy as np
@@ -181,9 +198,30 @@ def evaluate_retrieval(
         >>> sorted(evaluate_retrieval(aligner, data)) == sorted(metrics)
         True
 
+        Four images, the middle two with the same caption, which the model
+        puts nearer to image 2 (identity "embeddings" for the example):
+
+        >>> class Given:
+        ...     def embed(self, modality, latents):
+        ...         return latents
+        >>> red = [0.0, 0.6, 0.8, 0.0]
+        >>> texts = np.array([[1.0, 0, 0, 0], red, red, [0, 0, 0, 1]])
+        >>> same = PairedLatents({"image": np.eye(4), "text": texts})
+        >>> plain = evaluate_retrieval(Given(), same, ks=(1,))
+        >>> plain["i2t_R@1"], plain["t2i_R@1"]  # images 1 and 2 tie with the other copy; caption 1 finds image 2
+        (50.0, 75.0)
+        >>> captions = ["a dog", "a red stamp", "a red stamp", "a cat"]
+        >>> grouped = evaluate_retrieval(Given(), same, key_groups=captions, ks=(1,))
+        >>> grouped["i2t_R@1"], grouped["t2i_R@1"]
+        (100.0, 100.0)
+
     """
     query, key = retrieval_pair(data, pair)
-    task = data.retrieval_task(query, key)
+    task = (
+        data.retrieval_task(query, key)
+        if key_groups is None
+        else data.retrieval_task(query, key, key_groups=key_groups)
+    )
     return score_retrieval_task(
         model, task, (query, key), ks=ks, batch_size=batch_size, chunk_size=chunk_size, device=device
     )

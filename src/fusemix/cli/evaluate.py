@@ -18,8 +18,10 @@ from fusemix._fileio import write_json_atomic
 from fusemix._run_files import MODEL_DIR
 from fusemix.checkpoint import MODEL_CONFIG, describe_model, load_model
 from fusemix.cli.common import (
+    ITEMS_FILE,
     LATENTS_FILE,
     CommandError,
+    Latents,
     add_latents_arguments,
     check_output_file,
     check_same_latents,
@@ -41,7 +43,9 @@ Score cross-modal retrieval with a trained model: embed the latents of two
 modalities, rank every item of one against all items of the other and print
 Recall@K in both directions (in percent) as a Markdown table on stdout, e.g.
 i2t_R@1 (image -> text) and t2i_R@1 (text -> image). An image with several
-captions counts as found when any of its captions ranks within K."""
+captions counts as found when any of its captions ranks within K. The same
+caption for several images is refused unless --identical-keys says how to
+score it."""
 
 EPILOG = """\
 example:
@@ -50,7 +54,16 @@ example:
       --pair image,text --ks 1 5 10 --json runs/demo/test_metrics.json
 
 --latents and --pairs take the same forms as in 'fusemix train'. When the model
-was trained by 'fusemix train', the latents must come from the same encoders."""
+was trained by 'fusemix train', the latents must come from the same encoders.
+
+identical captions (the same text for several images): --identical-keys text
+counts every copy as a hit for each of their images, in both directions; the
+copies are found by the lines of the key store's items.jsonl.
+  fusemix evaluate --model runs/demo/model --latents image=test/image \\
+      --latents text=test/text --pairs test_pairs.csv --identical-keys text"""
+
+IDENTICAL_KEYS = ("refuse", "row", "text")
+"""Choices of ``--identical-keys``."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -84,6 +97,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--batch-size", type=positive_int, default=8192, metavar="N", help="rows embedded at once (default: 8192)"
     )
     parser.add_argument("--device", default="auto", help="where to embed: auto (CUDA when available), cpu, cuda:0...")
+    parser.add_argument(
+        "--identical-keys",
+        choices=IDENTICAL_KEYS,
+        default="refuse",
+        help="keys that are the same (e.g. one caption of several images): 'refuse' (default): every key row is "
+        "its own item, and one paired with several queries is an error; 'row': a key row shared by several "
+        f"queries is a hit for each of them; 'text': keys whose items (lines of the key store's {ITEMS_FILE}, "
+        "written by 'fusemix extract') are equal are hits for each other's queries",
+    )
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write the metrics to FILE as JSON")
 
 
@@ -95,6 +117,44 @@ def _model_folder(path: Path) -> Path:
     if not path.is_dir():
         raise CommandError(f"--model: {path}: no such folder")
     raise CommandError(f"--model: {path} holds no {MODEL_CONFIG}; give the model/ folder of a 'fusemix train' run")
+
+
+def _key_groups(choice: str, key: str, latents: Latents) -> str | list[str] | None:
+    """``key_groups`` of :func:`~fusemix.evaluation.evaluate_retrieval` for ``--identical-keys``: labels for ``text``.
+
+    ``text`` reads the key store's ``items.jsonl``: line ``i + 1`` (the JSON of
+    the item, as ``fusemix extract`` wrote it) labels row ``i``, so rows of
+    equal items share a label.
+    """
+    if choice == "refuse":
+        return None
+    if choice == "row":
+        return "row"
+    file = latents.path / ITEMS_FILE
+    if latents.encoder is None:
+        raise CommandError(
+            f"--identical-keys: 'text' groups the {key} rows by the items 'fusemix extract' lists in {ITEMS_FILE} next "
+            f"to a store, but --latents {key} is a .npy file ({latents.path}); give a store, or use 'row'"
+        )
+    try:
+        text = file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise CommandError(
+            f"--identical-keys: 'text' groups the {key} rows by the items listed in {file}, which does not exist (the "
+            f"store was not written by 'fusemix extract'); write one line per row, or use 'row'"
+        ) from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise CommandError(f"--identical-keys: {file}: unreadable ({err})") from err
+    lines = text.split("\n")
+    if lines[-1] == "":
+        lines.pop()
+    rows = int(latents.array.shape[0])
+    if len(lines) != rows:
+        raise CommandError(
+            f"--identical-keys: {file} lists {len(lines)} items, but the {key} store {latents.path} holds {rows} rows; "
+            "it belongs to another store"
+        )
+    return lines
 
 
 @torch.no_grad()
@@ -131,12 +191,21 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError(f"--pair: {missing[0]!r} is not one of the --latents {list(latents)}")
     rows = read_pairs("--pairs", args.pairs) if args.pairs is not None else None
     data = paired_latents("--latents, --pairs", latents, rows)
+    key_groups = _key_groups(args.identical_keys, pair[1], latents[pair[1]])
     metrics = evaluate_retrieval(
-        model, data, pair, ks=args.ks, batch_size=args.batch_size, chunk_size=args.chunk_size, device=device
+        model,
+        data,
+        pair,
+        key_groups=key_groups,
+        ks=args.ks,
+        batch_size=args.batch_size,
+        chunk_size=args.chunk_size,
+        device=device,
     )
     query_rows, key_rows = (len(np.unique(data.row_index(m))) for m in pair)
+    grouping = "" if key_groups is None else f", identical {pair[1]} items grouped by {args.identical_keys}"
     print(
-        f"{pair[0]} -> {pair[1]}: {query_rows} {pair[0]} and {key_rows} {pair[1]} items, model {folder}",
+        f"{pair[0]} -> {pair[1]}: {query_rows} {pair[0]} and {key_rows} {pair[1]} items{grouping}, model {folder}",
         file=sys.stderr,
     )
     print(metrics_table(metrics))
