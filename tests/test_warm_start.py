@@ -207,3 +207,33 @@ def test_mismatches_are_refused_with_what_to_do():
     no_bias = FusionModel({"image": LinearAdapter(24, 6, bias=False), "text": LinearAdapter(16, 6, bias=False)})
     with pytest.raises(ValueError, match="bias=False"):
         warm_start(no_bias, plain)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("kind", ["cca", "procrustes"])
+def test_fit_config_warm_start_is_the_aligner_on_its_seeded_subset_read_in_float32(kind, dtype):
+    from fusemix.recipe import WARM_START_STREAM, derived_seed, warm_start_from_config
+
+    rng = np.random.default_rng(3)
+    z = rng.standard_normal((90, 3))
+    latents = {
+        "image": (z @ rng.standard_normal((3, 12)) + 0.1 * rng.standard_normal((90, 12))).astype(dtype),
+        "text": (z @ rng.standard_normal((3, 7)) + 0.1 * rng.standard_normal((90, 7))).astype(dtype),
+        "audio": rng.standard_normal((90, 5)).astype(dtype),
+    }
+    lacking_text = np.arange(90)
+    lacking_text[::4] = -1  # 22 pairs lack text: they must not be drawn
+    rows = {"text": lacking_text}
+    train = PairedLatents(latents, rows=rows)
+    config = TrainConfig(shared_dim=4, depth=1, warm_start=kind, warm_start_max_pairs=40, seed=11)
+    started = FusionModel.from_dims(train.dims, shared_dim=4, depth=1)
+    expected = copy.deepcopy(started)
+    warm_start_from_config(started, train, config)
+    # By hand: the aligner's own seeded subset of the pairs with both modalities, on the latents rounded to float32.
+    as_float32 = PairedLatents({m: x.astype(np.float32) for m, x in latents.items()}, rows=rows)
+    make = CCAAligner if kind == "cca" else ProcrustesAligner
+    aligner = make(4, regularization=config.warm_start_regularization, input_norm=aligner_input_norm(expected))
+    aligner.fit(as_float32, max_pairs=40, seed=derived_seed(11, WARM_START_STREAM))
+    warm_start(expected, aligner, modalities=["image", "text"])
+    for key, value in expected.state_dict().items():
+        assert torch.equal(started.state_dict()[key], value), key

@@ -255,23 +255,32 @@ def warm_start_from_config(model: FusionModel, train: PairedLatents, config: Tra
     """Fit ``config.warm_start``'s aligner on ``train`` and set ``model``'s adapters from it (in place).
 
     The aligner sees the first two modalities of ``train``, on at most
-    ``config.warm_start_max_pairs`` of the pairs that have both (a subset
-    seeded by ``config.seed``), with the input normalisation the adapters need
+    ``config.warm_start_max_pairs`` of the pairs that have both (the seeded
+    subset ``aligner.fit(train, max_pairs=..., seed=derived_seed(config.seed,
+    WARM_START_STREAM))`` would draw), read in float32 as training reads them,
+    with the input normalisation the adapters need
     (:func:`~fusemix.aligner_input_norm`) and ``dim = config.shared_dim``.
+    A ``shared_dim`` above the directions the pairs allow
+    (``min(d_x, d_y, N - 1)``) is lowered for the aligner, with a
+    ``UserWarning``; :func:`~fusemix.warm_start` then sets the model's first
+    outputs from it and the others to zero (another ``UserWarning``).
 
     Returns:
         ``model`` itself; unchanged when ``config.warm_start == "none"``.
 
     Raises:
-        ValueError: If ``train`` has fewer than two modalities, or too few
-            pairs (with both modalities) for a ``shared_dim``-dimensional
-            aligner (CCA needs more than ``shared_dim`` pairs).
+        ValueError: If ``train`` has fewer than two modalities, or the aligner
+            cannot be fitted on the pairs (fewer than two with both
+            modalities, a modality without variance, NaN or Inf; the message
+            says which).
     """
     if config.warm_start == "none":
         return model
     if len(train.modalities) < 2:
         raise ValueError(f"warm_start: needs two modalities to align, the training data has {train.modalities}")
     pair = train.modalities[:2]
+    # The pairs aligner.fit(train, max_pairs=...) would pick, gathered in float32 as the batches of training are:
+    # fitted on train itself, the aligner would read float64 latents unrounded and start elsewhere.
     candidates = np.arange(len(train))
     if not train.complete:
         candidates = np.flatnonzero((train.row_index(pair[0]) >= 0) & (train.row_index(pair[1]) >= 0))

@@ -145,9 +145,13 @@ class TrainConfig:
         warm_start: ``"none"`` (the paper), ``"cca"`` or ``"procrustes"``:
             before the first step, fit that closed-form aligner on the
             training pairs of the first two modalities (those pairs that
-            have both) and set the adapters
-            so that the model embeds exactly like it (see
-            :func:`~fusemix.warm_start`); training then continues from there.
+            have both) and set the adapters so that the model embeds exactly
+            like it (see :func:`~fusemix.warm_start`); training then
+            continues from there. The aligner finds at most
+            ``min(d_x, d_y, N - 1)`` directions: a larger ``shared_dim`` is
+            lowered to that for the aligner (with a ``UserWarning``), and the
+            model's other outputs start at zero and stay there. See
+            :ref:`closed-form-start` in the training guide.
         warm_start_regularization: The aligner's ``regularization``.
         warm_start_max_pairs: The aligner is fitted on at most this many
             training pairs (a fixed seeded subset, gathered in memory).
