@@ -194,6 +194,21 @@ def test_patience_counts_from_the_latest_improvement_and_may_never_be_reached():
     assert not result.history[-1]["stopped_early"]
 
 
+def test_patience_running_out_at_the_last_epoch_is_not_an_early_stop(tmp_path):
+    train, val = scenario.make_data()
+    short = replace(BEST, epochs=5)
+    evaluations = _evaluations(fit(train, replace(short, selection="last"), val=val, progress=False).history)
+    assert _stop_epoch(evaluations, "i2t_mean", 2) == short.epochs - 1  # the scenario: patience 2 runs out at the end
+    config = replace(short, patience=2)
+    result = fit(train, config, val=val, out_dir=tmp_path, progress=False)
+    assert not result.stopped_early and result.steps == short.epochs * SPE  # every epoch ran
+    assert result.history[-1]["kind"] == "selection" and not result.history[-1]["stopped_early"]
+    state = load_training_checkpoint(tmp_path / "checkpoint").state
+    assert state["epoch"] == short.epochs and state["selection"]["evaluations_since_best"] == 2
+    again = fit(train, config, val=val, out_dir=tmp_path, progress=False)  # a finished run: nothing trains
+    assert not again.stopped_early and again.steps == result.steps and again.history == result.history
+
+
 # -- checkpoints and exact resume ------------------------------------------------------------------------------------
 
 

@@ -316,9 +316,14 @@ class Run:
         return epoch + 1 == self.config.epochs or (every > 0 and (epoch + 1) % every == 0)
 
     @property
+    def stopped_early(self) -> bool:
+        """Whether ``patience`` ended the run before its ``epochs`` (not when it ran out at the last one)."""
+        return self.selector is not None and self.selector.out_of_patience and self.epoch < self.config.epochs
+
+    @property
     def finished(self) -> bool:
         """Whether every epoch ran, or ``patience`` stopped the run."""
-        return self.epoch >= self.config.epochs or (self.selector is not None and self.selector.stopped_early)
+        return self.epoch >= self.config.epochs or self.stopped_early
 
     def _record(self, kind: str, epoch: int, loss: float, lr: float, alpha: float | None) -> dict[str, Any]:
         if not math.isfinite(loss):
@@ -413,7 +418,7 @@ class Run:
             return
         assert self.selector.weights is not None  # the run's last epoch is always evaluated
         self.model.load_state_dict(self.selector.weights)
-        log.append(self.selector.record())
+        log.append(self.selector.record(self.stopped_early))
         log.write_csv()
 
     def evaluate(self) -> dict[str, float]:

@@ -54,14 +54,19 @@ def check_selection_target(config: TrainConfig, val: PairedLatents | None, val_p
 
 
 class Selector:
-    """``selection="best"``: the best evaluation so far, a CPU copy of its weights, and early stopping."""
+    """``selection="best"``: the best evaluation so far, a CPU copy of its weights, and early stopping.
+
+    ``out_of_patience`` says that ``patience`` evaluations in a row brought no
+    gain, which may happen at the last epoch too; whether that stopped the run
+    early is the run's to say.
+    """
 
     def __init__(self, metric: str, patience: int | None) -> None:
         self.metric, self.patience = metric, patience
         self.best: Selection | None = None
         self.weights: dict[str, Tensor] | None = None
         self.since_best = 0
-        self.stopped_early = False
+        self.out_of_patience = False
 
     def update(self, epoch: int, step: int, metrics: Mapping[str, float], model: nn.Module) -> None:
         """Take one evaluation: keep the weights on a strictly higher value, else count it towards ``patience``."""
@@ -72,7 +77,7 @@ class Selector:
             self.since_best = 0
             return
         self.since_best += 1
-        self.stopped_early = self.patience is not None and self.since_best >= self.patience
+        self.out_of_patience = self.patience is not None and self.since_best >= self.patience
 
     def state_dict(self) -> dict[str, Any]:
         """The JSON-safe selection state; the weights are saved apart."""
@@ -80,7 +85,7 @@ class Selector:
             "metric": self.metric,
             "best": None if self.best is None else asdict(self.best),
             "evaluations_since_best": self.since_best,
-            "stopped_early": self.stopped_early,
+            "stopped_early": self.out_of_patience,  # the key of earlier checkpoints: patience ran out, maybe at the end
         }
 
     def load_state_dict(self, state: Mapping[str, Any], weights: dict[str, Tensor] | None, where: Path) -> None:
@@ -91,10 +96,15 @@ class Selector:
         self.best = None if best is None else Selection(**best)
         self.weights = weights
         self.since_best = int(state["evaluations_since_best"])
-        self.stopped_early = bool(state["stopped_early"])
+        self.out_of_patience = bool(state["stopped_early"])
 
-    def record(self) -> dict[str, Any]:
-        """The ``"selection"`` log record of the selected evaluation (once the run is over)."""
+    def record(self, stopped_early: bool) -> dict[str, Any]:
+        """The ``"selection"`` log record of the selected evaluation (once the run is over).
+
+        Args:
+            stopped_early: Whether ``patience`` ended the run before its ``epochs``.
+
+        """
         assert self.best is not None  # the run's last epoch is always evaluated
         best = self.best
         return {
@@ -103,6 +113,6 @@ class Selector:
             "step": best.step,
             "metric": best.metric,
             "value": best.value,
-            "stopped_early": self.stopped_early,
+            "stopped_early": stopped_early,
             "metrics": dict(best.metrics),
         }

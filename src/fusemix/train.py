@@ -142,7 +142,8 @@ class FitResult:
         config: The config trained with (``batch_size`` as trained, after a
             cut to the data).
         selected: The selected evaluation with ``selection="best"``, else ``None``.
-        stopped_early: Whether ``patience`` ended training before ``epochs``.
+        stopped_early: Whether ``patience`` ended training before ``epochs``
+            (``False`` when it ran out at the last epoch).
         steps: Optimizer steps trained (over every resumed session).
 
     """
@@ -483,7 +484,7 @@ def _result(run: Run) -> FitResult:
         out_dir=run.out_dir,
         config=run.config,
         selected=selected,
-        stopped_early=selector is not None and selector.stopped_early,
+        stopped_early=run.stopped_early,
         steps=run.step,
     )
 
