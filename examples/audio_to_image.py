@@ -57,6 +57,7 @@ from __future__ import annotations
 import argparse
 import csv
 import gc
+import hashlib
 import json
 import math
 import os
@@ -79,6 +80,7 @@ from fusemix.fixed_target import (
     TargetStandardizer,
     fixed_target_model,
 )
+from fusemix.store import LatentStore
 
 SUPPORTED = "StableDiffusionPipeline (Stable Diffusion 1.x/2.x) or StableDiffusionXLPipeline (SDXL)"
 ADAPTER_DIR = "adapter"
@@ -255,6 +257,10 @@ def read_pairs(path: Path, *, need_audio: bool) -> tuple[list[Path], list[str]]:
     return audio, captions
 
 
+CLIP_READER = "soundfile float32, mean of the channels, scipy.signal.resample_poly"
+"""How :func:`load_clip` reads a clip (part of :attr:`AudioClips.items_id`: change it when the reading changes)."""
+
+
 def load_clip(path: Path, sampling_rate: int) -> np.ndarray:
     """A mono float32 waveform of ``path`` at ``sampling_rate`` (channels averaged, polyphase resampling)."""
     import soundfile
@@ -282,6 +288,45 @@ class AudioClips(Sequence):
     def __getitem__(self, index: int) -> np.ndarray:  # type: ignore[override]
         return load_clip(self.paths[index], self.sampling_rate)
 
+    @property
+    def items_id(self) -> str:
+        """A name for these clips as read here (``extract_latents``' ``items_id``): their paths and how they load.
+
+        A sha256 of the file paths, the sampling rate and :func:`load_clip`'s recipe: another list of files or
+        another rate gets another name, so a store is never reused for other clips, while a rerun over a complete
+        store reads none of them (without a name, it would decode and hash every clip). A file rewritten in place
+        keeps its name: use another ``--run`` then.
+        """
+        listing = {"paths": [str(p) for p in self.paths], "sampling_rate": self.sampling_rate, "reader": CLIP_READER}
+        digest = hashlib.sha256(json.dumps(listing).encode("utf-8")).hexdigest()
+        return f"audio clips: {len(self.paths)} files, sha256 {digest}"
+
+
+def extract_audio_latents(
+    encoder: Any, paths: list[Path], out_dir: Path, *, batch_size: int, shard_size: int, progress: bool
+) -> LatentStore:
+    """The ``encoder``'s float32 latents of the clips at ``paths``, extracted once into the store ``out_dir``.
+
+    The clips are named by :attr:`AudioClips.items_id`, so a rerun over the complete store opens it without
+    reading a clip; an interrupted one resumes.
+    """
+    from fusemix.extract import extract_latents
+
+    clips = AudioClips(paths, encoder.sampling_rate)
+    store = extract_latents(
+        encoder,
+        clips,
+        out_dir,
+        modality="audio",
+        batch_size=batch_size,
+        shard_size=shard_size,
+        dtype="float32",
+        items_id=clips.items_id,
+        progress=progress,
+    )
+    assert store is not None  # one worker always finishes the store
+    return store
+
 
 class StandardizedRows:
     """A read-only, row-indexable view of stored targets, standardised on the fly (no copy on disk)."""
@@ -298,10 +343,10 @@ class StandardizedRows:
         return (rows - self.mean) / np.float32(self.scale)
 
 
-def audio_encoder(path: str, device: str) -> Any:
+def audio_encoder(path: str, device: str, *, progress: bool) -> Any:
     from fusemix.encoders import HFAudioEncoder
 
-    return HFAudioEncoder(path, device=device, max_batch_size=16)
+    return HFAudioEncoder(path, device=device, max_batch_size=16, progress=progress)
 
 
 # -- train --------------------------------------------------------------------------------------------------------
@@ -343,15 +388,13 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             raise ValueError(f"--audio-latents: expected shape ({count}, D) to match --pairs, got {audio.shape}")
         audio_identity: dict[str, Any] = {"precomputed": Path(args.audio_latents).name}
     else:
-        encoder = audio_encoder(args.audio_encoder, args.device)
-        audio = extract_latents(
+        encoder = audio_encoder(args.audio_encoder, args.device, progress=not args.quiet)
+        audio = extract_audio_latents(
             encoder,
-            AudioClips(audio_paths, encoder.sampling_rate),
+            audio_paths,
             run / "audio_latents",
-            modality="audio",
             batch_size=args.audio_batch_size,
             shard_size=args.shard_size,
-            dtype="float32",
             progress=not args.quiet,
         )
         audio_identity = json_normalised(dict(encoder.identity))
@@ -515,7 +558,7 @@ def generate(args: argparse.Namespace) -> list[Path]:
         path = args.audio_encoder or description.get("audio_encoder_path")
         if path is None:
             raise ValueError("--audio-encoder: the run was trained on precomputed latents; name the encoder")
-        encoder = audio_encoder(path, args.device)
+        encoder = audio_encoder(path, args.device, progress=not args.quiet)
         if json_normalised(dict(encoder.identity)) != description["audio_encoder"]:
             raise ValueError(f"--audio-encoder: {path} is not the encoder the adapter was trained with")
         latents = encoder([load_clip(Path(a), encoder.sampling_rate) for a in args.audio])

@@ -375,13 +375,10 @@ def _model_name(directory: Path) -> str:
 def build_encoders(settings: Settings) -> dict[str, NamedEncoder]:
     """Every encoder of the script, by role, loaded once.
 
-    Roles: ``hf-image``, ``hf-text``, ``sentence-transformers``, ``module``, ``numpy``.
+    Roles: ``hf-image``, ``hf-text``, ``sentence-transformers``, ``module``, ``numpy``. Without
+    ``settings.progress`` the models load without the libraries' bars and INFO logs (warnings still show), and
+    nothing changes for later loads in the same process.
     """
-    import transformers
-
-    if not settings.progress:  # keep the output to the results: no loading bars or backend notes
-        transformers.logging.set_verbosity_error()
-        transformers.logging.disable_progress_bar()
     models = settings.work_dir / "models"
     minilm = minilm_directory()
     tiny_bert = None if minilm is not None else build_tiny_bert(models / "tiny-bert")
@@ -394,20 +391,29 @@ def build_encoders(settings: Settings) -> dict[str, NamedEncoder]:
             f"hf-image-{_model_name(image_dir)}",
             "image",
             f"(a) HFImageEncoder {_model_name(image_dir)}, CLS token",
-            HFImageEncoder(image_dir, pooling="cls", device="cpu", max_batch_size=256),
+            HFImageEncoder(image_dir, pooling="cls", device="cpu", max_batch_size=256, progress=settings.progress),
         ),
         "hf-text": NamedEncoder(
             f"hf-text-{_model_name(text_dir)}-{settings.text_pooling}",
             "text",
             f"(a) HFTextEncoder {_model_name(text_dir)}, {settings.text_pooling} pooling",
-            HFTextEncoder(text_dir, pooling=settings.text_pooling, normalize=True, device="cpu", max_batch_size=256),
+            HFTextEncoder(
+                text_dir,
+                pooling=settings.text_pooling,
+                normalize=True,
+                device="cpu",
+                max_batch_size=256,
+                progress=settings.progress,
+            ),
         ),
         # (b) a sentence-transformers model: its own modules decide tokenization and pooling
         "sentence-transformers": NamedEncoder(
             f"st-{_model_name(st_dir)}",
             "text",
             f"(b) SentenceTransformerEncoder {_model_name(st_dir)}",
-            SentenceTransformerEncoder(st_dir, normalize=True, device="cpu", max_batch_size=256),
+            SentenceTransformerEncoder(
+                st_dir, normalize=True, device="cpu", max_batch_size=256, progress=settings.progress
+            ),
         ),
         # (c) a plain nn.Module: CallableEncoder stacks the pictures into one uint8 tensor (B, H, W, 3)
         "module": NamedEncoder(

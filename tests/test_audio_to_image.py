@@ -298,3 +298,33 @@ def test_validation_regression_streams_the_same_value_as_the_loss():
     with torch.no_grad():
         expected = float(TargetRegressionLoss()(adapter(audio), text))
     assert a2i.validation_regression(adapter, val, chunk=4) == pytest.approx(expected, rel=1e-5)
+
+
+class _ClipStats:
+    """A stand-in audio encoder at 16 kHz: each clip's length and mean magnitude."""
+
+    sampling_rate = 16000
+    identity = {"name": "clip stats"}
+
+    def __call__(self, clips):
+        return torch.tensor([[float(len(c)), float(np.abs(c).mean())] for c in clips])
+
+
+def test_a_rerun_over_the_complete_audio_store_reads_no_clip(tmp_path, monkeypatch):
+    paths, _ = a2i.read_pairs(_write_pairs(tmp_path / "data", 5), need_audio=True)
+    reads = []
+    load = a2i.load_clip
+    monkeypatch.setattr(a2i, "load_clip", lambda path, rate: reads.append(path) or load(path, rate))
+
+    def extract(clip_paths):
+        return a2i.extract_audio_latents(
+            _ClipStats(), clip_paths, tmp_path / "audio", batch_size=2, shard_size=2, progress=False
+        )
+
+    first = extract(paths)
+    assert reads == paths  # each clip read once, to encode it
+    again = extract(paths)
+    assert reads == paths and np.array_equal(again.to_numpy(), first.to_numpy())  # reused without a read
+    with pytest.raises(ValueError, match=r"items: differ .* records items_id 'audio clips: 5 files, sha256"):
+        extract(paths[1:] + paths[:1])  # other clips in the same store are refused, still unread
+    assert reads == paths

