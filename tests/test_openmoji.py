@@ -232,6 +232,27 @@ def test_render_rejects_bad_arguments(tmp_path):
         om.render_svg(_svg("1F436"), size=22.5)
 
 
+def test_render_reads_physical_units_and_keeps_the_aspect_ratio(tmp_path):
+    # Sized in pt, as many exported SVGs are: resvg's default dpi of 0 refuses it ("SVG has an invalid size").
+    wide = tmp_path / "wide.svg"
+    wide.write_text(
+        '<svg xmlns="http://www.w3.org/2000/svg" width="36pt" height="18pt" viewBox="0 0 36 18">'
+        '<rect width="36" height="18" fill="#ff0000"/></svg>'
+    )
+    image = om.render_svg(wide, size=32)
+    assert image.shape == (32, 32, 3)
+    red = (image == [255, 0, 0]).all(axis=-1)
+    assert red[8:24].all() and not red[:8].any() and not red[24:].any()  # 2:1 drawing centred, not stretched
+    assert (image[:8] == 255).all() and (image[24:] == 255).all()
+    tall = tmp_path / "tall.svg"
+    tall.write_text(
+        '<svg xmlns="http://www.w3.org/2000/svg" width="0.5in" height="1in" viewBox="0 0 10 20">'
+        '<rect width="10" height="20" fill="#0000ff"/></svg>'
+    )
+    blue = (om.render_svg(tall, size=32) == [0, 0, 255]).all(axis=-1)
+    assert blue[:, 8:24].all() and not blue[:, :8].any() and not blue[:, 24:].any()
+
+
 def test_openmoji_images_render_on_demand(pairs):
     images = om.OpenMojiImages(pairs, size=64)
     assert len(images) == len(pairs)
@@ -290,6 +311,43 @@ def test_other_sizes_are_resized_to_224(model):
     torch.testing.assert_close(features[:1], reference)
 
 
+def test_other_aspect_ratios_keep_their_shape_and_are_centre_cropped(model):
+    rng = np.random.default_rng(0)
+    wide = rng.integers(0, 256, (150, 300, 3), dtype=np.uint8)  # H x W: shorter side 150 -> 224, width 448
+    pixels = torch.from_numpy(wide).permute(2, 0, 1)[None].float()
+    resized = torch.nn.functional.interpolate(pixels, size=(224, 448), mode="bilinear", antialias=True)
+    cropped = resized[..., :, 112:336]
+    with torch.inference_mode():
+        reference = model.extract_features((cropped / 255 - 0.5) / 0.5).mean((2, 3))
+    torch.testing.assert_close(en.efficientnet_features(model, [wide]), reference)
+    stretched = torch.nn.functional.interpolate(pixels, size=(224, 224), mode="bilinear", antialias=True)
+    with torch.inference_mode():
+        stretched_features = model.extract_features((stretched / 255 - 0.5) / 0.5).mean((2, 3))
+    assert not torch.allclose(reference, stretched_features, atol=1e-3)
+
+
+def test_pil_images_in_any_mode_encode_like_their_rgb_arrays(model):
+    rng = np.random.default_rng(1)
+    array = rng.integers(0, 256, (240, 180, 3), dtype=np.uint8)
+    torch.testing.assert_close(
+        en.efficientnet_features(model, [PIL_Image.fromarray(array)]), en.efficientnet_features(model, [array])
+    )
+    transparent = PIL_Image.new("RGBA", (64, 64), (10, 20, 30, 0))
+    white = np.full((64, 64, 3), 255, np.uint8)
+    torch.testing.assert_close(en.efficientnet_features(model, [transparent]), en.efficientnet_features(model, [white]))
+    grey = PIL_Image.fromarray(array[..., 0])  # mode "L"
+    rgb = np.repeat(array[..., :1], 3, axis=-1)
+    torch.testing.assert_close(en.efficientnet_features(model, [grey]), en.efficientnet_features(model, [rgb]))
+
+
+def test_ready_encoder_takes_mixed_sizes_and_records_the_identity():
+    encoder = en.efficientnet_lite0_encoder()
+    images = [PIL_Image.new("RGB", (300, 200), "red"), np.zeros((50, 70, 3), np.uint8)]
+    latents = encoder(images)
+    assert latents.shape == (2, 1280) and torch.isfinite(latents).all()
+    assert encoder.identity["id"] == json.loads(json.dumps(en.efficientnet_identity()))
+
+
 def test_features_carry_signal(probe_features):
     """Nearest neighbours by cosine stay within "animal faces" / "objects" far above chance (~48%)."""
     normalised = torch.nn.functional.normalize(probe_features[:-1], dim=1)
@@ -310,6 +368,7 @@ def test_features_carry_signal(probe_features):
         ([np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8), np.uint8)], ValueError, r"^images\[1\]"),
         ([np.zeros((8, 8, 4), np.uint8)], ValueError, r"^images\[0\]"),
         ([torch.zeros(8, 8, 3, dtype=torch.uint8)], TypeError, r"^images\[0\]"),
+        (["photo.png"], TypeError, r"^images\[0\]"),
     ],
 )
 def test_features_reject_bad_images(model, images, error, match):
