@@ -388,3 +388,24 @@ def test_efficientnet_identity_describes_the_weights():
 def test_docstring_examples(module):
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
     assert result.failed == 0 and result.attempted > 3
+
+
+def test_ready_encoder_runs_from_the_command_line_on_a_folder_of_images(tmp_path, capsys):
+    from fusemix.cli import main
+    from fusemix.store import LatentStore
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    PIL_Image.new("RGB", (300, 200), "red").save(folder / "a.png")
+    PIL_Image.new("RGBA", (64, 90), (0, 0, 255, 128)).save(folder / "b.png")
+    PIL_Image.new("L", (50, 50), 128).save(folder / "c.png")
+    script = REPO / "examples" / "replication" / "efficientnet.py"
+    code = main(["extract", "--encoder", "python", "--input-type", "image", "--callable",
+                 f"{script}:efficientnet_lite0_encoder", "--input", str(folder), "--out", str(tmp_path / "out"),
+                 "--dtype", "float32", "--no-progress"])  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    store = LatentStore.open(tmp_path / "out")
+    assert store.shape == (3, 1280)
+    model = en.load_efficientnet_lite0()
+    expected = en.efficientnet_features(model, [PIL_Image.open(folder / name) for name in ("a.png", "b.png", "c.png")])
+    torch.testing.assert_close(torch.from_numpy(store.to_numpy()), expected, rtol=1e-4, atol=1e-5)
