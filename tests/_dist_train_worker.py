@@ -53,7 +53,9 @@ PLAIN = TrainConfig(
     log_every=2,
     device="cpu",
 )
-MIX = replace(PLAIN, epochs=4, dropout=0.3, augmentation="fusemix", eval_every=2, checkpoint_every=1)
+MIX = replace(
+    PLAIN, epochs=4, dropout=0.3, augmentation="fusemix", eval_every=2, checkpoint_every=1, selection="best"
+)  # every rank selects the same evaluation, and a resume selects it again
 STEPS_PER_EPOCH = NUM_PAIRS // 32
 KILL_AT_STEP = 2 * STEPS_PER_EPOCH + 2  # mid epoch 2, after the checkpoint of epoch 1
 FAIL_AT_STEP = 3

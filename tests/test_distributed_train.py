@@ -182,7 +182,7 @@ def test_each_rank_trains_on_the_gpu_of_its_local_rank(monkeypatch):
 
 
 def test_fit_refuses_a_batch_the_ranks_cannot_split_before_joining(monkeypatch):
-    train, _ = worker.make_data()
+    train, val = worker.make_data()
     base = worker.MIX.to_dict()
     _set_launcher(monkeypatch, 4)
     with pytest.raises(ValueError, match="batch_size: 30 is not divisible by the world size 4"):
@@ -191,7 +191,7 @@ def test_fit_refuses_a_batch_the_ranks_cannot_split_before_joining(monkeypatch):
         fit(train, TrainConfig.from_dict({**base, "batch_size": 36}), progress=False)
     # Odd slices are fine without halves; joining then needs the launcher's rendezvous address.
     with pytest.raises(RuntimeError, match="MASTER_ADDR: not set, but WORLD_SIZE=4; launch with torchrun"):
-        fit(train, TrainConfig.from_dict({**base, "batch_size": 36, "pairing": "permute"}), progress=False)
+        fit(train, TrainConfig.from_dict({**base, "batch_size": 36, "pairing": "permute"}), val=val, progress=False)
 
 
 # -- torchrun launches ------------------------------------------------------------------------------------------------
@@ -224,6 +224,7 @@ def test_fusemix_on_two_ranks_trains_and_only_rank_zero_writes(launched):
     summaries = [json.loads((work / f"summary_rank{r}.json").read_text()) for r in (0, 1)]
     assert summaries[0] == summaries[1] and summaries[0]["mix"]["metrics"]["mean"] > 0
     assert summaries[0]["mix"]["history"] == _history(out)
+    assert summaries[0]["mix"]["history"][-1]["kind"] == "selection"  # selection="best": the same on every rank
     # Calls the ranks cannot run together fail on every rank alike, and the job goes on.
     local_negatives, partial_out_dir = summaries[0]["refused"]
     assert local_negatives.startswith("model: its ContrastiveLoss has gather_distributed=False, so on 2 processes")

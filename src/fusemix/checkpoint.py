@@ -7,8 +7,9 @@ latent dims, adapter and loss settings, fusemix version): enough to rebuild a
 
 A *training checkpoint* (:func:`save_training_checkpoint` /
 :func:`load_training_checkpoint`) adds ``optimizer.pt`` and ``rng.pt``
-(plain tensors and dicts, readable with ``torch.load(weights_only=True)``)
-and ``state.json`` (progress, batcher place, config, history).
+(plain tensors and dicts, readable with ``torch.load(weights_only=True)``),
+``state.json`` (progress, batcher place, config, history) and, for a run
+that selects its best evaluation, ``best.safetensors`` (those weights).
 
 Directories are written whole: into a hidden sibling, flushed to disk, then
 swapped in with renames, so a reader sees the old directory or the new one,
@@ -42,6 +43,7 @@ MODEL_CONFIG = "fusemix.json"
 OPTIMIZER_FILE = "optimizer.pt"
 RNG_FILE = "rng.pt"
 STATE_FILE = "state.json"
+BEST_WEIGHTS = "best.safetensors"
 FORMAT_VERSION = 1
 
 INSTALL_HINT = 'pip install "fusemix[train]"'
@@ -477,6 +479,8 @@ class TrainingCheckpoint:
         optimizer_state: ``{"optimizer": ..., "grad_scaler": ...}`` as saved.
         rng_state: Random generator states as saved.
         state: The parsed ``state.json``.
+        best_state: The state dict in ``best.safetensors`` (CPU tensors), or
+            ``None`` when the checkpoint has none.
 
     """
 
@@ -484,6 +488,7 @@ class TrainingCheckpoint:
     optimizer_state: dict[str, Any]
     rng_state: dict[str, Any]
     state: dict[str, Any]
+    best_state: dict[str, Tensor] | None = None
 
 
 def _torch_save(obj: object, path: Path) -> None:
@@ -500,6 +505,7 @@ def save_training_checkpoint(
     optimizer_state: Mapping[str, Any],
     rng_state: Mapping[str, Any],
     state: Mapping[str, Any],
+    best_state: Mapping[str, Tensor] | None = None,
 ) -> Path:
     """Write a training checkpoint directory whole.
 
@@ -510,6 +516,8 @@ def save_training_checkpoint(
             hold only tensors and plain Python values.
         rng_state: Saved to ``rng.pt``; tensors and plain values only.
         state: JSON-safe progress record, saved to ``state.json``.
+        best_state: Another state dict of the model (the best evaluation's
+            weights), saved to ``best.safetensors``; ``None`` writes no file.
 
     Returns:
         ``path`` as a :class:`~pathlib.Path`.
@@ -522,6 +530,9 @@ def save_training_checkpoint(
         _torch_save(dict(optimizer_state), tmp / OPTIMIZER_FILE)
         _torch_save(dict(rng_state), tmp / RNG_FILE)
         write_json_atomic(tmp / STATE_FILE, dict(state))
+        if best_state is not None:
+            tensors = {k: v.detach().to("cpu").contiguous() for k, v in best_state.items()}
+            st.save_file(tensors, str(tmp / BEST_WEIGHTS), metadata={"format": "pt"})
     return path
 
 
@@ -548,9 +559,11 @@ def load_training_checkpoint(path: str | Path) -> TrainingCheckpoint | None:
     for name in (MODEL_WEIGHTS, OPTIMIZER_FILE, RNG_FILE, STATE_FILE):
         if not (path / name).is_file():
             raise FileNotFoundError(f"checkpoint: {path} has no {name}; the checkpoint is incomplete")
+    best = path / BEST_WEIGHTS
     return TrainingCheckpoint(
         model_state=st.load_file(str(path / MODEL_WEIGHTS)),
         optimizer_state=torch.load(path / OPTIMIZER_FILE, map_location="cpu", weights_only=True),
         rng_state=torch.load(path / RNG_FILE, map_location="cpu", weights_only=True),
         state=json.loads((path / STATE_FILE).read_text(encoding="utf-8")),
+        best_state=st.load_file(str(best)) if best.is_file() else None,
     )

@@ -13,10 +13,22 @@ trains under bf16 autocast on CUDA, where the authors used fp32
 A run in ``out_dir`` writes ``log.jsonl`` / ``log.csv`` (one record per log
 event), ``curves.png`` (loss and recall against epochs, when matplotlib is
 installed), a training checkpoint in ``checkpoint/`` every
-``checkpoint_every`` epochs and at the end, and the final model in
+``checkpoint_every`` epochs and at the end, and the returned model in
 ``model/`` (see ``fusemix.checkpoint.load_model``). Calling :func:`fit`
 again on the same ``out_dir`` resumes from the checkpoint and, on the same
-device and seed, ends with exactly the weights of an uninterrupted run.
+device, thread count and seed, ends with exactly the weights of an
+uninterrupted run.
+
+**Choosing the weights.** With ``selection="last"`` (the default) :func:`fit`
+returns the weights after the last step. With ``selection="best"`` it keeps
+a CPU copy of the weights at every evaluation on ``val`` that raises
+``selection_metric`` strictly above the best so far, returns those, and
+with ``patience`` stops training after that many evaluations in a row
+without such a rise (the learning-rate schedule is not re-shaped for the
+shorter run). The checkpoint carries the selection (``best.safetensors``
+and the counts in ``state.json``), so a resumed run selects and stops
+exactly where an uninterrupted one does, and a run that stopped early is
+finished: calling :func:`fit` on it again only returns the selected model.
 
 **Several processes.** The same script runs data-parallel under
 ``torchrun --nproc_per_node=N`` (or any launcher that sets ``WORLD_SIZE``,
@@ -73,7 +85,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +98,7 @@ from torch.nn.parallel import DistributedDataParallel
 from fusemix._checks import check_choice, check_positive, check_positive_int
 from fusemix.aligners import CCAAligner, ProcrustesAligner
 from fusemix.checkpoint import (
+    BEST_WEIGHTS,
     INSTALL_HINT,
     TrainingCheckpoint,
     _safetensors,
@@ -105,7 +118,7 @@ from fusemix.distributed import (
     launch_environment,
 )
 from fusemix.losses import ContrastiveLoss, PairwiseContrastiveLoss, SigLIPLoss
-from fusemix.metrics import retrieval_metrics
+from fusemix.metrics import metrics_from_ranks, retrieval_metrics
 from fusemix.mixing import PAIRINGS, CosineAlphaSchedule, ExponentialAlphaSchedule, FuseMix, LatentNoise
 from fusemix.model import FusionModel, _accepts_masks
 from fusemix.regularizers import StructureLoss
@@ -114,10 +127,26 @@ from fusemix.warmstart import aligner_input_norm, warm_start
 AUGMENTATIONS: tuple[str, ...] = ("fusemix", "none", "noise", "fusemix-independent")
 AMP_MODES: tuple[str, ...] = ("auto", "off", "bf16", "fp16")
 WARM_STARTS: tuple[str, ...] = ("none", "cca", "procrustes")
+SELECTIONS: tuple[str, ...] = ("last", "best")
 RESULT_NEUTRAL_FIELDS: frozenset[str] = frozenset(
-    {"eval_every", "checkpoint_every", "log_every", "eval_chunk_size", "device", "preload", "dist_timeout_s"}
+    {
+        "eval_every",
+        "checkpoint_every",
+        "log_every",
+        "eval_chunk_size",
+        "device",
+        "threads",
+        "preload",
+        "dist_timeout_s",
+    }
 )
-"""Config fields that do not change the trained weights; a resume may change them."""
+"""Config fields that do not change the trained weights; a resume may change them.
+
+``device`` and ``threads`` change float rounding only (a resume that changes
+them warns). ``eval_every`` is neutral only with ``selection="last"``: with
+``selection="best"`` it decides which weights are kept and when training
+stops, and a resume must keep it.
+"""
 
 CHECKPOINT_DIR = "checkpoint"
 MODEL_DIR = "model"
@@ -153,7 +182,9 @@ class TrainConfig:
     Attributes:
         epochs: Passes over the training pairs (paper: 500).
         batch_size: Pairs per optimizer step, before mixing (paper: 40,960;
-            FuseMix in halves feeds the loss ``batch_size / 2`` pairs).
+            FuseMix in halves feeds the loss ``batch_size / 2`` pairs). A
+            batch larger than the training pairs is cut by :func:`fit` to
+            the largest full batch they allow, with a warning.
         lr: Peak learning rate (paper: 1e-3).
         warmup_steps: Optimizer steps of linear warm-up (paper: 100).
         warmup_start_lr: Learning rate of the first step (paper: 1e-6).
@@ -193,8 +224,27 @@ class TrainConfig:
             gradient scaler).
         preload: Put all training latents on the device once (see
             :class:`~fusemix.data.LatentBatcher`); ``True``, ``False`` or ``"auto"``.
+        threads: Torch intra-op CPU threads for the run
+            (``torch.set_num_threads`` while :func:`fit` runs, restored
+            afterwards, even on error); ``None`` leaves torch's setting. On
+            a busy machine one thread can be many times faster for small
+            adapters. Results are bitwise reproducible for the same thread
+            count, device and seed; another count changes float rounding.
+            The count a run used is recorded in the checkpoint's
+            ``state.json`` (``"threads"``).
         seed: Seeds the initialisation, the shuffling, the augmentation and dropout.
         eval_every: Evaluate every this many epochs (0: only at the end).
+        selection: Which weights :func:`fit` returns: ``"last"`` (after the
+            last step) or ``"best"`` (those of the evaluation with the
+            highest ``selection_metric`` on ``val``; on a tie the earliest).
+        selection_metric: The validation metric ``selection="best"``
+            maximises: ``"mean"``, or a key such as ``"i2t_mean"`` (the
+            authors' choice) or ``"t2i_R@1"``, named after the first letters
+            of the ``val_pair`` modalities (``"a2t_mean"`` for audio-text).
+        patience: Early stopping (``selection="best"`` only): stop after
+            this many evaluations in a row without a strictly higher
+            ``selection_metric``; ``None`` trains every epoch. The learning
+            rate schedule keeps the shape it has for ``epochs``.
         checkpoint_every: Checkpoint every this many epochs (0: only at the
             end); with ``out_dir`` a checkpoint is always written at the end.
         log_every: Log the mean training loss every this many steps.
@@ -271,8 +321,12 @@ class TrainConfig:
     device: str = "auto"
     amp: str = "auto"
     preload: bool | str = "auto"
+    threads: int | None = None
     seed: int = 0
     eval_every: int = 10
+    selection: str = "last"
+    selection_metric: str = "mean"
+    patience: int | None = None
     checkpoint_every: int = 10
     log_every: int = 50
     eval_chunk_size: int | None = None
@@ -331,8 +385,11 @@ class TrainConfig:
         check_choice("amp", self.amp, AMP_MODES)
         if not (isinstance(self.preload, bool) or self.preload == "auto"):
             raise ValueError(f"preload: expected True, False or 'auto', got {self.preload!r}")
+        if self.threads is not None:
+            _check_int("threads", self.threads, 1)
         _check_int("seed", self.seed, 0)
         _check_int("eval_every", self.eval_every, 0)
+        self._check_selection()
         _check_int("checkpoint_every", self.checkpoint_every, 0)
         check_positive_int("log_every", self.log_every)
         if self.eval_chunk_size is not None:
@@ -349,6 +406,21 @@ class TrainConfig:
         if mixing and self.pairing == "halves" and self.batch_size % 2:
             raise ValueError(
                 f"batch_size: must be even with pairing='halves' (FuseMix mixes the two halves), got {self.batch_size}"
+            )
+
+    def _check_selection(self) -> None:
+        check_choice("selection", self.selection, SELECTIONS)
+        if not isinstance(self.selection_metric, str):
+            raise TypeError(f"selection_metric: expected a string, got {type(self.selection_metric).__name__}")
+        if not self.selection_metric:
+            raise ValueError("selection_metric: expected a validation metric name such as 'mean' or 'i2t_mean'")
+        if self.patience is None:
+            return
+        _check_int("patience", self.patience, 1)
+        if self.selection != "best":
+            raise ValueError(
+                f"patience: early stopping returns the best evaluation's weights, so it needs selection='best', "
+                f"got selection={self.selection!r}"
             )
 
     @staticmethod
@@ -712,19 +784,48 @@ class TrainState:
     lr: float
 
 
+@dataclass(frozen=True)
+class Selection:
+    """The evaluation whose weights :func:`fit` returned with ``selection="best"``.
+
+    Attributes:
+        epoch: Epoch at whose end the evaluation ran (0-based).
+        step: Optimizer steps done when it ran.
+        metric: The ``selection_metric``.
+        value: That metric's value there (percent).
+        metrics: Every validation metric of that evaluation.
+
+    """
+
+    epoch: int
+    step: int
+    metric: str
+    value: float
+    metrics: dict[str, float]
+
+
 @dataclass
 class FitResult:
     """What :func:`fit` returns.
 
     Attributes:
-        model: The trained model, in eval mode.
+        model: The returned model, in eval mode: the weights after the last
+            step (``selection="last"``) or the selected ones (``"best"``).
         history: The log records (also in ``log.jsonl``): ``kind`` ``"step"``
             every ``log_every`` steps and ``"epoch"`` at each epoch's end,
             with ``epoch``, ``step``, ``loss``, ``lr``, ``temperature``,
-            ``alpha`` and, when evaluated, ``metrics``.
-        metrics: Validation metrics at the end, or ``None`` without ``val``.
+            ``alpha`` and, when evaluated, ``metrics``; with
+            ``selection="best"`` a last ``"selection"`` record (the selected
+            ``epoch``, ``step``, ``metric``, ``value`` and ``metrics``, and
+            ``stopped_early``).
+        metrics: Validation metrics of the returned model (the last
+            evaluation's, or the selected one's), or ``None`` without ``val``.
         out_dir: The run directory, or ``None``.
-        config: The config trained with.
+        config: The config trained with (``batch_size`` as trained, after a
+            cut to the data).
+        selected: The selected evaluation with ``selection="best"``, else ``None``.
+        stopped_early: Whether ``patience`` ended training before ``epochs``.
+        steps: Optimizer steps trained (over every resumed session).
 
     """
 
@@ -733,6 +834,9 @@ class FitResult:
     metrics: dict[str, float] | None
     out_dir: Path | None
     config: TrainConfig = field(repr=False)
+    selected: Selection | None = None
+    stopped_early: bool = False
+    steps: int = 0
 
 
 def _resolve_device(config: TrainConfig, place: ProcessPlace | None = None) -> torch.device:
@@ -764,13 +868,84 @@ def _check_world(config: TrainConfig, world_size: int) -> None:
             f"batch_size: {config.batch_size} is not divisible by the world size {world_size}; batch_size is the "
             f"global batch, split evenly over the ranks, so use a multiple of {world_size}"
         )
-    mixing = config.augmentation in ("fusemix", "fusemix-independent")
-    if mixing and config.pairing == "halves" and (config.batch_size // world_size) % 2:
+    if _halves(config) and (config.batch_size // world_size) % 2:
         raise ValueError(
             f"batch_size: {config.batch_size} over world size {world_size} gives {config.batch_size // world_size} "
             "rows per rank, but pairing='halves' mixes the two halves of each rank's rows and needs an even "
             f"number; use a multiple of {2 * world_size}"
         )
+
+
+def _halves(config: TrainConfig) -> bool:
+    """Whether FuseMix mixes the two halves of every batch (of every rank's slice), which must then be even."""
+    return config.augmentation in ("fusemix", "fusemix-independent") and config.pairing == "halves"
+
+
+def _fit_batch_to_data(config: TrainConfig, num_pairs: int, world_size: int) -> TrainConfig:
+    """``config``, with a ``batch_size`` above ``num_pairs`` cut to the largest full batch they allow (with a warning).
+
+    The cut batch is a multiple of ``world_size`` and, when FuseMix mixes
+    halves, even on every rank. A resume cuts the same way, so the original
+    config and the cut one both match the checkpoint.
+
+    Raises:
+        ValueError: If ``num_pairs`` is too few for even the smallest batch.
+
+    """
+    if config.batch_size <= num_pairs:
+        return config
+    multiple = world_size * (2 if _halves(config) else 1)
+    cut = num_pairs // multiple * multiple
+    if cut < 2:
+        raise ValueError(
+            f"batch_size: {config.batch_size} exceeds the {num_pairs} training pairs, which are too few for one "
+            f"batch (at least 2 pairs, in a multiple of {multiple})"
+        )
+    left_out = f" ({num_pairs - cut} left out of each epoch, drawn anew every epoch)" if cut < num_pairs else ""
+    warnings.warn(
+        f"batch_size: {config.batch_size} exceeds the {num_pairs} training pairs; training full batches of {cut} "
+        f"pairs instead{left_out}",
+        UserWarning,
+        stacklevel=4,
+    )
+    return replace(config, batch_size=cut)
+
+
+def _metric_keys(pair: tuple[str, str]) -> list[str]:
+    """The keys of the validation metrics :func:`fit` computes for ``pair`` (query, key)."""
+    ranks = torch.zeros(1, dtype=torch.long)
+    return list(metrics_from_ranks(ranks, ranks, names=_metric_names(*pair)))
+
+
+def _check_selection_target(config: TrainConfig, val: PairedLatents | None, val_pair: tuple[str, str] | None) -> None:
+    """Refuse, before training, ``selection="best"`` without ``val`` or with a metric its evaluation lacks."""
+    if config.selection != "best":
+        return
+    if val is None:
+        raise ValueError(
+            "val: selection='best' keeps the weights of the best evaluation on the validation pairs; pass val= or "
+            "use selection='last'"
+        )
+    pair = _check_pair(val, val_pair, "val_pair")
+    keys = _metric_keys(pair)
+    if config.selection_metric not in keys:
+        raise ValueError(
+            f"selection_metric: {config.selection_metric!r} is not a validation metric of val_pair {pair}; "
+            f"expected one of {keys}"
+        )
+
+
+@contextmanager
+def _torch_threads(threads: int | None) -> Iterator[None]:
+    """Run the block with ``threads`` torch intra-op threads (``None``: as set), restoring the count afterwards."""
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        if threads is not None:
+            torch.set_num_threads(before)
 
 
 def _resolve_amp(config: TrainConfig, device: torch.device) -> torch.dtype | None:
@@ -828,6 +1003,8 @@ class _RunLog:
     """History in memory, mirrored to ``log.jsonl`` (appended) and ``log.csv`` (rewritten)."""
 
     COLUMNS = ("kind", "epoch", "step", "loss", "lr", "temperature", "alpha", "epoch_seconds")
+    SELECTION_COLUMNS = ("metric", "value", "stopped_early")
+    """Columns added after ``COLUMNS`` once the history holds a ``"selection"`` record."""
 
     def __init__(self, out_dir: Path | None, history: list[dict[str, Any]]) -> None:
         self.out_dir = out_dir
@@ -849,14 +1026,15 @@ class _RunLog:
         if self.out_dir is None:
             return
         metric_keys = sorted({k for r in self.history for k in r.get("metrics", {})})
+        columns = self.COLUMNS
+        if any(r.get("kind") == "selection" for r in self.history):
+            columns += self.SELECTION_COLUMNS
         buf = io.StringIO()
         writer = csv.writer(buf, lineterminator="\n")
-        writer.writerow([*self.COLUMNS, *metric_keys])
+        writer.writerow([*columns, *metric_keys])
         for r in self.history:
             metrics = r.get("metrics", {})
-            writer.writerow(
-                [_csv_value(r.get(c)) for c in self.COLUMNS] + [_csv_value(metrics.get(k)) for k in metric_keys]
-            )
+            writer.writerow([_csv_value(r.get(c)) for c in columns] + [_csv_value(metrics.get(k)) for k in metric_keys])
         write_text_atomic(self.out_dir / "log.csv", buf.getvalue())
 
     def close(self) -> None:
@@ -872,6 +1050,10 @@ def _csv_value(value: object) -> object:
 def plot_curves(history: Sequence[Mapping[str, Any]], path: str | Path) -> bool:
     """Plot the epoch loss and the recall metrics of ``history`` against epochs into a PNG.
 
+    A ``"selection"`` record (``selection="best"``) is marked on the recall
+    panel: a dashed line at the selected epoch and a star at the selected
+    metric's value.
+
     Args:
         history: Log records as in ``FitResult.history``.
         path: The PNG to write (atomically).
@@ -882,10 +1064,26 @@ def plot_curves(history: Sequence[Mapping[str, Any]], path: str | Path) -> bool:
 
     """
     try:
-        from matplotlib.figure import Figure
+        figure = _curves_figure(history)
     except ImportError:
         warnings.warn(f"fit: {Path(path).name} skipped because matplotlib is not installed", stacklevel=2)
         return False
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    figure.savefig(tmp, format="png", dpi=100)
+    tmp.replace(path)
+    return True
+
+
+def _curves_figure(history: Sequence[Mapping[str, Any]]) -> Any:
+    """The matplotlib ``Figure`` of :func:`plot_curves`: loss (left) and validation recall (right) per epoch.
+
+    Raises:
+        ImportError: If matplotlib is not installed.
+
+    """
+    from matplotlib.figure import Figure
+
     epochs = [r for r in history if r.get("kind") == "epoch"]
     evals = [r for r in epochs if r.get("metrics")]
     fig = Figure(figsize=(10, 4), layout="constrained")
@@ -897,14 +1095,16 @@ def plot_curves(history: Sequence[Mapping[str, Any]], path: str | Path) -> bool:
         points = [(r["epoch"] + 1, r["metrics"][k]) for r in evals if k in r["metrics"]]
         if points:
             recall_ax.plot(*zip(*points), marker="o", label=k)
+    selection = next((r for r in history if r.get("kind") == "selection"), None)
+    if selection is not None:
+        x = selection["epoch"] + 1
+        recall_ax.axvline(x, color="0.5", linestyle="--", linewidth=1)
+        label = f"selected: {selection['metric']} at epoch {x}"
+        recall_ax.plot([x], [selection["value"]], marker="*", markersize=14, linestyle="none", color="k", label=label)
     recall_ax.set(xlabel="epoch", ylabel="recall (%)", title="validation retrieval")
     if evals:
         recall_ax.legend()
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, format="png", dpi=100)
-    tmp.replace(path)
-    return True
+    return fig
 
 
 def _pairing_fingerprint(data: PairedLatents) -> str:
@@ -921,19 +1121,99 @@ def _pairing_fingerprint(data: PairedLatents) -> str:
     return digest.hexdigest()
 
 
+def _data_identity(data: PairedLatents) -> dict[str, Any]:
+    """What a checkpoint records to recognise its training or validation data: size, dims, pairing fingerprint.
+
+    :func:`_check_same_data` compares it on resume; extend the two together
+    (a hash of the latent values, say).
+    """
+    return {"num_pairs": len(data), "dims": data.dims, "pairing": _pairing_fingerprint(data)}
+
+
+def _check_same_data(name: str, saved: Mapping[str, Any], current: Mapping[str, Any], where: Path) -> None:
+    """Refuse to resume with ``name`` data (``"train"`` or ``"val"``) other than the checkpoint's.
+
+    Args:
+        name: The argument of :func:`fit` the data came in.
+        saved: Its :func:`_data_identity` in the checkpoint.
+        current: Its :func:`_data_identity` now.
+        where: The checkpoint directory, for the message.
+
+    """
+    if saved["num_pairs"] != current["num_pairs"] or saved["dims"] != current["dims"]:
+        raise ValueError(
+            f"{name}: has {current['num_pairs']} pairs with dims {current['dims']}, but the checkpoint in {where} "
+            f"was made with {saved['num_pairs']} pairs with dims {saved['dims']} as {name}; resume with the same "
+            f"{name}, or train in another out_dir"
+        )
+    if "pairing" in saved and saved["pairing"] != current["pairing"]:
+        raise ValueError(
+            f"{name}: pairs its rows differently from the {name} data the checkpoint in {where} was made with (same "
+            "number of pairs and dims, other row indices or missing rows); resume with the same pairs, or "
+            "train in another out_dir"
+        )
+
+
+def _resume_neutral_fields(config: TrainConfig) -> frozenset[str]:
+    """The fields a resume may change: ``RESULT_NEUTRAL_FIELDS``, less ``eval_every`` with ``selection="best"``."""
+    return RESULT_NEUTRAL_FIELDS - {"eval_every"} if config.selection == "best" else RESULT_NEUTRAL_FIELDS
+
+
 def _compare_config(saved: Mapping[str, Any], config: TrainConfig, where: Path) -> None:
     current = config.to_dict()
     saved_config = TrainConfig.from_dict(saved).to_dict()
+    neutral = _resume_neutral_fields(config)
     differ = [
         f"{k}={current[k]!r} (checkpoint: {saved_config[k]!r})"
         for k in current
-        if k not in RESULT_NEUTRAL_FIELDS and current[k] != saved_config[k]
+        if k not in neutral and current[k] != saved_config[k]
     ]
     if differ:
         raise ValueError(
             f"config: differs from the checkpoint in {where}: {', '.join(differ)}; resume with the checkpoint's "
             "config (TrainConfig.from_dict of its state.json 'config'), or train in another out_dir"
         )
+
+
+class _Selector:
+    """``selection="best"``: the best evaluation so far, a CPU copy of its weights, and early stopping."""
+
+    def __init__(self, metric: str, patience: int | None) -> None:
+        self.metric, self.patience = metric, patience
+        self.best: Selection | None = None
+        self.weights: dict[str, Tensor] | None = None
+        self.since_best = 0
+        self.stopped_early = False
+
+    def update(self, epoch: int, step: int, metrics: Mapping[str, float], model: nn.Module) -> None:
+        """Take one evaluation: keep the weights on a strictly higher value, else count it towards ``patience``."""
+        value = float(metrics[self.metric])
+        if self.best is None or value > self.best.value:
+            self.best = Selection(epoch=epoch, step=step, metric=self.metric, value=value, metrics=dict(metrics))
+            self.weights = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+            self.since_best = 0
+            return
+        self.since_best += 1
+        self.stopped_early = self.patience is not None and self.since_best >= self.patience
+
+    def state_dict(self) -> dict[str, Any]:
+        """The JSON-safe selection state; the weights are saved apart."""
+        return {
+            "metric": self.metric,
+            "best": None if self.best is None else asdict(self.best),
+            "evaluations_since_best": self.since_best,
+            "stopped_early": self.stopped_early,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any], weights: dict[str, Tensor] | None, where: Path) -> None:
+        """Restore :meth:`state_dict` output and the best weights saved with it (CPU tensors, not shared)."""
+        best = state["best"]
+        if best is not None and weights is None:
+            raise ValueError(f"checkpoint: {where} records a best evaluation but has no {BEST_WEIGHTS}")
+        self.best = None if best is None else Selection(**best)
+        self.weights = weights
+        self.since_best = int(state["evaluations_since_best"])
+        self.stopped_early = bool(state["stopped_early"])
 
 
 class _Run:
@@ -952,8 +1232,9 @@ class _Run:
         device: torch.device,
     ) -> None:
         self.train_data, self.config, self.out_dir, self.callbacks = train, config, out_dir, tuple(callbacks)
-        self.pairing = _pairing_fingerprint(train) if out_dir is not None else None  # checked on resume
+        self.train_identity = _data_identity(train) if out_dir is not None else None  # checked on resume
         self.place, self.device = place, device
+        self.threads = torch.get_num_threads()
         self.amp_dtype = _resolve_amp(config, self.device)
         self.model = (model if model is not None else model_from_config(train.dims, config)).to(self.device)
         missing = [m for m in train.modalities if m not in self.model.modalities]
@@ -976,15 +1257,15 @@ class _Run:
         if self.eval_pair is not None and any(m not in self.model.modalities for m in self.eval_pair):
             raise ValueError(f"val_pair: the model has no adapter for one of {self.eval_pair}")
         self.eval_task = None if val is None else val.retrieval_task(*self.eval_pair)  # type: ignore[misc]
+        self.selector = _Selector(config.selection_metric, config.patience) if config.selection == "best" else None
+        self.val_identity = None
+        if self.selector is not None and out_dir is not None:
+            self.val_identity = {**_data_identity(val), "pair": list(self.eval_pair)}  # type: ignore[arg-type]
         aug_device = self.device if config.augmentation == "noise" else torch.device("cpu")
         self.generator = torch.Generator(device=aug_device).manual_seed(_derived_seed(config.seed, 1, place.rank))
         self.augment = augmentation_from_config(config, self.generator)
         self.optimizer = build_optimizer(self.model, config)
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
-        if len(train) < config.batch_size:
-            raise ValueError(
-                f"batch_size: {config.batch_size} exceeds the {len(train)} training pairs; lower batch_size"
-            )
         self.batcher = LatentBatcher(
             train,
             config.batch_size,
@@ -1047,13 +1328,13 @@ class _Run:
             "config": self.config.to_dict(),
             "device_type": self.device.type,
             "world_size": self.place.world_size,
-            "train": {
-                "num_pairs": len(self.train_data),
-                "dims": self.train_data.dims,
-                "pairing": self.pairing,
-            },
+            "threads": self.threads,
+            "train": self.train_identity,
             "history": self.history,
         }
+        if self.selector is not None:
+            state["val"] = self.val_identity
+            state["selection"] = self.selector.state_dict()
         optimizer = {
             "optimizer": self.optimizer.state_dict(),
             "grad_scaler": None if self.scaler is None else self.scaler.state_dict(),
@@ -1064,6 +1345,7 @@ class _Run:
             optimizer_state=optimizer,
             rng_state=rng_state,
             state=state,
+            best_state=None if self.selector is None else self.selector.weights,
         )
         barrier(self.device)
 
@@ -1102,18 +1384,10 @@ class _Run:
                 f"--nproc_per_node={saved_world}) or train in another out_dir"
             )
         _compare_config(state["config"], self.config, where)
-        saved = state["train"]
-        if saved["num_pairs"] != len(self.train_data) or saved["dims"] != self.train_data.dims:
-            raise ValueError(
-                f"train: has {len(self.train_data)} pairs with dims {self.train_data.dims}, but the checkpoint in "
-                f"{where} was trained on {saved['num_pairs']} pairs with dims {saved['dims']}"
-            )
-        if "pairing" in saved and saved["pairing"] != self.pairing:
-            raise ValueError(
-                f"train: pairs its rows differently from the data the checkpoint in {where} was trained on (same "
-                "number of pairs and dims, other row indices or missing rows); resume with the same pairs, or "
-                "train in another out_dir"
-            )
+        _check_same_data("train", state["train"], self.train_identity, where)  # type: ignore[arg-type]
+        if self.selector is not None:
+            self._restore_selection(ckpt, where)
+        self._warn_threads(state.get("threads"))
         try:
             self.model.load_state_dict(ckpt.model_state, strict=True)
         except RuntimeError as err:
@@ -1125,6 +1399,27 @@ class _Run:
         self._restore_rng(rng, state.get("device_type"))
         self.batcher.load_state_dict(state["batcher"])
         self.epoch, self.step, self.history = int(state["epoch"]), int(state["step"]), list(state["history"])
+
+    def _restore_selection(self, ckpt: TrainingCheckpoint, where: Path) -> None:
+        """Check that ``val`` is the checkpoint's validation data, then restore the selection state."""
+        assert self.selector is not None and self.val_identity is not None
+        saved = ckpt.state["val"]
+        _check_same_data("val", saved, self.val_identity, where)
+        if saved["pair"] != self.val_identity["pair"]:
+            raise ValueError(
+                f"val_pair: {tuple(self.val_identity['pair'])} differs from {tuple(saved['pair'])}, which the "
+                f"checkpoint in {where} selected on; resume with the same val_pair, or train in another out_dir"
+            )
+        self.selector.load_state_dict(ckpt.state["selection"], ckpt.best_state, where)
+
+    def _warn_threads(self, saved: int | None) -> None:
+        if saved is not None and saved != self.threads:
+            warnings.warn(
+                f"fit: resuming a run saved with {saved} torch thread(s) on {self.threads} (threads); the weights "
+                "continue, but float rounding changes with the thread count, so results differ in the last bits "
+                "from an uninterrupted run",
+                stacklevel=5,
+            )
 
     def _check_ranks_agree(self, ckpt: TrainingCheckpoint | None) -> None:
         """Refuse (on every rank) to go on when the ranks got different ``out_dir`` or saw different checkpoints."""
@@ -1166,6 +1461,11 @@ class _Run:
 
     def _due(self, every: int, epoch: int) -> bool:
         return epoch + 1 == self.config.epochs or (every > 0 and (epoch + 1) % every == 0)
+
+    @property
+    def finished(self) -> bool:
+        """Whether every epoch ran, or ``patience`` stopped the run."""
+        return self.epoch >= self.config.epochs or (self.selector is not None and self.selector.stopped_early)
 
     def _record(self, kind: str, epoch: int, loss: float, lr: float, alpha: float | None) -> dict[str, Any]:
         if not math.isfinite(loss):
@@ -1245,12 +1545,53 @@ class _Run:
         record = self._record("epoch", epoch, float(all_reduce_sum(epoch_sum)) / steps, lr, alpha)
         if self.eval_task is not None and self._due(config.eval_every, epoch):
             record["metrics"] = self.evaluate()
+            if self.selector is not None:
+                self.selector.update(epoch, self.step, record["metrics"], self.model)
         record["epoch_seconds"] = time.perf_counter() - started
         log.append(record)
         self.epoch = epoch + 1
-        if self.out_dir is not None and self._due(config.checkpoint_every, epoch):
+        if self.out_dir is not None and (self._due(config.checkpoint_every, epoch) or self.finished):
             self.save_checkpoint()
         log.write_csv()
+
+    def conclude(self, log: _RunLog) -> None:
+        """With ``selection="best"``: put the selected weights in the model and log the ``"selection"`` record."""
+        if self.selector is None:
+            return
+        best = self.selector.best
+        assert best is not None and self.selector.weights is not None  # the run's last epoch is always evaluated
+        self.model.load_state_dict(self.selector.weights)
+        log.append(
+            {
+                "kind": "selection",
+                "epoch": best.epoch,
+                "step": best.step,
+                "metric": best.metric,
+                "value": best.value,
+                "stopped_early": self.selector.stopped_early,
+                "metrics": dict(best.metrics),
+            }
+        )
+        log.write_csv()
+
+    def result(self) -> FitResult:
+        """What :func:`fit` returns, once the run is concluded."""
+        selected = None if self.selector is None else self.selector.best
+        if selected is not None:
+            metrics: dict[str, float] | None = dict(selected.metrics)
+        else:
+            evaluated = [r["metrics"] for r in self.history if r.get("kind") == "epoch" and "metrics" in r]
+            metrics = evaluated[-1] if evaluated else None
+        return FitResult(
+            model=self.model,
+            history=self.history,
+            metrics=metrics,
+            out_dir=self.out_dir,
+            config=self.config,
+            selected=selected,
+            stopped_early=self.selector is not None and self.selector.stopped_early,
+            steps=self.step,
+        )
 
     def evaluate(self) -> dict[str, float]:
         assert self.eval_task is not None and self.eval_pair is not None
@@ -1286,6 +1627,22 @@ def fit(
     :func:`fusemix.retrieval_metrics` scores ``val_pair`` (on the pairs of
     ``val`` that have both of its modalities).
 
+    Which weights are returned: with ``config.selection="last"`` those after
+    the last step; with ``"best"`` those of the evaluation with the highest
+    ``config.selection_metric`` (the earliest on a tie), and with
+    ``config.patience`` training stops after that many evaluations in a row
+    without a strictly higher value. The learning-rate schedule keeps the
+    shape it has for ``config.epochs`` when training stops early.
+    ``FitResult.metrics`` are always the returned model's.
+
+    A ``config.batch_size`` larger than ``train`` is cut, with a
+    ``UserWarning``, to the largest batch that fits: a multiple of the world
+    size, even on every rank when FuseMix mixes halves; every step then
+    trains one full batch. ``FitResult.config`` and the saved configs hold
+    the cut size, and a resume accepts the original config (it is cut the
+    same way) as well as the cut one. ``config.threads`` sets torch's CPU
+    threads while :func:`fit` runs.
+
     Training pairs may lack modalities (``-1`` in ``train``'s ``rows``):
     the batches then carry presence masks, which the augmentation and the
     model's loss take (see the module docstring).
@@ -1300,19 +1657,22 @@ def fit(
 
     With ``out_dir``: logs (``log.jsonl``, ``log.csv``, ``curves.png``),
     checkpoints in ``out_dir/checkpoint`` every ``checkpoint_every`` epochs
-    and at the end, and the final model in ``out_dir/model``. A later call
+    and at the end (and where ``patience`` stops the run), and the returned
+    model in ``out_dir/model``. A later call
     with the same ``out_dir`` and ``resume=True`` continues from the
     checkpoint, restoring weights, optimizer, random generators and the
     batcher's place, so a run killed at any point and resumed ends with the
-    same weights as one never interrupted (same device, same seed); logs are
-    rolled back to the checkpoint. Randomness comes from ``config.seed``;
+    same weights (and the same selection and stopping point) as one never
+    interrupted (same device, thread count and seed); logs are rolled back
+    to the checkpoint. Randomness comes from ``config.seed``;
     torch's global random state of the caller is left as it was.
 
     Args:
         train: Training pairs (two or more modalities; pairs may lack some,
             each keeping at least two).
         config: The run's settings; the paper's recipe when ``None``.
-        val: Validation pairs, scored during and at the end of training.
+        val: Validation pairs, scored during and at the end of training;
+            required with ``config.selection="best"``.
         val_pair: ``(query, key)`` modalities of ``val`` to score (e.g.
             ``("image", "text")``); its first two modalities when ``None``.
         out_dir: Directory for logs, checkpoints and the final model;
@@ -1328,9 +1688,12 @@ def fit(
 
     Raises:
         ImportError: If ``out_dir`` is given and safetensors is not installed.
-        ValueError: If the config, the data or a checkpoint do not fit; in
-            particular a checkpoint saved with another config (fields in
-            ``RESULT_NEUTRAL_FIELDS`` may change).
+        ValueError: If the config, the data or a checkpoint do not fit: in
+            particular ``selection="best"`` without ``val`` or with a
+            ``selection_metric`` that ``val_pair``'s evaluation lacks (before
+            any step), a checkpoint saved with another config (fields in
+            ``RESULT_NEUTRAL_FIELDS`` may change, except ``eval_every`` with
+            ``selection="best"``), or other ``train`` or ``val`` data.
         FileExistsError: If ``resume=False`` and ``out_dir`` holds a checkpoint.
         FloatingPointError: If the loss becomes NaN or infinite.
         RuntimeError: Under several processes, if a collective fails: another
@@ -1346,6 +1709,15 @@ def fit(
         >>> sorted(result.metrics)[:3], len(result.history)
         (['i2t_R@1', 'i2t_R@10', 'i2t_R@5'], 3)
 
+        Keep the weights of the best evaluation by image-to-text mean
+        recall, evaluating every epoch and stopping after two evaluations
+        without a gain:
+
+        >>> config = replace(config, epochs=20, eval_every=1, selection="best", selection_metric="i2t_mean", patience=2)
+        >>> best = fit(data, config, val=data, progress=False)
+        >>> best.metrics == best.selected.metrics, best.selected.metric, best.history[-1]["kind"]
+        (True, 'i2t_mean', 'selection')
+
     """
     if not isinstance(train, PairedLatents):
         raise TypeError(f"train: expected a PairedLatents, got {type(train).__name__}")
@@ -1356,8 +1728,26 @@ def fit(
         raise TypeError(f"config: expected a TrainConfig or None, got {type(config).__name__}")
     if model is not None and not isinstance(model, FusionModel):
         raise TypeError(f"model: expected a FusionModel or None, got {type(model).__name__}")
+    with _torch_threads(config.threads):
+        return _fit(train, config, val, val_pair, out_dir, model, resume, progress, callbacks)
+
+
+def _fit(
+    train: PairedLatents,
+    config: TrainConfig,
+    val: PairedLatents | None,
+    val_pair: tuple[str, str] | None,
+    out_dir: str | Path | None,
+    model: FusionModel | None,
+    resume: bool,
+    progress: bool,
+    callbacks: Sequence[Callable[[TrainState], None]],
+) -> FitResult:
+    """:func:`fit` once its arguments' types are checked and its thread count is set."""
     place = launch_environment()
     _check_world(config, place.world_size)
+    config = _fit_batch_to_data(config, len(train), place.world_size)
+    _check_selection_target(config, val, val_pair)
     run_dir = None if out_dir is None else Path(out_dir)
     if run_dir is not None:
         _safetensors()
@@ -1384,12 +1774,12 @@ def fit(
                 total = config.epochs * run.steps_per_epoch
                 initial = run.epoch * run.steps_per_epoch + run.batcher.batch_index
                 with _progress_bar(progress and place.is_main, total, initial) as bar:
-                    while run.epoch < config.epochs:
+                    while not run.finished:
                         run.run_epoch(log, bar)
+                run.conclude(log)
             finally:
                 log.close()
         run.model.eval()
-        evaluated = [r["metrics"] for r in run.history if r.get("kind") == "epoch" and "metrics" in r]
         if run_dir is not None and place.is_main:
             save_model(run.model, run_dir / MODEL_DIR, config=config)
             plot_curves(run.history, run_dir / "curves.png")
@@ -1398,8 +1788,7 @@ def fit(
         if place.world_size > 1:
             _note_rank(err, place, config, run)
         raise
-    metrics = evaluated[-1] if evaluated else None
-    return FitResult(model=run.model, history=run.history, metrics=metrics, out_dir=run_dir, config=config)
+    return run.result()
 
 
 def _destroy_process_group() -> None:
