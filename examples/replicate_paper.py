@@ -3,9 +3,9 @@
 With no arguments this runs a real, offline, CPU-sized replication that works
 on a fresh machine: frozen EfficientNet-Lite0 and all-MiniLM-L6-v2 encoders,
 OpenMoji drawings paired with their names, FuseMix against no augmentation,
-latent noise, FuseMix with independent lambdas, closed-form CCA and FuseMix
-from a CCA warm start with the structure term, at three training-set sizes
-and five seeds; every trained method trains by the same rule (full batches,
+closed-form CCA and FuseMix from a CCA warm start with the structure term
+(``--grid full`` adds latent noise, FuseMix with independent lambdas and the
+single combinations), at three training-set sizes and five seeds; every trained method trains by the same rule (full batches,
 the step with the best validation recall kept, early stopping). A few
 minutes on 2 CPU cores, once the latents are cached.
 
