@@ -47,6 +47,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from fusemix import tables
+
 MIB = 2**20
 
 
@@ -320,26 +322,8 @@ def report_peaks(calls: Mapping[str, tuple[Callable[[], object], torch.device]])
 
 
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    """A GitHub-flavoured markdown table; numbers right-aligned."""
-    cells = [[str(c) for c in row] for row in rows]
-    widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]
-    numeric = [bool(cells) and all(_looks_numeric(r[i]) for r in cells) for i in range(len(headers))]
-
-    def line(values: Sequence[str]) -> str:
-        padded = [v.rjust(w) if num else v.ljust(w) for v, w, num in zip(values, widths, numeric)]
-        return "| " + " | ".join(padded) + " |"
-
-    rule = "|" + "|".join(("-" * (w + 1) + ":") if num else ("-" * (w + 2)) for w, num in zip(widths, numeric)) + "|"
-    return "\n".join([line(list(headers)), rule, *(line(r) for r in cells)])
-
-
-def _looks_numeric(text: str) -> bool:
-    stripped = text.replace(",", "").replace("x", "").replace("%", "").replace("~", "").strip()
-    try:
-        float(stripped)
-    except ValueError:
-        return False
-    return True
+    """A GitHub-flavoured markdown table; numbers right-aligned (:func:`fusemix.tables.markdown_table`)."""
+    return tables.markdown_table(headers, rows, align_numbers=True)
 
 
 def fmt_seconds(seconds: float) -> str:

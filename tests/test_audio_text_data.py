@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import doctest
-import importlib.util
 import shutil
-import sys
 import unicodedata
 from pathlib import Path
 
@@ -17,23 +15,10 @@ from hypothesis import strategies as st
 
 import fixtures_audio_text as fx
 import fusemix
+from _examples import import_example
 from fusemix.audio import AudioFileError
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def _load_module():
-    """Import ``examples/replication/audio_text_data.py`` by path (works with or without the package)."""
-    path = REPO / "examples" / "replication" / "audio_text_data.py"
-    name = "_fusemix_examples_audio_text_data"
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up while the class is built
-    spec.loader.exec_module(module)
-    return module
-
-
-atd = _load_module()
+atd = import_example("replication.audio_text_data")
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,8 @@ import fusemix
 from _cli_encoders import colour_statistics, letter_counts
 from _tiny_models import build_bert, build_dinov2
 from fusemix.checkpoint import load_model
-from fusemix.cli import ITEMS_FILE, LATENTS_FILE, _train_settings, build_parser, main
+from fusemix.cli import ITEMS_FILE, LATENTS_FILE, build_parser, main
+from fusemix.cli.train import train_settings as _train_settings
 from fusemix.data import PairedLatents
 from fusemix.store import MANIFEST, LatentStore
 from fusemix.train import TrainConfig, evaluate_retrieval

@@ -464,3 +464,13 @@ def test_reused_buffers_from_a_store_equal_new_ones_and_are_read_into_kept_buffe
         # kept buffers per modality, the same ones in both epochs, and one result tensor per modality.
         assert set(second) <= set(first) and len(set(first)) <= 4 and {m for m, _ in first} == {"image", "text"}
         assert len(pointers) == 2
+
+
+def test_rows_give_back_the_pairing():
+    images, captions = np.random.randn(2, 4).astype(np.float32), np.random.randn(5, 3).astype(np.float32)
+    data = PairedLatents({"image": images, "text": captions}, rows={"image": [0, 0, 0, 1, 1]})
+    assert list(data.rows) == ["image"] and data.rows["image"].tolist() == [0, 0, 0, 1, 1]
+    data.rows["image"][0] = 1  # a copy: the pairing stays as it is
+    again = PairedLatents(data.latents, data.rows)
+    assert again.row_index("image").tolist() == data.row_index("image").tolist() == [0, 0, 0, 1, 1]
+    assert torch.equal(again.gather([0, 4])["image"], data.gather([0, 4])["image"])

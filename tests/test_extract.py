@@ -14,7 +14,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import fusemix.extract as extract_module
+import fusemix._store_writer as store_writer_module
 import fusemix.store as store_module
 from _extract_sleepy import BATCH, COUNT, IDENTITY, SHARD, SineEncoder, run
 from fusemix.extract import SPEC, encoder_identity_of, extract_latents, finalize_store
@@ -403,8 +403,8 @@ def test_permission_denied_names_the_path(tmp_path, monkeypatch):
 
 
 def _failing_shard_write(after_bytes: int):
-    """``store._atomic_write`` whose shard files hit a full disk after ``after_bytes`` bytes."""
-    original = store_module._atomic_write
+    """The store writer's ``atomic_write``, whose shard files hit a full disk after ``after_bytes`` bytes."""
+    original = store_writer_module.atomic_write
 
     def atomic_write(target, write, doing):
         if not str(target).endswith(".npy"):
@@ -432,7 +432,7 @@ def _failing_shard_write(after_bytes: int):
 @pytest.mark.parametrize("where", ["write", "replace"])
 def test_full_disk_leaves_no_partial_shard_and_resumes(tmp_path, monkeypatch, where):
     if where == "write":
-        monkeypatch.setattr(store_module, "_atomic_write", _failing_shard_write(200))
+        monkeypatch.setattr(store_writer_module, "atomic_write", _failing_shard_write(200))
     else:
         real_replace = os.replace
 
@@ -463,7 +463,7 @@ def test_progress_bar_and_plain_without_tqdm(tmp_path, capsys, monkeypatch):
     extract(CountingEncoder(), list(range(25)), tmp_path / "bar", progress=True)
     err = capsys.readouterr().err
     assert "25/25" in err and "rows/s" in err
-    monkeypatch.setattr(extract_module, "_tqdm", None)
+    monkeypatch.setitem(sys.modules, "tqdm.auto", None)
     assert len(extract(CountingEncoder(), list(range(25)), tmp_path / "plain", progress=True)) == 25
     assert capsys.readouterr().err == ""
 

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import doctest
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,22 +14,9 @@ from hypothesis import strategies as st
 
 import fixtures_image_text as fx
 import fusemix
+from _examples import import_example
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def _load_module():
-    """Import ``examples/replication/image_text_data.py`` by path (works with or without the package)."""
-    path = REPO / "examples" / "replication" / "image_text_data.py"
-    name = "_fusemix_examples_image_text_data"
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up while the class is built
-    spec.loader.exec_module(module)
-    return module
-
-
-itd = _load_module()
+itd = import_example("replication.image_text_data")
 
 
 def _captions_of(dataset, image: int) -> list[str]:
@@ -468,52 +453,14 @@ def test_without_images_remaps_and_counts():
 # --------------------------------------------------------------------------- images
 
 
-def test_load_image_converts_modes_to_rgb_hwc_uint8(tmp_path):
-    grey = fx.write_image(tmp_path / "grey.jpg", 128, mode="L", size=(5, 3))
-    rgba = fx.write_image(tmp_path / "rgba.png", (10, 20, 30, 0), mode="RGBA", size=(4, 2))
-    palette = fx.write_image(tmp_path / "palette.png", 3, mode="P", size=(2, 2))
-    for path, shape in [(grey, (3, 5, 3)), (rgba, (2, 4, 3)), (palette, (2, 2, 3))]:
-        pixels = itd.load_image(path)
-        assert pixels.shape == shape and pixels.dtype == np.uint8 and pixels.flags.writeable
-    assert itd.load_image(rgba)[0, 0].tolist() == [10, 20, 30]
-    assert np.ptp(itd.load_image(grey), axis=2).max() == 0  # grey replicated to 3 channels
-
-
-def test_load_image_errors_name_the_file(tmp_path):
-    for path in fx.write_corrupt_images(tmp_path).values():
-        with pytest.raises(itd.UnreadableImageError, match=f"^{path}: cannot decode image"):
-            itd.load_image(path)
-    with pytest.raises(FileNotFoundError, match="nothing.jpg: image file not found"):
-        itd.load_image(tmp_path / "nothing.jpg")
-
-
-def test_image_files_is_lazy_and_records_unreadable(tmp_path):
-    good = fx.write_image(tmp_path / "good.jpg", (200, 10, 10))
-    bad = fx.write_corrupt_images(tmp_path)["truncated"]
-    strict = itd.ImageFiles([good, bad, tmp_path / "not-yet-there.jpg"])  # nothing opened yet
-    assert len(strict) == 3
-    assert strict[0].shape == (6, 8, 3) and strict[-3].shape == (6, 8, 3)
-    with pytest.raises(itd.UnreadableImageError, match="truncated.jpg"):
-        strict[1]
-    with pytest.raises(IndexError):
-        strict[3]
-    with pytest.raises(TypeError, match="^index"):
-        strict["0"]
-    lenient = itd.ImageFiles([good, bad, tmp_path / "gone.jpg"], skip_unreadable=True)
-    assert [x is None for x in lenient] == [False, True, True]
-    assert sorted(lenient.unreadable) == [1, 2]
-    assert "truncated.jpg" in lenient.unreadable[1] and "gone.jpg" in lenient.unreadable[2]
-    tail = lenient[1:]
-    assert isinstance(tail, itd.ImageFiles) and tail.paths == lenient.paths[1:] and tail.skip_unreadable
-
-
 def test_unreadable_images_are_dropped_consistently(tmp_path):
     root = fx.make_coco(tmp_path)
     ds = itd.read_coco(root, "test")
     ds.image_paths[1].write_bytes(b"broken")
-    files = ds.image_files(skip_unreadable=True)
-    latents = [x for x in files]
-    smaller, kept = ds.without_images(sorted(files.unreadable), "unreadable image")
+    files = ds.image_files(on_error="skip")
+    with pytest.warns(UserWarning, match="cannot decode image"):
+        latents = [x for x in files]
+    smaller, kept = ds.without_images(sorted(files.failed), "unreadable image")
     assert kept.tolist() == [0, 2] and [latents[i] is not None for i in kept] == [True, True]
     assert smaller.num_images == 2 and smaller.num_captions == 10
     assert smaller.skipped["coco/test: unreadable image"] == 1
@@ -522,3 +469,9 @@ def test_unreadable_images_are_dropped_consistently(tmp_path):
 def test_module_docstring_examples():
     result = doctest.testmod(itd, optionflags=doctest.ELLIPSIS)
     assert result.failed == 0 and result.attempted > 10
+
+
+@pytest.mark.parametrize("name", ["replication.captions", "replication.files", "replication.checks"])
+def test_shared_reader_modules_docstring_examples(name):
+    result = doctest.testmod(import_example(name), optionflags=doctest.ELLIPSIS)
+    assert result.failed == 0 and result.attempted >= 1

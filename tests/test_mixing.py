@@ -262,3 +262,34 @@ def test_latent_noise_bad_input():
         LatentNoise(std=0)
     with pytest.raises(ValueError, match="batch sizes differ"):
         LatentNoise()(torch.randn(4, 2), torch.randn(3, 2))
+
+
+def test_mix_with_params_returns_the_call_output_and_its_draw():
+    inputs = {"a": torch.randn(8, 5), "b": torch.randn(8, 3)}
+    masks = {"b": torch.tensor([True, False] * 4)}
+    mixed, params = FuseMix(generator=_gen(7)).mix_with_params(inputs)
+    assert all(torch.equal(mixed[k], FuseMix(generator=_gen(7))(inputs)[k]) for k in inputs)
+    (latents, out_masks), masked_params = FuseMix(generator=_gen(7)).mix_with_params(inputs, masks=masks)
+    called_latents, called_masks = FuseMix(generator=_gen(7))(inputs, masks=masks)
+    assert torch.equal(latents["a"], called_latents["a"]) and torch.equal(out_masks["b"], called_masks["b"])
+    # return_params=True is the older spelling: the draw appended to the output tuple.
+    assert torch.equal(FuseMix(generator=_gen(7))(inputs, return_params=True)[1].index_b, params.index_b)
+    assert torch.equal(FuseMix(generator=_gen(7))(inputs, masks=masks, return_params=True)[2].lam, masked_params.lam)
+    assert torch.equal(FuseMix()(inputs, params=params)["b"], mixed["b"])
+
+
+def test_schedule_sets_alpha_per_epoch_and_excludes_alpha():
+    schedule = CosineAlphaSchedule(start=0.2, end=1.0, total_steps=4)
+    mix = FuseMix(schedule=schedule)
+    assert mix.alpha == schedule(0)
+    for epoch in range(6):
+        mix.set_epoch(epoch)
+        assert mix.alpha == schedule(epoch)
+    fixed = FuseMix(0.5)
+    fixed.set_epoch(3)
+    assert fixed.alpha == 0.5 and FuseMix().alpha == 1.0
+    with pytest.raises(ValueError, match="alpha: the schedule sets alpha"):
+        FuseMix(0.5, schedule=schedule)
+    with pytest.raises(TypeError, match="schedule"):
+        FuseMix(schedule=0.5)  # type: ignore[arg-type]
+    LatentNoise().set_epoch(2)  # every augmentation takes set_epoch

@@ -108,7 +108,14 @@ def test_wheel_metadata(wheel: zipfile.ZipFile) -> None:
 def test_sdist_holds_the_sources_and_the_license(sdist: tarfile.TarFile) -> None:
     root = f"fusemix-{source_version()}/"
     names = {n.removeprefix(root) for n in sdist.getnames()}
-    for needed in ("pyproject.toml", "README.md", "LICENSE", "PKG-INFO", "src/fusemix/py.typed", "src/fusemix/cli.py"):
+    for needed in (
+        "pyproject.toml",
+        "README.md",
+        "LICENSE",
+        "PKG-INFO",
+        "src/fusemix/py.typed",
+        "src/fusemix/cli/__init__.py",
+    ):
         assert needed in names, f"{needed} is missing from the sdist"
     pkg_info = email.parser.Parser().parsestr(sdist.extractfile(root + "PKG-INFO").read().decode("utf-8"))
     assert pkg_info["Version"] == source_version()

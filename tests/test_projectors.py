@@ -94,3 +94,16 @@ def test_wrong_input_width_or_dtype_is_refused():
         LinearAdapter(4, 2)(torch.ones(3, 4, dtype=torch.int64))
     with pytest.raises(ValueError, match="x: expected a last dimension of 4"):
         IdentityAdapter(4)(torch.randn(3, 2))
+
+
+def test_old_module_path_warns_and_gives_the_same_classes():
+    import importlib
+    import sys
+
+    import fusemix.adapters
+
+    sys.modules.pop("fusemix.projectors", None)
+    with pytest.warns(DeprecationWarning, match="fusemix.adapters"):
+        old = importlib.import_module("fusemix.projectors")
+    for name in ("FusionAdapter", "IdentityAdapter", "LinearAdapter", "ResidualMLPBlock"):
+        assert getattr(old, name) is getattr(fusemix.adapters, name)

@@ -78,12 +78,15 @@ import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 
-from fusemix._checks import check_choice
 from fusemix.audio import AudioFiles, OnError, TooShort, validate_audio_files
+
+from .captions import CaptionedFiles, CaptionsBuilder, FileNames
+from .checks import check_choice
+from .files import missing_dir, missing_file, require_dir, require_file
 
 AUDIOCAPS_SPLITS = ("train", "val", "test")
 """Split names of AudioCaps (files ``{split}.csv`` and ``audio/{split}/``)."""
@@ -131,7 +134,7 @@ MissingAudio = Literal["raise", "skip"]
 
 
 @dataclass(frozen=True)
-class AudioCaptionDataset:
+class AudioCaptionDataset(CaptionedFiles):
     """Unique audio clips, their captions, and the clip of each caption.
 
     Attributes:
@@ -143,12 +146,16 @@ class AudioCaptionDataset:
         skipped: Number of items left out while reading, by ``"name: reason"``.
 
     Every clip has at least one caption, so the dataset can be ranked with
-    ``fusemix.retrieval_metrics`` as is.
+    ``fusemix.retrieval_metrics`` as is. The checks, :meth:`describe`,
+    :meth:`without_audio` and :func:`concat` are those of
+    :class:`~replication.captions.CaptionedFiles`.
 
     Example:
         >>> ds = AudioCaptionDataset("toy", [Path("a.wav"), Path("b.wav")], ["x", "y", "z"], np.array([0, 1, 1]))
         >>> ds.num_clips, ds.num_captions, ds.caption_to_audio.dtype
         (2, 3, dtype('int64'))
+        >>> AudioCaptionDataset("toy", ["a.wav"], ["x"], np.array([0]), {"toy: clips missing": 2}).describe()
+        'toy: 1 clip(s), 1 caption(s); skipped: toy: clips missing = 2'
 
     """
 
@@ -157,36 +164,12 @@ class AudioCaptionDataset:
     captions: list[str]
     caption_to_audio: np.ndarray
     skipped: dict[str, int] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        index = np.asarray(self.caption_to_audio)
-        if index.ndim != 1:
-            raise ValueError(f"caption_to_audio: expected a 1-D array, got shape {index.shape}")
-        if index.size and not np.issubdtype(index.dtype, np.integer):
-            raise TypeError(f"caption_to_audio: expected integer clip indices, got dtype {index.dtype}")
-        index = index.astype(np.int64, copy=False)
-        object.__setattr__(self, "caption_to_audio", index)
-        object.__setattr__(self, "audio_paths", [Path(p) for p in self.audio_paths])
-        if index.size != len(self.captions):
-            raise ValueError(f"caption_to_audio: has {index.size} entries but there are {len(self.captions)} captions")
-        num_clips = len(self.audio_paths)
-        if index.size and (int(index.min()) < 0 or int(index.max()) >= num_clips):
-            raise ValueError(f"caption_to_audio: indices must lie in [0, {num_clips})")
-        uncaptioned = np.flatnonzero(np.bincount(index, minlength=num_clips) == 0)
-        if uncaptioned.size:
-            raise ValueError(
-                f"audio_paths: {uncaptioned.size} clip(s) have no caption (first: {self.audio_paths[uncaptioned[0]]})"
-            )
+    names: ClassVar[FileNames] = FileNames("clip", "audio_paths", "caption_to_audio")
 
     @property
     def num_clips(self) -> int:
         """Number of unique audio clips."""
-        return len(self.audio_paths)
-
-    @property
-    def num_captions(self) -> int:
-        """Number of captions (= number of training pairs)."""
-        return len(self.captions)
+        return self.num_files
 
     def audio_files(
         self,
@@ -214,19 +197,6 @@ class AudioCaptionDataset:
             on_error=on_error,
         )
 
-    def describe(self) -> str:
-        """One line: counts, then what was skipped while reading.
-
-        Example:
-            >>> AudioCaptionDataset("toy", ["a.wav"], ["x"], np.array([0]), {"toy: clips missing": 2}).describe()
-            'toy: 1 clip(s), 1 caption(s); skipped: toy: clips missing = 2'
-
-        """
-        line = f"{self.name}: {self.num_clips:,} clip(s), {self.num_captions:,} caption(s)"
-        if self.skipped:
-            line += "; skipped: " + ", ".join(f"{reason} = {count:,}" for reason, count in self.skipped.items())
-        return line
-
     def without_audio(self, indices: Sequence[int] | np.ndarray, reason: str) -> tuple[AudioCaptionDataset, np.ndarray]:
         """Drop clips (and all their captions), e.g. those :func:`drop_unusable_audio` found unusable.
 
@@ -245,27 +215,7 @@ class AudioCaptionDataset:
             (['y', 'z'], [0, 0], [1], {'toy: unusable': 1})
 
         """
-        drop = np.unique(np.asarray(indices, dtype=np.int64))
-        if drop.size and (drop[0] < 0 or drop[-1] >= self.num_clips):
-            raise ValueError(f"indices: must lie in [0, {self.num_clips}), got {drop[[0, -1]].tolist()}")
-        keep_clip = np.ones(self.num_clips, dtype=bool)
-        keep_clip[drop] = False
-        kept = np.flatnonzero(keep_clip)
-        new_index = np.full(self.num_clips, -1, dtype=np.int64)
-        new_index[kept] = np.arange(kept.size)
-        keep_caption = keep_clip[self.caption_to_audio]
-        skipped = dict(self.skipped)
-        if drop.size:
-            key = f"{self.name}: {reason}"
-            skipped[key] = skipped.get(key, 0) + int(drop.size)
-        smaller = AudioCaptionDataset(
-            self.name,
-            [self.audio_paths[i] for i in kept],
-            [c for c, keep in zip(self.captions, keep_caption) if keep],
-            new_index[self.caption_to_audio[keep_caption]],
-            skipped,
-        )
-        return smaller, kept
+        return self.without_files(indices, reason)
 
 
 def concat(datasets: Sequence[AudioCaptionDataset], *, name: str | None = None) -> AudioCaptionDataset:
@@ -290,74 +240,19 @@ def concat(datasets: Sequence[AudioCaptionDataset], *, name: str | None = None) 
         ('a+b', [0, 0, 2, 1])
 
     """
-    if not datasets:
-        raise ValueError("datasets: expected at least one dataset")
-    for position, dataset in enumerate(datasets):
-        if not isinstance(dataset, AudioCaptionDataset):
-            raise TypeError(f"datasets[{position}]: expected an AudioCaptionDataset, got {type(dataset).__name__}")
-    offsets = np.cumsum([0] + [d.num_clips for d in datasets[:-1]])
-    skipped: dict[str, int] = {}
-    for dataset in datasets:
-        for reason, count in dataset.skipped.items():
-            skipped[reason] = skipped.get(reason, 0) + count
-    return AudioCaptionDataset(
-        name if name is not None else "+".join(d.name for d in datasets),
-        [path for d in datasets for path in d.audio_paths],
-        [caption for d in datasets for caption in d.captions],
-        np.concatenate([d.caption_to_audio + offset for d, offset in zip(datasets, offsets)]).astype(np.int64),
-        skipped,
-    )
+    return AudioCaptionDataset.concat(datasets, name=name)
 
 
-class _Builder:
-    """Accumulates unique clips and their captions while a reader walks a caption file."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.audio_paths: list[Path] = []
-        self.captions: list[str] = []
-        self.caption_to_audio: list[int] = []
-        self.skipped: dict[str, int] = {}
-
-    def add(self, path: Path, captions: Sequence[str]) -> None:
-        clip = len(self.audio_paths)
-        self.audio_paths.append(path)
-        self.captions.extend(captions)
-        self.caption_to_audio.extend([clip] * len(captions))
-
-    def skip(self, reason: str, count: int = 1) -> None:
-        if count:
-            key = f"{self.name}: {reason}"
-            self.skipped[key] = self.skipped.get(key, 0) + count
-
-    def build(self) -> AudioCaptionDataset:
-        return AudioCaptionDataset(
-            self.name,
-            self.audio_paths,
-            self.captions,
-            np.asarray(self.caption_to_audio, dtype=np.int64),
-            self.skipped,
-        )
+def _builder(name: str) -> CaptionsBuilder[AudioCaptionDataset]:
+    return CaptionsBuilder(AudioCaptionDataset, name)
 
 
 # --------------------------------------------------------------------------- file helpers
 
 
-def _require_file(path: Path, what: str, source: str) -> Path:
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: {what} not found (get it from {source})")
-    return path
-
-
-def _require_dir(path: Path, what: str, source: str) -> Path:
-    if not path.is_dir():
-        raise FileNotFoundError(f"{path}: {what} folder not found (get it from {source})")
-    return path
-
-
 def _read_csv(path: Path, columns: Sequence[str], what: str, source: str) -> list[tuple[int, dict[str, str]]]:
     """(line number, row) of a CSV file with a header holding at least ``columns``; ragged rows raise ``ValueError``."""
-    _require_file(path, what, source)
+    require_file(path, what, source)
     with path.open(encoding="utf-8-sig", newline="") as file:
         reader = csv.DictReader(file)
         try:
@@ -413,7 +308,7 @@ class _AudioFolder:
 
 
 def _report_missing(
-    builder: _Builder,
+    builder: CaptionsBuilder[AudioCaptionDataset],
     missing: list[str],
     missing_captions: int,
     unreadable: dict[str, int],
@@ -453,7 +348,9 @@ class _AudioCapsClip:
         return names + self.audiocap_ids
 
 
-def _audiocaps_clips(rows: list[tuple[int, dict[str, str]]], path: Path, builder: _Builder) -> list[_AudioCapsClip]:
+def _audiocaps_clips(
+    rows: list[tuple[int, dict[str, str]]], path: Path, builder: CaptionsBuilder[AudioCaptionDataset]
+) -> list[_AudioCapsClip]:
     clips: dict[tuple[str, float], _AudioCapsClip] = {}
     for line, row in rows:
         youtube_id = row["youtube_id"].strip()
@@ -515,8 +412,8 @@ def read_audiocaps(
     csv_path = Path(csv_file) if csv_file is not None else root / f"{split}.csv"
     folder = Path(audio_dir) if audio_dir is not None else root / "audio" / split
     rows = _read_csv(csv_path, AUDIOCAPS_COLUMNS, "AudioCaps caption CSV", _AUDIOCAPS_CSV_SOURCE)
-    audio = _AudioFolder(_require_dir(folder, f"AudioCaps {split} audio", _AUDIOCAPS_AUDIO_SOURCE))
-    builder = _Builder(f"audiocaps/{split}")
+    audio = _AudioFolder(require_dir(folder, f"AudioCaps {split} audio", _AUDIOCAPS_AUDIO_SOURCE))
+    builder = _builder(f"audiocaps/{split}")
     clips = _audiocaps_clips(rows, csv_path, builder)
     starts_per_video: dict[str, int] = {}
     for clip in clips:
@@ -542,7 +439,7 @@ def read_audiocaps(
         else:
             missing.append(f"{clip.youtube_id} from {clip.start_text} s")
             missing_captions += len(clip.captions)
-    if clips and not builder.audio_paths:
+    if clips and not builder.paths:
         first = clips[0].stems(single_start=True)
         present = audio.sample()
         raise FileNotFoundError(
@@ -595,8 +492,8 @@ def read_clotho(
     csv_path = Path(captions_csv) if captions_csv is not None else root / f"clotho_captions_{split}.csv"
     folder = Path(audio_dir) if audio_dir is not None else root / split
     rows = _read_csv(csv_path, ("file_name", *CLOTHO_CAPTION_COLUMNS), "Clotho caption CSV", _CLOTHO_SOURCE)
-    audio = _AudioFolder(_require_dir(folder, f"Clotho {split} audio", _CLOTHO_SOURCE))
-    builder = _Builder(f"clotho/{split}")
+    audio = _AudioFolder(require_dir(folder, f"Clotho {split} audio", _CLOTHO_SOURCE))
+    builder = _builder(f"clotho/{split}")
     seen: set[str] = set()
     missing: list[str] = []
     missing_captions = 0
@@ -695,35 +592,17 @@ def drop_unusable_audio(
 # --------------------------------------------------------------------------- layout check
 
 
-def _is_nonempty_dir(path: Path) -> bool:
-    if not path.is_dir():
-        return False
-    with os.scandir(path) as entries:
-        return next(entries, None) is not None
-
-
-def _missing_file(component: str, path: Path, what: str, source: str) -> list[str]:
-    return [] if path.is_file() else [f"{component}: {path} ({what}) is missing; get it from {source}"]
-
-
-def _missing_dir(component: str, path: Path, what: str, source: str) -> list[str]:
-    if _is_nonempty_dir(path):
-        return []
-    state = "is empty" if path.is_dir() else "is missing"
-    return [f"{component}: {path}/ ({what}) {state}; get it from {source}"]
-
-
 def _check_split(root: Path, dataset: str, split: str) -> list[str]:
     component = f"{dataset}/{split}"
     if dataset == "audiocaps":
         folder = root / "audiocaps"
-        return _missing_file(
+        return missing_file(
             component, folder / f"{split}.csv", "AudioCaps caption CSV", _AUDIOCAPS_CSV_SOURCE
-        ) + _missing_dir(component, folder / "audio" / split, f"AudioCaps {split} audio", _AUDIOCAPS_AUDIO_SOURCE)
+        ) + missing_dir(component, folder / "audio" / split, f"AudioCaps {split} audio", _AUDIOCAPS_AUDIO_SOURCE)
     folder = root / "clotho"
-    return _missing_file(
+    return missing_file(
         component, folder / f"clotho_captions_{split}.csv", "Clotho caption CSV", _CLOTHO_SOURCE
-    ) + _missing_dir(component, folder / split, f"Clotho {split} audio, from the split's .7z archive", _CLOTHO_SOURCE)
+    ) + missing_dir(component, folder / split, f"Clotho {split} audio, from the split's .7z archive", _CLOTHO_SOURCE)
 
 
 def _splits_of(names: Iterable[str]) -> list[tuple[str, str]]:

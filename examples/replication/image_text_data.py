@@ -48,14 +48,16 @@ with silently missing test images is a different benchmark.
 Choices that follow the authors' lineage (LAVIS / BLIP / ALBEF):
 
 - Karpathy ``train`` is ``"train"`` + ``"restval"`` (113,287 COCO images).
-- Evaluation splits keep the **first 5** captions of each image
-  (``max_captions_per_image="protocol"``): the raw COCO file gives a few test
-  images 6 or 7 sentences, the standard 5K-image / 25K-caption protocol (e.g.
-  the VSE++ / SCAN precomputed splits) has exactly 5, and Recall@K compares
-  across papers only on the same caption set. Pass ``None`` to keep them all.
-  Training splits keep every caption (ALBEF's / LAVIS's COCO train file has
-  all ~567K). Captions are the ``"raw"`` sentences, stripped of surrounding
-  whitespace; tokenisation is the text encoder's job.
+- Evaluation splits keep, by default, the **first 5** captions of each
+  image (``max_captions_per_image="protocol"``): the raw COCO file gives a few
+  test images 6 or 7 sentences, the 5K-image / 25K-caption protocol of the
+  VSE++ / SCAN precomputed splits has exactly 5, and Recall@K compares across
+  papers only on the same caption set. LAVIS's test annotation, which the
+  FuseMix authors evaluate on, keeps every caption: pass ``None``, as the
+  faithful presets do. Training splits keep every caption (ALBEF's / LAVIS's
+  COCO train file has all ~567K). Captions are the ``"raw"`` sentences,
+  stripped of surrounding whitespace; the presets' faithful pipeline cleans
+  them further with :func:`fusemix.preprocess.blip_caption` before encoding.
 - Visual Genome: each region phrase is a caption of the **whole** image
   (LAVIS's ``vg_caption`` builder reads such pairs from ``vg_caption.json``).
   That file was made by ALBEF's authors with filters (per salesforce/ALBEF
@@ -73,24 +75,29 @@ Choices that follow the authors' lineage (LAVIS / BLIP / ALBEF):
   ``exclude_coco_ids`` / ``exclude_flickr_ids`` (from
   :func:`karpathy_image_ids`) to drop them.
 
-Images load lazily with :func:`load_image` / :class:`ImageFiles` (Pillow,
-``convert("RGB")`` as LAVIS does: alpha dropped, EXIF orientation not applied).
+Images load lazily with :meth:`CaptionDataset.image_files`
+(:class:`fusemix.images.ImageFiles`: Pillow, ``convert("RGB")`` as LAVIS does:
+alpha dropped, EXIF orientation not applied), optionally through a transform
+such as the authors' :data:`fusemix.preprocess.DINOV2_EVAL_TRANSFORM`.
 """
 
 from __future__ import annotations
 
 import json
-import operator
 import os
 import re
-from collections.abc import Collection, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Literal, overload
+from typing import IO, Any, ClassVar, Literal
 
 import numpy as np
 
-from fusemix._checks import check_choice, check_positive_int
+from fusemix.images import ImageFiles, OnError
+
+from .captions import CaptionedFiles, CaptionsBuilder, FileNames
+from .checks import check_choice, check_positive_int
+from .files import missing_dir, missing_file, require_dir, require_file
 
 COMPONENTS = ("coco", "flickr30k", "cc3m", "sbu", "vg")
 """Dataset names understood by :func:`check_image_text_data`."""
@@ -139,7 +146,7 @@ MissingImages = Literal["raise", "skip"]
 
 
 @dataclass(frozen=True)
-class CaptionDataset:
+class CaptionDataset(CaptionedFiles):
     """Unique images, their captions, and the image of each caption.
 
     Attributes:
@@ -151,12 +158,16 @@ class CaptionDataset:
         skipped: Number of items left out while reading, by ``"name: reason"``.
 
     Every image has at least one caption, so the dataset can be ranked with
-    ``fusemix.retrieval_metrics`` as is.
+    ``fusemix.retrieval_metrics`` as is. The checks, :meth:`describe`,
+    :meth:`without_images` and :func:`concat` are those of
+    :class:`~replication.captions.CaptionedFiles`.
 
     Example:
         >>> ds = CaptionDataset("toy", [Path("a.jpg"), Path("b.jpg")], ["x", "y", "z"], np.array([0, 1, 1]))
         >>> ds.num_images, ds.num_captions, ds.caption_to_image.dtype
         (2, 3, dtype('int64'))
+        >>> CaptionDataset("toy", [Path("a.jpg")], ["x"], np.array([0]), {"toy: no image": 2}).describe()
+        'toy: 1 image(s), 1 caption(s); skipped: toy: no image = 2'
 
     """
 
@@ -165,56 +176,27 @@ class CaptionDataset:
     captions: list[str]
     caption_to_image: np.ndarray
     skipped: dict[str, int] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        index = np.asarray(self.caption_to_image)
-        if index.ndim != 1:
-            raise ValueError(f"caption_to_image: expected a 1-D array, got shape {index.shape}")
-        if index.size and not np.issubdtype(index.dtype, np.integer):
-            raise TypeError(f"caption_to_image: expected integer image indices, got dtype {index.dtype}")
-        index = index.astype(np.int64, copy=False)
-        object.__setattr__(self, "caption_to_image", index)
-        object.__setattr__(self, "image_paths", [Path(p) for p in self.image_paths])
-        if index.size != len(self.captions):
-            raise ValueError(f"caption_to_image: has {index.size} entries but there are {len(self.captions)} captions")
-        num_images = len(self.image_paths)
-        if index.size and (int(index.min()) < 0 or int(index.max()) >= num_images):
-            raise ValueError(f"caption_to_image: indices must lie in [0, {num_images})")
-        uncaptioned = np.flatnonzero(np.bincount(index, minlength=num_images) == 0)
-        if uncaptioned.size:
-            raise ValueError(
-                f"image_paths: {uncaptioned.size} image(s) have no caption (first: {self.image_paths[uncaptioned[0]]})"
-            )
+    names: ClassVar[FileNames] = FileNames("image", "image_paths", "caption_to_image")
 
     @property
     def num_images(self) -> int:
         """Number of unique images."""
-        return len(self.image_paths)
+        return self.num_files
 
-    @property
-    def num_captions(self) -> int:
-        """Number of captions (= number of training pairs)."""
-        return len(self.captions)
-
-    def image_files(self, *, skip_unreadable: bool = False) -> ImageFiles:
-        """The images as a lazily loading sequence (see :class:`ImageFiles`)."""
-        return ImageFiles(self.image_paths, skip_unreadable=skip_unreadable)
-
-    def describe(self) -> str:
-        """One line: counts, then what was skipped while reading.
+    def image_files(
+        self, *, transform: Callable[[np.ndarray], Any] | None = None, on_error: OnError = "raise"
+    ) -> ImageFiles:
+        """The images as a lazily loading sequence (see :class:`fusemix.images.ImageFiles`).
 
         Example:
-            >>> CaptionDataset("toy", [Path("a.jpg")], ["x"], np.array([0]), {"toy: no image": 2}).describe()
-            'toy: 1 image(s), 1 caption(s); skipped: toy: no image = 2'
+            >>> CaptionDataset("toy", ["a.jpg"], ["x"], np.array([0])).image_files().settings
+            {'mode': 'RGB', 'transform': None}
 
         """
-        line = f"{self.name}: {self.num_images:,} image(s), {self.num_captions:,} caption(s)"
-        if self.skipped:
-            line += "; skipped: " + ", ".join(f"{reason} = {count:,}" for reason, count in self.skipped.items())
-        return line
+        return ImageFiles(self.image_paths, transform=transform, on_error=on_error)
 
     def without_images(self, indices: Sequence[int] | np.ndarray, reason: str) -> tuple[CaptionDataset, np.ndarray]:
-        """Drop images (and all their captions), e.g. those :class:`ImageFiles` found unreadable.
+        """Drop images (and all their captions), e.g. those :class:`fusemix.images.ImageFiles` found unreadable.
 
         Args:
             indices: Image indices to drop. Shape: ``(K,)``.
@@ -231,27 +213,7 @@ class CaptionDataset:
             (['y', 'z'], [0, 0], [1])
 
         """
-        drop = np.unique(np.asarray(indices, dtype=np.int64))
-        if drop.size and (drop[0] < 0 or drop[-1] >= self.num_images):
-            raise ValueError(f"indices: must lie in [0, {self.num_images}), got {drop[[0, -1]].tolist()}")
-        keep_image = np.ones(self.num_images, dtype=bool)
-        keep_image[drop] = False
-        kept = np.flatnonzero(keep_image)
-        new_index = np.full(self.num_images, -1, dtype=np.int64)
-        new_index[kept] = np.arange(kept.size)
-        keep_caption = keep_image[self.caption_to_image]
-        skipped = dict(self.skipped)
-        if drop.size:
-            key = f"{self.name}: {reason}"
-            skipped[key] = skipped.get(key, 0) + int(drop.size)
-        smaller = CaptionDataset(
-            self.name,
-            [self.image_paths[i] for i in kept],
-            [c for c, keep in zip(self.captions, keep_caption) if keep],
-            new_index[self.caption_to_image[keep_caption]],
-            skipped,
-        )
-        return smaller, kept
+        return self.without_files(indices, reason)
 
 
 def concat(datasets: Sequence[CaptionDataset], *, name: str | None = None) -> CaptionDataset:
@@ -276,54 +238,11 @@ def concat(datasets: Sequence[CaptionDataset], *, name: str | None = None) -> Ca
         ('a+b', [0, 0, 2, 1])
 
     """
-    if not datasets:
-        raise ValueError("datasets: expected at least one dataset")
-    for position, dataset in enumerate(datasets):
-        if not isinstance(dataset, CaptionDataset):
-            raise TypeError(f"datasets[{position}]: expected a CaptionDataset, got {type(dataset).__name__}")
-    offsets = np.cumsum([0] + [d.num_images for d in datasets[:-1]])
-    skipped: dict[str, int] = {}
-    for dataset in datasets:
-        for reason, count in dataset.skipped.items():
-            skipped[reason] = skipped.get(reason, 0) + count
-    return CaptionDataset(
-        name if name is not None else "+".join(d.name for d in datasets),
-        [path for d in datasets for path in d.image_paths],
-        [caption for d in datasets for caption in d.captions],
-        np.concatenate([d.caption_to_image + offset for d, offset in zip(datasets, offsets)]).astype(np.int64),
-        skipped,
-    )
+    return CaptionDataset.concat(datasets, name=name)
 
 
-class _Builder:
-    """Accumulates unique images and their captions while a reader walks an annotation file."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.image_paths: list[Path] = []
-        self.captions: list[str] = []
-        self.caption_to_image: list[int] = []
-        self.skipped: dict[str, int] = {}
-
-    def add(self, path: Path, captions: Sequence[str]) -> None:
-        image = len(self.image_paths)
-        self.image_paths.append(path)
-        self.captions.extend(captions)
-        self.caption_to_image.extend([image] * len(captions))
-
-    def skip(self, reason: str, count: int = 1) -> None:
-        if count:
-            key = f"{self.name}: {reason}"
-            self.skipped[key] = self.skipped.get(key, 0) + count
-
-    def build(self) -> CaptionDataset:
-        return CaptionDataset(
-            self.name,
-            self.image_paths,
-            self.captions,
-            np.asarray(self.caption_to_image, dtype=np.int64),
-            self.skipped,
-        )
+def _builder(name: str) -> CaptionsBuilder[CaptionDataset]:
+    return CaptionsBuilder(CaptionDataset, name)
 
 
 # --------------------------------------------------------------------------- file helpers
@@ -338,20 +257,8 @@ def _progress(items: Iterable[Any], desc: str, total: int | None = None) -> Iter
     return tqdm(items, desc=desc, total=total, disable=None, unit="file")
 
 
-def _require_file(path: Path, what: str, source: str) -> Path:
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: {what} not found (get it from {source})")
-    return path
-
-
-def _require_dir(path: Path, what: str, source: str) -> Path:
-    if not path.is_dir():
-        raise FileNotFoundError(f"{path}: {what} folder not found (get it from {source})")
-    return path
-
-
 def _read_json(path: Path, what: str, source: str) -> Any:
-    _require_file(path, what, source)
+    require_file(path, what, source)
     with path.open(encoding="utf-8") as file:
         try:
             return json.load(file)
@@ -361,7 +268,7 @@ def _read_json(path: Path, what: str, source: str) -> Any:
 
 def _read_lines(path: Path, what: str, source: str) -> list[str]:
     """Lines of a text file without their line ends (``\\n`` only: captions may hold other breaks)."""
-    _require_file(path, what, source)
+    require_file(path, what, source)
     with path.open(encoding="utf-8", newline="") as file:
         text = file.read()
     lines = text.split("\n")
@@ -532,7 +439,7 @@ def read_karpathy(
         raise ValueError(f"{annotation}: 'images' must be a list, got {type(images).__name__}")
     wanted = {"train": {"train", "restval"}, "val": {"val"}, "test": {"test"}}[split]
     listings: dict[Path, set[str]] = {}
-    builder = _Builder(name)
+    builder = _builder(name)
     missing: list[Path] = []
     for position, image in enumerate(images):
         where = f"{annotation}: images[{position}]"
@@ -576,7 +483,8 @@ def read_coco(
     """Read a COCO Karpathy split: ``root/dataset_coco.json`` with images in ``root/{train2014,val2014}/``.
 
     ``"train"`` is the 113,287 ``train`` + ``restval`` images; ``"test"`` the
-    5,000 test images with their first 5 captions (25,000). See
+    5,000 test images with their first 5 captions (25,000; every caption with
+    ``max_captions_per_image=None``). See
     :func:`read_karpathy` for the arguments.
 
     Example:
@@ -677,8 +585,8 @@ def _image_suffix(suffixes: Collection[str]) -> str | None:
 
 
 def _read_img2dataset(folder: Path, name: str, *, exclude_flickr_ids: Collection[int] = ()) -> CaptionDataset:
-    _require_dir(folder, f"{name} images (img2dataset output)", _IMG2DATASET)
-    builder = _Builder(name)
+    require_dir(folder, f"{name} images (img2dataset output)", _IMG2DATASET)
+    builder = _builder(name)
     shards = sorted(entry for entry in folder.iterdir() if entry.is_dir())
     for stats_file in sorted(folder.glob("*_stats.json")):
         stats = _read_json(stats_file, "img2dataset shard statistics", _IMG2DATASET)
@@ -765,10 +673,10 @@ def read_indexed_images(
 
     """
     images = Path(images)
-    _require_dir(images, f"{name} images", _IMG2DATASET)
+    require_dir(images, f"{name} images", _IMG2DATASET)
     if keep_row is not None and len(keep_row) != len(captions):
         raise ValueError(f"keep_row: has {len(keep_row)} entries but there are {len(captions)} caption rows")
-    builder = _Builder(name)
+    builder = _builder(name)
     by_row: dict[int, str] = {}
     for filename in _list_files(images):
         stem, suffix = os.path.splitext(filename)
@@ -1019,13 +927,13 @@ def _vg_from_lavis(
     image_data: Path,
     exclude_coco: set[int],
     exclude_flickr: set[int],
-) -> tuple[_Builder, list[str]]:
+) -> tuple[CaptionsBuilder[CaptionDataset], list[str]]:
     entries = _read_json(annotation, "LAVIS vg_caption.json", _VG_LAVIS_SOURCE)
     if not isinstance(entries, list):
         raise ValueError(f"{annotation}: expected a JSON list of {{'image', 'caption'}} objects")
     check_overlap = bool(exclude_coco or exclude_flickr)
     records = _vg_image_data(image_data) if check_overlap else {}
-    builder = _Builder("vg")
+    builder = _builder("vg")
     captions_by_image: dict[str, list[str]] = {}
     for position, entry in enumerate(entries):
         where = f"{annotation}: [{position}]"
@@ -1059,10 +967,10 @@ def _vg_from_regions(
     min_area_fraction: float,
     exclude_coco: set[int],
     exclude_flickr: set[int],
-) -> tuple[_Builder, list[str]]:
-    _require_file(region_descriptions, "Visual Genome region_descriptions.json", _VG_SOURCE)
+) -> tuple[CaptionsBuilder[CaptionDataset], list[str]]:
+    require_file(region_descriptions, "Visual Genome region_descriptions.json", _VG_SOURCE)
     records = _vg_image_data(image_data)
-    builder = _Builder("vg")
+    builder = _builder("vg")
     missing: list[str] = []
     seen: set[int] = set()
     entries = _iter_json_array(region_descriptions)
@@ -1117,50 +1025,32 @@ def _vg_from_regions(
 # --------------------------------------------------------------------------- layout check
 
 
-def _is_nonempty_dir(path: Path) -> bool:
-    if not path.is_dir():
-        return False
-    with os.scandir(path) as entries:
-        return next(entries, None) is not None
-
-
-def _missing_file(component: str, path: Path, what: str, source: str) -> list[str]:
-    return [] if path.is_file() else [f"{component}: {path} ({what}) is missing; get it from {source}"]
-
-
-def _missing_dir(component: str, path: Path, what: str, source: str) -> list[str]:
-    if _is_nonempty_dir(path):
-        return []
-    state = "is empty" if path.is_dir() else "is missing"
-    return [f"{component}: {path}/ ({what}) {state}; get it from {source}"]
-
-
 def _check_coco(root: Path) -> list[str]:
     folder = root / "coco"
-    lines = _missing_file("coco", folder / "dataset_coco.json", "Karpathy split file", _KARPATHY_SOURCE)
+    lines = missing_file("coco", folder / "dataset_coco.json", "Karpathy split file", _KARPATHY_SOURCE)
     for name in ("train2014", "val2014"):
-        lines += _missing_dir("coco", folder / name, f"COCO {name} images", _COCO_SOURCE.format(name=name))
+        lines += missing_dir("coco", folder / name, f"COCO {name} images", _COCO_SOURCE.format(name=name))
     return lines
 
 
 def _check_flickr30k(root: Path) -> list[str]:
     folder = root / "flickr30k"
-    return _missing_file(
+    return missing_file(
         "flickr30k", folder / "dataset_flickr30k.json", "Karpathy split file", _KARPATHY_SOURCE
-    ) + _missing_dir("flickr30k", folder / "flickr30k-images", "Flickr30K images", _FLICKR_SOURCE)
+    ) + missing_dir("flickr30k", folder / "flickr30k-images", "Flickr30K images", _FLICKR_SOURCE)
 
 
 def _check_web(component: str, root: Path, index_file: str, what: str, source: str, download: str) -> list[str]:
     folder = root / component
     images = folder / "images"
-    lines = _missing_dir(
+    lines = missing_dir(
         component,
         images,
         f"{component.upper()} images: img2dataset 'files' output, or images named by row of {index_file}",
         f"{source}, then download with {download.format(images=images)} (https://github.com/rom1504/img2dataset)",
     )
     if not _has_subfolders(images):
-        lines += _missing_file(component, folder / index_file, f"{what}; a flat images folder needs it", source)
+        lines += missing_file(component, folder / index_file, f"{what}; a flat images folder needs it", source)
     return lines
 
 
@@ -1168,7 +1058,7 @@ def _check_vg(root: Path) -> list[str]:
     folder = root / "vg"
     lines: list[str] = []
     for name in VG_IMAGE_DIRS:
-        lines += _missing_dir("vg", folder / name, "Visual Genome images", _VG_SOURCE)
+        lines += missing_dir("vg", folder / name, "Visual Genome images", _VG_SOURCE)
     has_lavis = (folder / "vg_caption.json").is_file()
     has_regions = (folder / "region_descriptions.json").is_file() and (folder / "image_data.json").is_file()
     if not (has_lavis or has_regions):
@@ -1216,110 +1106,3 @@ def check_image_text_data(root: Path, needed: Sequence[str]) -> list[str]:
         check_choice("needed", component, COMPONENTS)
         lines += checks[component](root)
     return lines
-
-
-# --------------------------------------------------------------------------- images
-
-
-class UnreadableImageError(OSError):
-    """An image file exists but cannot be decoded; the message starts with its path."""
-
-
-def load_image(path: Path | str) -> np.ndarray:
-    """Decode an image file to RGB pixels.
-
-    Grey, palette, CMYK and alpha images are converted with Pillow's
-    ``convert("RGB")`` (alpha dropped), as LAVIS does; EXIF orientation is not
-    applied.
-
-    Args:
-        path: The image file.
-
-    Returns:
-        ``uint8`` pixels. Shape: ``(H, W, 3)``.
-
-    Raises:
-        FileNotFoundError: No file at ``path``.
-        UnreadableImageError: The file is not a decodable image (corrupt,
-            truncated, unknown format, or too large for Pillow's safety limit).
-
-    Example:
-        >>> import tempfile
-        >>> from PIL import Image
-        >>> with tempfile.TemporaryDirectory() as tmp:
-        ...     Image.new("L", (4, 2), 200).save(f"{tmp}/grey.png")
-        ...     pixels = load_image(f"{tmp}/grey.png")
-        >>> pixels.shape, pixels.dtype, int(pixels[0, 0, 2])
-        ((2, 4, 3), dtype('uint8'), 200)
-
-    """
-    try:
-        from PIL import Image
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ImportError("load_image needs Pillow: pip install pillow") from exc
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: image file not found")
-    try:
-        with Image.open(path) as image:
-            rgb = image.convert("RGB")
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-        raise UnreadableImageError(f"{path}: cannot decode image ({type(exc).__name__}: {exc})") from exc
-    return np.array(rgb, dtype=np.uint8)
-
-
-class ImageFiles(Sequence[np.ndarray | None]):
-    """Images of a list of paths, decoded only when indexed (for resumable extraction by index).
-
-    Args:
-        paths: Image files. Length: ``N``.
-        skip_unreadable: If ``False`` (default), a missing or undecodable file
-            raises (``FileNotFoundError`` / :class:`UnreadableImageError`,
-            naming it). If ``True``, indexing it returns ``None`` and records
-            the reason in :attr:`unreadable`; drop those images afterwards with
-            :meth:`CaptionDataset.without_images`.
-
-    Attributes:
-        paths: The image files.
-        unreadable: Index -> reason, for files that could not be read so far.
-
-    Example:
-        >>> files = ImageFiles(["missing.jpg"], skip_unreadable=True)
-        >>> len(files), files[0], list(files.unreadable)
-        (1, None, [0])
-
-    """
-
-    def __init__(self, paths: Sequence[Path | str], *, skip_unreadable: bool = False) -> None:
-        self.paths = [Path(p) for p in paths]
-        self.skip_unreadable = bool(skip_unreadable)
-        self.unreadable: dict[int, str] = {}
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    @overload
-    def __getitem__(self, index: int) -> np.ndarray | None: ...
-
-    @overload
-    def __getitem__(self, index: slice) -> ImageFiles: ...
-
-    def __getitem__(self, index: int | slice) -> np.ndarray | None | ImageFiles:
-        if isinstance(index, slice):
-            return ImageFiles(self.paths[index], skip_unreadable=self.skip_unreadable)
-        if isinstance(index, bool):
-            raise TypeError("index: expected an int or a slice, got bool")
-        try:
-            position = operator.index(index)
-        except TypeError:
-            raise TypeError(f"index: expected an int or a slice, got {type(index).__name__}") from None
-        if not -len(self.paths) <= position < len(self.paths):
-            raise IndexError(f"index: {position} is out of range for {len(self.paths)} image(s)")
-        position %= len(self.paths)
-        try:
-            return load_image(self.paths[position])
-        except (FileNotFoundError, UnreadableImageError) as exc:
-            if not self.skip_unreadable:
-                raise
-            self.unreadable[position] = str(exc)
-            return None

@@ -10,9 +10,11 @@ anything; :mod:`replication.pipeline` does.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from fusemix.preprocess import DINOV2_EVAL_TRANSFORM, ResizeCenterCrop, blip_caption
 
 from .report import Reference
 
@@ -27,12 +29,16 @@ class EncoderChoice:
             :mod:`fusemix.encoders` adapter to use).
         model: Hugging Face hub name (or a local directory).
         options: Keyword arguments of the adapter (pooling, prefix, ...).
+        authors_transform: The authors' image transform for this encoder,
+            used instead of the model's own processor under the faithful
+            pipeline (``None``: the model's processor in every pipeline).
     """
 
     slug: str
     kind: str
     model: str
     options: Mapping[str, Any] = field(default_factory=dict)
+    authors_transform: ResizeCenterCrop | None = None
 
 
 @dataclass(frozen=True)
@@ -66,6 +72,9 @@ class Preset:
         config: :class:`~fusemix.train.TrainConfig` overrides shared by every run.
         runs: The runs; the table has one row per run and evaluation set.
         references: Published numbers printed beside ours.
+        caption_processor: The authors' caption preprocessing, applied to
+            every caption under the faithful pipeline (``None``: raw captions
+            in every pipeline, e.g. where the authors' code is unpublished).
     """
 
     name: str
@@ -77,6 +86,7 @@ class Preset:
     config: Mapping[str, Any] = field(default_factory=dict)
     runs: tuple[Run, ...] = (Run("fusemix"),)
     references: tuple[Reference, ...] = ()
+    caption_processor: Callable[[str], str] | None = None
 
     @property
     def modalities(self) -> tuple[str, str]:
@@ -84,11 +94,17 @@ class Preset:
         return ("image", "text") if self.task == "image-text" else ("audio", "text")
 
 
-DINOV2_GIANT = EncoderChoice("dinov2-giant", "hf-image", "facebook/dinov2-giant", {"pooling": "cls"})
-DINOV2_LARGE = EncoderChoice("dinov2-large", "hf-image", "facebook/dinov2-large", {"pooling": "cls"})
+DINOV2_GIANT = EncoderChoice(
+    "dinov2-giant", "hf-image", "facebook/dinov2-giant", {"pooling": "cls"}, DINOV2_EVAL_TRANSFORM
+)
+DINOV2_LARGE = EncoderChoice(
+    "dinov2-large", "hf-image", "facebook/dinov2-large", {"pooling": "cls"}, DINOV2_EVAL_TRANSFORM
+)
+# BGE: the raw CLS vector (no normalisation), as the authors' feature extractor returns it.
 BGE_LARGE = EncoderChoice("bge-large", "hf-text", "BAAI/bge-large-en-v1.5", {"pooling": "cls"})
 BGE_BASE = EncoderChoice("bge-base", "hf-text", "BAAI/bge-base-en-v1.5", {"pooling": "cls"})
-E5_LARGE = EncoderChoice("e5-large", "hf-text", "intfloat/e5-large", {"pooling": "mean", "prefix": "query: "})
+# E5: v2, as in the authors' config (e5_feature_extractor_large.yaml); mean pooling, "query: " before each caption.
+E5_LARGE = EncoderChoice("e5-large-v2", "hf-text", "intfloat/e5-large-v2", {"pooling": "mean", "prefix": "query: "})
 WHISPER = EncoderChoice("whisper-large-v2", "hf-audio", "openai/whisper-large-v2", {"kind": "whisper"})
 CLAP_HTSAT = EncoderChoice("clap-htsat", "hf-audio", "laion/clap-htsat-unfused", {"kind": "clap"})
 
@@ -123,15 +139,17 @@ PRESETS: dict[str, Preset] = {
             IMAGE_TEXT_TRAIN,
             IMAGE_TEXT_EVAL,
             references=CLIP_REFERENCES,
+            caption_processor=blip_caption,
         ),
         Preset(
             "image-text-e5",
-            "the main result with E5-large (mean pooling, 'query: ' prefix) as the text encoder",
+            "the main result with E5-large-v2 (mean pooling, 'query: ' prefix) as the text encoder",
             "image-text",
             {"image": (DINOV2_GIANT,), "text": (E5_LARGE,)},
             IMAGE_TEXT_TRAIN,
             IMAGE_TEXT_EVAL,
             references=CLIP_REFERENCES,
+            caption_processor=blip_caption,
         ),
         Preset(
             "ablation-augmentation",
@@ -146,6 +164,7 @@ PRESETS: dict[str, Preset] = {
                 Run("fusemix", {"augmentation": "fusemix"}),
                 Run("fusemix, independent lambda", {"augmentation": "fusemix-independent"}),
             ),
+            caption_processor=blip_caption,
         ),
         Preset(
             "ablation-batch-size",
@@ -155,6 +174,7 @@ PRESETS: dict[str, Preset] = {
             IMAGE_TEXT_TRAIN,
             IMAGE_TEXT_EVAL,
             runs=tuple(Run(f"batch {b}", {"batch_size": b}) for b in (2048, 8192, 20480, 40960)),
+            caption_processor=blip_caption,
         ),
         Preset(
             "ablation-data-size",
@@ -164,10 +184,11 @@ PRESETS: dict[str, Preset] = {
             IMAGE_TEXT_TRAIN,
             IMAGE_TEXT_EVAL,
             runs=tuple(Run(f"{int(f * 100)}% of pairs", train_fraction=f) for f in (0.1, 0.25, 0.5, 1.0)),
+            caption_processor=blip_caption,
         ),
         Preset(
             "ablation-encoders",
-            "encoder ablation: image encoder DINOv2 ViT-G or ViT-L, text encoder BGE-large, BGE-base or E5-large",
+            "encoder ablation: image encoder DINOv2 ViT-G or ViT-L, text encoder BGE-large, BGE-base or E5-large-v2",
             "image-text",
             _IMAGE_TEXT,
             IMAGE_TEXT_TRAIN,
@@ -181,6 +202,7 @@ PRESETS: dict[str, Preset] = {
                     (DINOV2_GIANT, E5_LARGE),
                 )
             ),
+            caption_processor=blip_caption,
         ),
         Preset(
             "audio-text",
@@ -191,8 +213,18 @@ PRESETS: dict[str, Preset] = {
             ("audiocaps", "clotho"),
             # ~50K AudioCaps + ~19K Clotho captions: a 40,960 batch would be most of
             # the data per step; this is our choice, the authors did not publish it.
+            # No caption_processor: the authors' audio-text code is not published.
             config={"batch_size": 4096},
         ),
     )
 }
 """Every preset, by ``--preset`` name."""
+
+ENCODER_SLUGS: frozenset[str] = frozenset(
+    choice.slug
+    for preset in PRESETS.values()
+    for run in preset.runs
+    for choices in (run.encoders or preset.encoders).values()
+    for choice in choices
+)
+"""Every encoder slug of every preset: the names ``--model SLUG=PATH`` accepts."""

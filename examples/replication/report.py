@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fusemix.tables import markdown_table
+
 RECALL_KEYS: tuple[str, ...] = ("i2t_R@1", "i2t_R@5", "i2t_R@10", "t2i_R@1", "t2i_R@5", "t2i_R@10")
 
 
@@ -66,20 +68,6 @@ def format_mean_std(values: Sequence[float], digits: int = 1) -> str:
     """
     mean, std = mean_std(values)
     return f"{mean:.{digits}f}" if len(values) == 1 else f"{mean:.{digits}f} ± {std:.{digits}f}"
-
-
-def markdown_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
-    """A GitHub-flavoured markdown table.
-
-    Example:
-        >>> print(markdown_table(["a", "b"], [[1, 2]]))
-        | a | b |
-        |---|---|
-        | 1 | 2 |
-    """
-    lines = ["| " + " | ".join(str(h) for h in header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 def group_runs(

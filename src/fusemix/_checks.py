@@ -6,8 +6,10 @@ the name of the offending argument, so users see at once what to fix.
 
 from __future__ import annotations
 
+import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -52,6 +54,15 @@ def check_positive(name: str, value: float) -> float:
     return float(value)
 
 
+def check_nonnegative(name: str, value: float) -> float:
+    """Return ``value`` as a float if it is a finite number >= 0 (``TypeError`` if not a number)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name}: expected a number, got {type(value).__name__}")
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name}: expected a finite number >= 0, got {value}")
+    return float(value)
+
+
 def check_positive_int(name: str, value: int) -> int:
     """Return ``value`` if it is an ``int`` >= 1."""
     if isinstance(value, bool) or not isinstance(value, int):
@@ -80,3 +91,24 @@ def check_finite(name: str, tensor: Tensor, *, block_elements: int = 2**22) -> T
     if bad:
         raise ValueError(f"{name}: contains {bad} non-finite value(s) (NaN or Inf)")
     return tensor
+
+
+def check_mask(name: str, mask: object, rows: int) -> Tensor:
+    """Return ``mask`` if it is a boolean tensor of shape ``(rows,)``: one presence flag per row."""
+    if not isinstance(mask, Tensor):
+        raise TypeError(f"{name}: expected a boolean torch.Tensor, got {type(mask).__name__}")
+    if mask.dtype != torch.bool:
+        raise TypeError(f"{name}: expected a boolean tensor, got dtype {mask.dtype}")
+    if mask.shape != (rows,):
+        raise ValueError(f"{name}: expected shape ({rows},) (one flag per row), got {tuple(mask.shape)}")
+    return mask
+
+
+def check_json_object(name: str, value: object) -> dict[str, Any]:
+    """Return ``value`` as a plain JSON object (a dict after a JSON round trip), or raise ``TypeError``."""
+    if not isinstance(value, Mapping):
+        raise TypeError(f"{name}: expected a JSON-serialisable dict, got {type(value).__name__}")
+    try:
+        return json.loads(json.dumps(dict(value), allow_nan=False))
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"{name}: expected a JSON-serialisable dict ({err})") from err

@@ -60,7 +60,6 @@ Cost:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -69,7 +68,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fusemix._checks import check_features, check_floating, check_positive_int
+from fusemix._checks import check_features, check_floating, check_nonnegative, check_positive_int
 
 _CHUNK_ELEMENTS = 2**22
 """Float64 values per streamed chunk of rows, summed over both modalities (32 MiB)."""
@@ -79,7 +78,7 @@ LAYER_NORM_EPS = 1e-5
 
 INPUT_NORMS: tuple[str, ...] = ("layer_norm",)
 
-LatentArray = Tensor | np.ndarray
+AlignerLatents = Tensor | np.ndarray
 """Latents accepted by ``fit``: a floating tensor or NumPy array of shape ``(N, D)``."""
 
 InputNorm = str | None | Mapping[str, str | None]
@@ -121,7 +120,7 @@ class _Moments:
     cross: Tensor
 
 
-def _check_latents(name: str, value: object) -> LatentArray:
+def _check_latents(name: str, value: object) -> AlignerLatents:
     key = f"latents[{name!r}]"
     if isinstance(value, np.ndarray):
         if not np.issubdtype(value.dtype, np.floating):
@@ -138,12 +137,12 @@ def _check_latents(name: str, value: object) -> LatentArray:
     raise TypeError(f"{key}: expected a torch.Tensor or numpy.ndarray, got {type(value).__name__}")
 
 
-def _check_pair(latents: object, owner: str) -> dict[str, LatentArray]:
+def _check_two_modalities(latents: object, owner: str) -> dict[str, AlignerLatents]:
     if not isinstance(latents, Mapping):
         raise TypeError(f"latents: expected a dict of modality name to latents, got {type(latents).__name__}")
     if len(latents) != 2:
         raise ValueError(f"latents: {owner} fits exactly two modalities, got {len(latents)} ({list(latents)})")
-    checked: dict[str, LatentArray] = {}
+    checked: dict[str, AlignerLatents] = {}
     for name, value in latents.items():
         if not isinstance(name, str) or not name or "." in name:
             raise ValueError(f"latents: modality names must be non-empty strings without '.', got {name!r}")
@@ -155,7 +154,7 @@ def _check_pair(latents: object, owner: str) -> dict[str, LatentArray]:
     return checked
 
 
-def _fit_device(values: list[LatentArray]) -> torch.device:
+def _fit_device(values: list[AlignerLatents]) -> torch.device:
     devices = {v.device for v in values if isinstance(v, Tensor)}
     if len(devices) > 1:
         raise ValueError(f"latents: tensors are on different devices ({sorted(map(str, devices))}); move them to one")
@@ -163,7 +162,7 @@ def _fit_device(values: list[LatentArray]) -> torch.device:
     return torch.device("cpu") if device.type == "mps" else device
 
 
-def _rows(value: LatentArray, start: int, stop: int, device: torch.device, norm_eps: float | None = None) -> Tensor:
+def _rows(value: AlignerLatents, start: int, stop: int, device: torch.device, norm_eps: float | None = None) -> Tensor:
     if isinstance(value, np.ndarray):
         rows = torch.from_numpy(np.array(value[start:stop], dtype=np.float64)).to(device)
     else:
@@ -196,7 +195,7 @@ def _norm_eps(input_norm: InputNorm, names: list[str]) -> dict[str, float | None
     return {n: LAYER_NORM_EPS if input_norm == "layer_norm" else None for n in names}
 
 
-def _moments(latents: dict[str, LatentArray], norm_eps: Mapping[str, float | None] | None = None) -> _Moments:
+def _moments(latents: dict[str, AlignerLatents], norm_eps: Mapping[str, float | None] | None = None) -> _Moments:
     """Stream the rows twice: once for the means, once for the centred (cross-)covariances."""
     (name_x, x), (name_y, y) = latents.items()
     eps_x, eps_y = (None, None) if norm_eps is None else (norm_eps[name_x], norm_eps[name_y])
@@ -260,12 +259,6 @@ def _flip_signs(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
     return a * signs, b * signs
 
 
-def _check_regularization(value: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-        raise ValueError(f"regularization: expected a finite number >= 0, got {value!r}")
-    return float(value)
-
-
 def _check_dim(dim: int | None) -> int | None:
     return None if dim is None else check_positive_int("dim", dim)
 
@@ -278,8 +271,18 @@ def _resolve_dim(dim: int | None, limit: int, why: str) -> int:
     return dim
 
 
-class _LinearAligner(nn.Module):
-    """Shared machinery: one centred linear map per modality, kept in buffers."""
+class ClosedFormAligner(nn.Module):
+    """Base class of the closed-form aligners: one centred linear map per modality, kept in buffers.
+
+    :class:`CCAAligner` and :class:`ProcrustesAligner` derive from it and
+    differ in ``fit``; what they share (the fitted maps, :meth:`project`,
+    :meth:`embed`) is what :func:`~fusemix.warm_start` reads.
+
+    Args:
+        input_norm: ``None``, ``"layer_norm"``, or a dict of modality name to
+            either (see the module docstring).
+
+    """
 
     _extra_buffers: tuple[str, ...] = ()
 
@@ -429,7 +432,7 @@ class _LinearAligner(nn.Module):
         )
 
 
-class CCAAligner(_LinearAligner):
+class CCAAligner(ClosedFormAligner):
     """Regularised canonical correlation analysis of two modalities' paired latents.
 
     Fitting centres each modality, regularises its covariance relative to its
@@ -508,15 +511,8 @@ class CCAAligner(_LinearAligner):
     ) -> None:
         super().__init__(input_norm)
         self.dim = _check_dim(dim)
-        self.regularization = _check_regularization(regularization)
-        if (
-            isinstance(correlation_power, bool)
-            or not isinstance(correlation_power, (int, float))
-            or not math.isfinite(correlation_power)
-            or correlation_power < 0
-        ):
-            raise ValueError(f"correlation_power: expected a finite number >= 0, got {correlation_power!r}")
-        self.correlation_power = float(correlation_power)
+        self.regularization = check_nonnegative("regularization", regularization)
+        self.correlation_power = check_nonnegative("correlation_power", correlation_power)
 
     @property
     def correlations_(self) -> Tensor:
@@ -525,7 +521,7 @@ class CCAAligner(_LinearAligner):
         return self.correlations
 
     @torch.no_grad()
-    def fit(self, latents: Mapping[str, LatentArray]) -> CCAAligner:
+    def fit(self, latents: Mapping[str, AlignerLatents]) -> CCAAligner:
         """Fit the canonical directions of two modalities.
 
         Args:
@@ -538,7 +534,7 @@ class CCAAligner(_LinearAligner):
             ``self``, fitted; its buffers are float64 on the latents' device.
 
         """
-        checked = _check_pair(latents, type(self).__name__)
+        checked = _check_two_modalities(latents, type(self).__name__)
         name_x, name_y = checked
         norm_eps = _norm_eps(self.input_norm, [name_x, name_y])
         moments = _moments(checked, norm_eps)
@@ -562,7 +558,7 @@ class CCAAligner(_LinearAligner):
         return f"dim={self.dim}, regularization={self.regularization}, correlation_power={self.correlation_power}{norm}"
 
 
-class ProcrustesAligner(_LinearAligner):
+class ProcrustesAligner(ClosedFormAligner):
     """PCA (optionally whitened) of each modality, then the orthogonal map from one onto the other.
 
     Each modality is centred and, with ``pca=True``, reduced to its top
@@ -625,7 +621,7 @@ class ProcrustesAligner(_LinearAligner):
         if not pca and dim is not None:
             raise ValueError("dim: must be None when pca=False (nothing is reduced)")
         self.pca, self.whiten = pca, whiten
-        self.regularization = _check_regularization(regularization)
+        self.regularization = check_nonnegative("regularization", regularization)
 
     @property
     def rotation_(self) -> Tensor:
@@ -650,7 +646,7 @@ class ProcrustesAligner(_LinearAligner):
         return reduction if self.pca else reduction @ basis.T
 
     @torch.no_grad()
-    def fit(self, latents: Mapping[str, LatentArray], *, target: str | None = None) -> ProcrustesAligner:
+    def fit(self, latents: Mapping[str, AlignerLatents], *, target: str | None = None) -> ProcrustesAligner:
         """Fit the reductions and the orthogonal map.
 
         Args:
@@ -664,7 +660,7 @@ class ProcrustesAligner(_LinearAligner):
             ``self``, fitted; ``modalities`` lists the source, then the target.
 
         """
-        checked = _check_pair(latents, type(self).__name__)
+        checked = _check_two_modalities(latents, type(self).__name__)
         names = list(checked)
         if target is None:
             target = names[1]

@@ -38,7 +38,7 @@ from __future__ import annotations
 import math
 import operator
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from os import PathLike
 from pathlib import Path
 from types import ModuleType
@@ -47,7 +47,7 @@ from typing import Any, Literal, NamedTuple, overload
 import numpy as np
 
 from fusemix._checks import check_choice, check_positive, check_positive_int
-from fusemix.encoders._source import require
+from fusemix._optional import progress_bar, require
 
 TooShort = Literal["raise", "pad"]
 OnError = Literal["raise", "skip"]
@@ -230,14 +230,6 @@ def load_audio(
     return np.ascontiguousarray(wave, dtype=np.float32)
 
 
-def _progress(items: Iterable[Any], enabled: bool, total: int, desc: str) -> Iterable[Any]:
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        return items
-    return tqdm(items, total=total, desc=desc, unit="file", disable=None if enabled else True)
-
-
 def _problem(
     soundfile: ModuleType, path: Path, sampling_rate: int, min_seconds: float | None, decode: bool
 ) -> str | None:
@@ -275,7 +267,7 @@ def validate_audio_files(
         on_error: ``"raise"``: raise :class:`AudioFileError` if any file
             fails, naming how many and the first. ``"skip"``: warn with the
             same summary and return the failures.
-        progress: Show a tqdm progress bar (if tqdm is installed and the output is a terminal).
+        progress: Show a tqdm progress bar on a terminal (without tqdm installed: a warning and no bar).
 
     Returns:
         An :class:`AudioCheck`: the usable indices and index -> reason for the rest.
@@ -301,10 +293,15 @@ def validate_audio_files(
     minimum = None if too_short == "pad" else min_seconds
     failed: dict[int, str] = {}
     files = [Path(p) for p in paths]
-    for index, path in enumerate(_progress(files, progress, len(files), "checking audio files")):
-        problem = _problem(soundfile, path, sampling_rate, minimum, decode)
-        if problem is not None:
-            failed[index] = problem
+    with progress_bar(
+        progress, user="validate_audio_files", total=len(files), desc="checking audio files", unit="file", disable=None
+    ) as bar:
+        for index, path in enumerate(files):
+            problem = _problem(soundfile, path, sampling_rate, minimum, decode)
+            if problem is not None:
+                failed[index] = problem
+            if bar is not None:
+                bar.update()
     good = np.array([i for i in range(len(files)) if i not in failed], dtype=np.int64)
     if failed:
         summary = f"{len(failed)} of {len(files)} audio file(s) cannot be used (first: {next(iter(failed.values()))})"

@@ -13,30 +13,29 @@ that selects its best evaluation, ``best.safetensors`` (those weights).
 
 Directories are written whole: into a hidden sibling, flushed to disk, then
 swapped in with renames, so a reader sees the old directory or the new one,
-never a mix, whenever the writer is killed. safetensors is an optional
-dependency (``pip install "fusemix[train]"``).
+never a mix, whenever the writer is killed (:func:`atomic_directory`; it and
+the atomic file writes live in ``fusemix._fileio`` and are re-exported here).
+safetensors is an optional dependency (``pip install "fusemix[train]"``).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
-import uuid
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from fusemix.fixed_target import FixedTargetLoss, TargetRegressionLoss
-from fusemix.losses import ContrastiveLoss, SigLIPLoss
+from fusemix._fileio import atomic_directory, recover_directory, write_json_atomic, write_text_atomic
+from fusemix._optional import require
+from fusemix._registry import build_part, describe_part
+from fusemix._version import fusemix_version
 from fusemix.model import FusionModel
-from fusemix.projectors import FusionAdapter, IdentityAdapter, LinearAdapter
-from fusemix.regularizers import StructureLoss
 
 MODEL_WEIGHTS = "model.safetensors"
 MODEL_CONFIG = "fusemix.json"
@@ -46,223 +45,29 @@ STATE_FILE = "state.json"
 BEST_WEIGHTS = "best.safetensors"
 FORMAT_VERSION = 1
 
-INSTALL_HINT = 'pip install "fusemix[train]"'
 
-
-def _safetensors() -> Any:
-    try:
-        import safetensors.torch
-    except ImportError as err:  # pragma: no cover - exercised only without the extra
-        raise ImportError(f"saving and loading models needs safetensors: {INSTALL_HINT}") from err
-    return safetensors.torch
-
-
-def _fusemix_version() -> str:
-    import fusemix
-
-    return str(fusemix.__version__)
-
-
-def _fsync(path: Path) -> None:
-    """Flush a file or directory to disk (directories only where the OS allows opening them)."""
-    if path.is_dir() and os.name != "posix":  # pragma: no cover - Windows cannot open directories
-        return
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_text_atomic(path: str | Path, text: str) -> None:
-    """Write ``text`` to ``path`` atomically: temp file in the same directory, fsync, ``os.replace``.
-
-    Args:
-        path: Destination file; its directory must exist.
-        text: Content, written as UTF-8.
-
-    """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(tmp, "x", encoding="utf-8", newline="") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def write_json_atomic(path: str | Path, obj: object) -> None:
-    """Write ``obj`` as indented JSON to ``path`` atomically (NaN and Inf are refused)."""
-    write_text_atomic(path, json.dumps(obj, indent=2, allow_nan=False) + "\n")
-
-
-def _default_file_mode(folder: Path) -> int:
-    """Permission bits a new file gets under the current umask (some writers create files 0600)."""
-    probe = folder / f".mode-{uuid.uuid4().hex}"
-    with open(probe, "x"):
-        pass
-    mode = probe.stat().st_mode & 0o777
-    probe.unlink()
-    return mode
-
-
-def _siblings(path: Path) -> tuple[Path, Path, Path]:
-    """Staging (being written), ready (complete, not yet swapped in) and old (swapped out) directories."""
-    return (
-        path.with_name(f".{path.name}.new"),
-        path.with_name(f".{path.name}.ready"),
-        path.with_name(f".{path.name}.old"),
-    )
-
-
-def _swap_in(path: Path, ready: Path, old: Path) -> None:
-    if path.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(path, old)
-    os.replace(ready, path)
-    _fsync(path.parent)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def recover_directory(path: str | Path) -> None:
-    """Finish or undo an interrupted :func:`atomic_directory` write of ``path``.
-
-    A complete new version waiting to be swapped in is swapped in; partial
-    writes and swapped-out old versions are removed.
-    """
-    path = Path(path)
-    staging, ready, old = _siblings(path)
-    if ready.is_dir():
-        _swap_in(path, ready, old)
-    elif not path.exists() and old.is_dir():
-        os.replace(old, path)
-    shutil.rmtree(staging, ignore_errors=True)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-@contextmanager
-def atomic_directory(path: str | Path) -> Iterator[Path]:
-    """Write a directory whole: yield a staging directory, then swap it in for ``path``.
-
-    Files written into the yielded directory are flushed to disk and the
-    directory replaces ``path`` by renames; if the block raises, ``path`` is
-    left as it was. A writer killed at any point leaves either the old or
-    the new directory, which :func:`recover_directory` settles.
-
-    Args:
-        path: The directory to (re)write; its parent is created if needed.
-
-    Yields:
-        The staging directory to fill.
-
-    Example:
-        >>> import tempfile, pathlib
-        >>> target = pathlib.Path(tempfile.mkdtemp()) / "run"
-        >>> with atomic_directory(target) as tmp:
-        ...     _ = (tmp / "a.txt").write_text("whole or nothing")
-        >>> sorted(p.name for p in target.iterdir())
-        ['a.txt']
-
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    recover_directory(path)
-    staging, ready, old = _siblings(path)
-    staging.mkdir()
-    try:
-        yield staging
-        mode = _default_file_mode(staging)
-        for child in staging.iterdir():
-            if child.is_file():
-                child.chmod(mode)
-            _fsync(child)
-        _fsync(staging)
-        os.replace(staging, ready)
-        _fsync(path.parent)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    _swap_in(path, ready, old)
+def require_safetensors() -> ModuleType:
+    """``safetensors.torch``, or an ``ImportError`` that says how to install it (``pip install "fusemix[train]"``)."""
+    return require("safetensors.torch", extra="train", user="saving and loading models")
 
 
 def _state_to_save(module: nn.Module) -> dict[str, Tensor]:
     return {k: v.detach().to("cpu").contiguous() for k, v in module.state_dict().items()}
 
 
-def _describe_adapter(name: str, adapter: nn.Module) -> dict[str, Any]:
-    if type(adapter) is FusionAdapter:
-        blocks = list(adapter.blocks)
-        return {
-            "type": "fusion",
-            "in_dim": adapter.in_dim,
-            "out_dim": adapter.out_dim,
-            "depth": len(blocks),
-            "hidden_dim": blocks[0].fc1.out_features if blocks else None,
-            "dropout": float(blocks[0].drop.p) if blocks else 0.0,
-        }
-    if type(adapter) is LinearAdapter:
-        return {
-            "type": "linear",
-            "in_dim": adapter.in_dim,
-            "out_dim": adapter.out_dim,
-            "bias": adapter.proj.bias is not None,
-        }
-    if type(adapter) is IdentityAdapter:
-        return {"type": "identity", "dim": adapter.in_dim}
-    raise TypeError(
-        f"model: adapter {name!r} is a {type(adapter).__name__}; a model directory can describe only "
-        "FusionAdapter, LinearAdapter and IdentityAdapter (save the state dict yourself for custom modules)"
-    )
-
-
-def _describe_loss(loss: nn.Module) -> dict[str, Any]:
-    if type(loss) is ContrastiveLoss:
-        return {
-            "type": "contrastive",
-            "parameterization": loss.parameterization,
-            "learnable": isinstance(loss.temperature_param, nn.Parameter),
-            "temperature_range": list(loss.temperature_range),
-            "max_logit_scale": loss.max_logit_scale,
-            "pairs": loss.pairs,
-            "anchor": loss.anchor,
-        }
-    if type(loss) is SigLIPLoss:
-        return {
-            "type": "siglip",
-            "learnable": isinstance(loss.logit_scale, nn.Parameter),
-            "chunk_size": loss.chunk_size,
-            "pairs": loss.pairs,
-            "anchor": loss.anchor,
-        }
-    if type(loss) is FixedTargetLoss and type(loss.regression) is TargetRegressionLoss:
-        return {
-            "type": "fixed-target",
-            "source": loss.source,
-            "target": loss.target,
-            "regression_weight": loss.regression_weight,
-            "contrastive_weight": loss.contrastive_weight,
-            "contrastive": _describe_loss(loss.contrastive),
-            "regression": {"type": "target-regression", "eps": loss.regression.eps},
-        }
-    raise TypeError(
-        f"model: loss is a {type(loss).__name__}; a model directory can describe only ContrastiveLoss, SigLIPLoss "
-        "and FixedTargetLoss (with TargetRegressionLoss)"
-    )
-
-
 def describe_model(model: FusionModel) -> dict[str, Any]:
     """The JSON description of ``model`` stored in ``fusemix.json`` (without weights).
+
+    Every adapter, the loss and the structure term describe themselves
+    (``to_config``; registered in ``fusemix._registry``).
 
     Args:
         model: A :class:`~fusemix.FusionModel` of built-in adapters and loss.
 
     Returns:
         ``{"format", "format_version", "fusemix_version", "modalities",
-        "dims", "shared_dim", "adapters", "loss"}``.
+        "dims", "shared_dim", "adapters", "loss", "structure",
+        "structure_weight"}``.
 
     Raises:
         TypeError: If the model holds a custom adapter or loss.
@@ -270,34 +75,23 @@ def describe_model(model: FusionModel) -> dict[str, Any]:
     """
     if not isinstance(model, FusionModel):
         raise TypeError(f"model: expected a FusionModel, got {type(model).__name__}")
-    adapters = {name: _describe_adapter(name, a) for name, a in model.adapters.items()}
-    dims = {name: a.get("in_dim", a.get("dim")) for name, a in adapters.items()}
-    shared = {a.get("out_dim", a.get("dim")) for a in adapters.values()}
+    adapters = {
+        name: describe_part("adapter", a, where=f"model: adapter {name!r}") for name, a in model.adapters.items()
+    }
+    shared = {a.out_dim for a in model.adapters.values()}
     return {
         "format": "fusemix-model",
         "format_version": FORMAT_VERSION,
-        "fusemix_version": _fusemix_version(),
+        "fusemix_version": fusemix_version(),
         "modalities": model.modalities,
-        "dims": dims,
+        "dims": {name: a.in_dim for name, a in model.adapters.items()},
         "shared_dim": shared.pop() if len(shared) == 1 else None,
         "adapters": adapters,
-        "loss": _describe_loss(model.loss),
-        "structure": _describe_structure(model.structure),
+        "loss": describe_part("loss", model.loss, where="model: loss"),
+        "structure": None
+        if model.structure is None
+        else describe_part("structure", model.structure, where="model: structure"),
         "structure_weight": model.structure_weight,
-    }
-
-
-def _describe_structure(structure: nn.Module | None) -> dict[str, Any] | None:
-    if structure is None:
-        return None
-    if type(structure) is not StructureLoss:
-        raise TypeError(f"model: structure is a {type(structure).__name__}; a model directory describes StructureLoss")
-    return {
-        "type": "structure",
-        "temperature": structure.temperature,
-        "divergence": structure.divergence,
-        "center": structure.center,
-        "max_rows": structure.max_rows,
     }
 
 
@@ -323,70 +117,18 @@ def build_model(description: Mapping[str, Any]) -> FusionModel:
             f"{MODEL_CONFIG}: format_version {version!r} is newer than this fusemix reads ({FORMAT_VERSION}); "
             "upgrade fusemix"
         )
-    adapters: dict[str, nn.Module] = {}
-    for name, spec in description["adapters"].items():
-        kind = spec.get("type")
-        if kind == "fusion":
-            adapters[name] = FusionAdapter(
-                spec["in_dim"],
-                spec["out_dim"],
-                depth=spec["depth"],
-                expansion=spec.get("expansion", 4),
-                hidden_dim=spec.get("hidden_dim"),
-                dropout=spec["dropout"],
-            )
-        elif kind == "linear":
-            adapters[name] = LinearAdapter(spec["in_dim"], spec["out_dim"], bias=spec["bias"])
-        elif kind == "identity":
-            adapters[name] = IdentityAdapter(spec["dim"])
-        else:
-            raise ValueError(f"{MODEL_CONFIG}: adapter {name!r} has unknown type {kind!r}")
+    adapters = {
+        name: build_part("adapter", spec, where=f"{MODEL_CONFIG}: adapter {name!r}")
+        for name, spec in description["adapters"].items()
+    }
     spec = description.get("structure")
-    structure = None
-    if spec is not None:
-        if spec.get("type") != "structure":
-            raise ValueError(f"{MODEL_CONFIG}: unknown structure term type {spec.get('type')!r}")
-        structure = StructureLoss(
-            spec["temperature"], divergence=spec["divergence"], center=spec["center"], max_rows=spec["max_rows"]
-        )
+    structure = None if spec is None else build_part("structure", spec, where=f"{MODEL_CONFIG}: structure term")
     return FusionModel(
         adapters,
-        loss=_build_loss(description["loss"]),
+        loss=build_part("loss", description["loss"], where=f"{MODEL_CONFIG}: loss"),
         structure=structure,
         structure_weight=description.get("structure_weight", 0.0),
     )
-
-
-def _build_loss(spec: Mapping[str, Any]) -> nn.Module:
-    """The loss module a :func:`_describe_loss` description stands for."""
-    loss: nn.Module
-    if spec.get("type") == "contrastive":
-        low, high = spec["temperature_range"]
-        loss = ContrastiveLoss(
-            temperature_init=low if spec["parameterization"] == "temperature" else 0.07,
-            learnable=spec["learnable"],
-            parameterization=spec["parameterization"],
-            temperature_range=(low, high),
-            max_logit_scale=spec["max_logit_scale"],
-            pairs=spec["pairs"],
-            anchor=spec["anchor"],
-        )
-    elif spec.get("type") == "siglip":
-        loss = SigLIPLoss(
-            learnable=spec["learnable"], chunk_size=spec["chunk_size"], pairs=spec["pairs"], anchor=spec["anchor"]
-        )
-    elif spec.get("type") == "fixed-target":
-        loss = FixedTargetLoss(
-            spec["source"],
-            spec["target"],
-            regression_weight=spec["regression_weight"],
-            contrastive_weight=spec["contrastive_weight"],
-            contrastive=_build_loss(spec["contrastive"]),  # type: ignore[arg-type]
-            regression=TargetRegressionLoss(eps=spec["regression"]["eps"]),
-        )
-    else:
-        raise ValueError(f"{MODEL_CONFIG}: unknown loss type {spec.get('type')!r}")
-    return loss
 
 
 def _config_dict(config: object) -> dict[str, Any] | None:
@@ -428,7 +170,7 @@ def save_model(model: FusionModel, path: str | Path, *, config: object = None) -
         True
 
     """
-    st = _safetensors()
+    st = require_safetensors()
     description = describe_model(model)
     description["train_config"] = _config_dict(config)
     path = Path(path)
@@ -454,7 +196,7 @@ def load_model(path: str | Path, *, device: str | torch.device = "cpu") -> Fusio
             weights do not fit the description.
 
     """
-    st = _safetensors()
+    st = require_safetensors()
     path = Path(path)
     recover_directory(path)
     for name in (MODEL_CONFIG, MODEL_WEIGHTS):
@@ -523,7 +265,7 @@ def save_training_checkpoint(
         ``path`` as a :class:`~pathlib.Path`.
 
     """
-    st = _safetensors()
+    st = require_safetensors()
     path = Path(path)
     with atomic_directory(path) as tmp:
         st.save_file(_state_to_save(model), str(tmp / MODEL_WEIGHTS), metadata={"format": "pt"})
@@ -551,7 +293,7 @@ def load_training_checkpoint(path: str | Path) -> TrainingCheckpoint | None:
         FileNotFoundError: If the directory exists but misses a file.
 
     """
-    st = _safetensors()
+    st = require_safetensors()
     path = Path(path)
     recover_directory(path)
     if not path.exists():
@@ -567,3 +309,26 @@ def load_training_checkpoint(path: str | Path) -> TrainingCheckpoint | None:
         state=json.loads((path / STATE_FILE).read_text(encoding="utf-8")),
         best_state=st.load_file(str(best)) if best.is_file() else None,
     )
+
+
+__all__ = [
+    "BEST_WEIGHTS",
+    "FORMAT_VERSION",
+    "MODEL_CONFIG",
+    "MODEL_WEIGHTS",
+    "OPTIMIZER_FILE",
+    "RNG_FILE",
+    "STATE_FILE",
+    "TrainingCheckpoint",
+    "atomic_directory",
+    "build_model",
+    "describe_model",
+    "load_model",
+    "load_training_checkpoint",
+    "recover_directory",
+    "require_safetensors",
+    "save_model",
+    "save_training_checkpoint",
+    "write_json_atomic",
+    "write_text_atomic",
+]

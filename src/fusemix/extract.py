@@ -60,35 +60,18 @@ import torch
 from torch import Tensor
 from torch.utils.data import IterableDataset
 
-from fusemix._checks import check_positive_int
-from fusemix.store import (
-    MANIFEST,
-    SHARD_DIR,
-    LatentStore,
-    LatentStoreWriter,
-    StoreError,
-    _convert_latents,
-    _json_object,
-    _open_shard,
-    _os_error,
-    _shard_indices,
-    _storage_dtype,
-    _write_json,
-    shard_file,
-)
-
-try:
-    from tqdm.auto import tqdm as _tqdm
-except ImportError:  # pragma: no cover - tqdm is optional
-    _tqdm = None
+from fusemix._checks import check_json_object, check_positive_int
+from fusemix._fileio import os_error, write_json_atomic
+from fusemix._optional import progress_bar
+from fusemix._store_format import convert_latents, open_shard, shard_indices, storage_dtype
+from fusemix.encoders.base import Encoder
+from fusemix.store import MANIFEST, SHARD_DIR, LatentStore, LatentStoreWriter, StoreError, shard_file
 
 SPEC = "extraction.json"
 """Name of the file holding an unfinished extraction's settings."""
 SPEC_FORMAT = "fusemix.extraction"
 _SPEC_VERSION = 1
 _COMPARED = ("modality", "dtype", "encoder", "shard_size", "count")
-
-Encoder = Callable[[list[Any]], Tensor | np.ndarray]
 
 
 def encoder_identity_of(
@@ -111,10 +94,10 @@ def encoder_identity_of(
 
     """
     if encoder_identity is not None:
-        return _json_object("encoder_identity", encoder_identity)
+        return check_json_object("encoder_identity", encoder_identity)
     identity = getattr(encoder, "identity", None)
     if isinstance(identity, Mapping):
-        return _json_object("encoder.identity", identity)
+        return check_json_object("encoder.identity", identity)
     named = encoder if inspect.isroutine(encoder) else type(encoder)
     return {"name": f"{named.__module__}.{named.__qualname__}"}
 
@@ -167,7 +150,7 @@ def _clear(root: Path) -> None:
         if (root / SHARD_DIR).exists():
             shutil.rmtree(root / SHARD_DIR)
     except OSError as err:
-        raise _os_error(err, root, "remove the previous store for overwrite=True") from err
+        raise os_error(err, root, "remove the previous store for overwrite=True") from err
 
 
 def _advance(iterator: Iterator[Any], n: int) -> int:
@@ -214,7 +197,7 @@ def _claim(root: Path, settings: dict[str, Any], overwrite: bool) -> dict[str, A
             raise
         _clear(root)
         old = None
-    if old is None and _shard_indices(root):
+    if old is None and shard_indices(root):
         if not overwrite:
             raise ValueError(
                 f"out_dir: {root} holds shard files but no {SPEC}, so their settings are unknown; "
@@ -236,17 +219,17 @@ def _claim(root: Path, settings: dict[str, Any], overwrite: bool) -> dict[str, A
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise _os_error(err, root, "create the output directory") from err
+        raise os_error(err, root, "create the output directory") from err
     if spec != old:
-        _write_json(root / SPEC, spec, "write the extraction settings")
+        write_json_atomic(root / SPEC, spec, "write the extraction settings")
     return spec
 
 
 def _existing_dim(root: Path) -> int | None:
     """Latent dim of the first readable shard already in ``root``, if any."""
-    for index in _shard_indices(root):
+    for index in shard_indices(root):
         try:
-            shard = _open_shard(root / shard_file(index))
+            shard = open_shard(root / shard_file(index))
         except StoreError:
             continue
         if shard.ndim == 2:
@@ -341,10 +324,10 @@ def finalize_store(out_dir: str | os.PathLike[str]) -> LatentStore:
 
 
 class _Progress:
-    """tqdm bar over items with a rows/s postfix for encoded rows; does nothing without tqdm or when disabled."""
+    """Counts items on a tqdm bar (``None``: no bar) with a rows/s postfix for the encoded ones."""
 
-    def __init__(self, total: int | None, enabled: bool, description: str) -> None:
-        self._bar = _tqdm(total=total, unit="item", desc=description) if enabled and _tqdm is not None else None
+    def __init__(self, bar: Any) -> None:
+        self._bar = bar
         self._encoded = 0
         self._start = time.perf_counter()
 
@@ -358,10 +341,6 @@ class _Progress:
             rate = self._encoded / max(time.perf_counter() - self._start, 1e-9)
             self._bar.set_postfix_str(f"{rate:,.0f} rows/s", refresh=False)
             self._bar.update(rows)
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
 
 
 class _Extraction:
@@ -382,7 +361,7 @@ class _Extraction:
         self.root = root
         self.spec = spec
         self.shard_size: int = spec["shard_size"]
-        self.dtype = _storage_dtype(spec["dtype"])
+        self.dtype = storage_dtype(spec["dtype"])
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.worker_index = worker_index
@@ -419,7 +398,7 @@ class _Extraction:
                 f"{what}: latent dim is {out.shape[1]}, but earlier batches (or shards already in out_dir) "
                 f"have dim {self.dim}; the encoder must return the same dim for every batch"
             )
-        latents = _convert_latents(what, out, self.dtype, first_row=first, row_word="item")
+        latents = convert_latents(what, out, self.dtype, first_row=first, row_word="item")
         self.progress.encoded(len(batch))
         return latents
 
@@ -542,7 +521,7 @@ def extract_latents(
             :func:`encoder_identity_of` for the default.
         num_workers: Number of workers sharing the extraction.
         worker_index: This worker's index in ``[0, num_workers)``.
-        progress: Show a tqdm progress bar (if tqdm is installed).
+        progress: Show a tqdm progress bar (without tqdm installed: a warning and no bar).
         metadata: Free JSON metadata to record in the manifest.
         overwrite: Discard a store or unfinished extraction in ``out_dir``
             made with other settings instead of raising. One made with the
@@ -580,7 +559,7 @@ def extract_latents(
         raise ValueError(f"modality: expected a non-empty string, got {modality!r}")
     check_positive_int("batch_size", batch_size)
     check_positive_int("shard_size", shard_size)
-    dtype_name = _storage_dtype(dtype).name
+    dtype_name = storage_dtype(dtype).name
     check_positive_int("num_workers", num_workers)
     if isinstance(worker_index, bool) or not isinstance(worker_index, int) or not 0 <= worker_index < num_workers:
         raise ValueError(f"worker_index: expected an int in [0, num_workers={num_workers}), got {worker_index!r}")
@@ -598,7 +577,7 @@ def extract_latents(
         "encoder": encoder_identity_of(encoder, encoder_identity),
         "shard_size": shard_size,
         "count": count,
-        "metadata": _json_object("metadata", {} if metadata is None else metadata),
+        "metadata": check_json_object("metadata", {} if metadata is None else metadata),
     }
     root = Path(out_dir)
     if root.exists() and not root.is_dir():
@@ -614,8 +593,7 @@ def extract_latents(
     else:
         total = None
     description = f"extract {modality}" if num_workers == 1 else f"extract {modality} [{worker_index}/{num_workers}]"
-    bar = _Progress(total, progress, description)
-    try:
+    with progress_bar(progress, user="extract_latents", total=total, unit="item", desc=description) as bar:
         run = _Extraction(
             encoder,
             root,
@@ -623,19 +601,17 @@ def extract_latents(
             batch_size=batch_size,
             num_workers=num_workers,
             worker_index=worker_index,
-            progress=bar,
+            progress=_Progress(bar),
         )
         if count is not None:
             run.run_sequence(items, count)  # type: ignore[arg-type]
         else:
             count = run.run_iterable(items)
-    finally:
-        bar.close()
     if count == 0:
         raise ValueError("items: is empty; nothing to extract")
     if spec["count"] is None:
         spec = {**spec, "count": count}
-        _write_json(root / SPEC, spec, "write the extraction settings")
+        write_json_atomic(root / SPEC, spec, "write the extraction settings")
     elif spec["count"] != count:
         raise ValueError(
             f"items: yielded {count} items, but an earlier run over the same out_dir saw {spec['count']}; "

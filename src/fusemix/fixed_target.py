@@ -53,20 +53,21 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from fusemix._checks import check_choice, check_features, check_floating, check_positive_int, check_same_rows
+from fusemix._checks import (
+    check_choice,
+    check_features,
+    check_floating,
+    check_nonnegative,
+    check_positive_int,
+    check_same_rows,
+)
+from fusemix._registry import build_part, describe_part, register_part
+from fusemix.adapters import FusionAdapter, IdentityAdapter, LinearAdapter
 from fusemix.losses import ContrastiveLoss, PairwiseContrastiveLoss
 from fusemix.model import FusionModel
-from fusemix.projectors import FusionAdapter, IdentityAdapter, LinearAdapter
 
 
-def _check_weight(name: str, value: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name}: expected a number, got {type(value).__name__}")
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"{name}: expected a finite number >= 0, got {value}")
-    return float(value)
-
-
+@register_part("regression", "target-regression")
 class TargetRegressionLoss(nn.Module):
     """Share of the target's variance that the prediction leaves unexplained (a normalised squared error).
 
@@ -102,7 +103,7 @@ class TargetRegressionLoss(nn.Module):
 
     def __init__(self, *, eps: float = 1e-6) -> None:
         super().__init__()
-        self.eps = _check_weight("eps", eps)
+        self.eps = check_nonnegative("eps", eps)
 
     def forward(self, prediction: Tensor, target: Tensor) -> Tensor:
         prediction = check_features("prediction", prediction)
@@ -119,10 +120,20 @@ class TargetRegressionLoss(nn.Module):
             denominator = torch.maximum(spread, floor)
         return error / denominator.to(error.dtype)
 
+    def to_config(self) -> dict[str, Any]:
+        """The settings that rebuild this loss: ``eps``."""
+        return {"eps": self.eps}
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> TargetRegressionLoss:
+        """The loss :meth:`to_config`'s settings describe."""
+        return cls(eps=config["eps"])
+
     def extra_repr(self) -> str:
         return f"eps={self.eps}"
 
 
+@register_part("loss", "fixed-target")
 class FixedTargetLoss(nn.Module):
     """Contrastive loss between a source and a fixed target, plus a regression of the source onto the target.
 
@@ -177,8 +188,8 @@ class FixedTargetLoss(nn.Module):
         if source == target:
             raise ValueError(f"target: must differ from source, both are {source!r}")
         self.source, self.target = source, target
-        self.regression_weight = _check_weight("regression_weight", regression_weight)
-        self.contrastive_weight = _check_weight("contrastive_weight", contrastive_weight)
+        self.regression_weight = check_nonnegative("regression_weight", regression_weight)
+        self.contrastive_weight = check_nonnegative("contrastive_weight", contrastive_weight)
         if self.regression_weight == 0 and self.contrastive_weight == 0:
             raise ValueError("regression_weight, contrastive_weight: at least one must be > 0")
         if contrastive is not None and not isinstance(contrastive, PairwiseContrastiveLoss):
@@ -215,6 +226,39 @@ class FixedTargetLoss(nn.Module):
         if return_dict:
             return {"loss": total, "contrastive": contrastive, "regression": regression}
         return total
+
+    def to_config(self) -> dict[str, Any]:
+        """The settings that rebuild this loss, its two terms described in turn.
+
+        Returns:
+            ``{"source", "target", "regression_weight", "contrastive_weight",
+            "contrastive", "regression"}``, the last two as
+            ``{"type": ..., **settings}``.
+
+        Raises:
+            TypeError: If a term is a custom module (not a registered part).
+
+        """
+        return {
+            "source": self.source,
+            "target": self.target,
+            "regression_weight": self.regression_weight,
+            "contrastive_weight": self.contrastive_weight,
+            "contrastive": describe_part("loss", self.contrastive, where="FixedTargetLoss: contrastive"),
+            "regression": describe_part("regression", self.regression, where="FixedTargetLoss: regression"),
+        }
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> FixedTargetLoss:
+        """The loss :meth:`to_config`'s settings describe, terms included."""
+        return cls(
+            config["source"],
+            config["target"],
+            regression_weight=config["regression_weight"],
+            contrastive_weight=config["contrastive_weight"],
+            contrastive=build_part("loss", config["contrastive"], where="FixedTargetLoss: contrastive"),
+            regression=build_part("regression", config["regression"], where="FixedTargetLoss: regression"),
+        )
 
     def extra_repr(self) -> str:
         return (

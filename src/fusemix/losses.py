@@ -33,7 +33,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from itertools import combinations
-from typing import Literal, Union
+from typing import Any, Literal, Union
 
 import torch
 import torch.nn.functional as F
@@ -41,6 +41,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from fusemix._checks import check_choice, check_features, check_positive, check_positive_int, check_same_rows
+from fusemix._registry import register_part
 from fusemix.distributed import check_equal_batch_sizes, gather_with_grad, get_rank, get_world_size
 
 FeatureInputs = Union[Tensor, Sequence[Tensor], Mapping[str, Tensor]]  # noqa: UP007 (runtime alias, Python 3.10)
@@ -276,6 +277,7 @@ class PairwiseContrastiveLoss(nn.Module):
         return share * (n_local * get_world_size() / n_global)
 
 
+@register_part("loss", "contrastive")
 class ContrastiveLoss(PairwiseContrastiveLoss):
     """Symmetric InfoNCE (CLIP) loss with a learnable temperature.
 
@@ -392,10 +394,43 @@ class ContrastiveLoss(PairwiseContrastiveLoss):
         b_to_a = F.cross_entropy(self.scale_logits(b @ a_all.T), labels)
         return 0.5 * (a_to_b + b_to_a)
 
+    def to_config(self) -> dict[str, Any]:
+        """The settings that rebuild this loss (the temperature's value is a weight, saved with them).
+
+        Returns:
+            ``{"parameterization", "learnable", "temperature_range",
+            "max_logit_scale", "pairs", "anchor"}``; the distributed settings
+            are left out (they belong to a run, not to the model).
+
+        """
+        return {
+            "parameterization": self.parameterization,
+            "learnable": isinstance(self.temperature_param, nn.Parameter),
+            "temperature_range": list(self.temperature_range),
+            "max_logit_scale": self.max_logit_scale,
+            "pairs": self.pairs,
+            "anchor": self.anchor,
+        }
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> ContrastiveLoss:
+        """A loss from :meth:`to_config`'s settings; its temperature starts in range until weights are loaded."""
+        low, high = config["temperature_range"]
+        return cls(
+            temperature_init=low if config["parameterization"] == "temperature" else 0.07,
+            learnable=config["learnable"],
+            parameterization=config["parameterization"],
+            temperature_range=(low, high),
+            max_logit_scale=config["max_logit_scale"],
+            pairs=config["pairs"],
+            anchor=config["anchor"],
+        )
+
     def extra_repr(self) -> str:
         return f"parameterization={self.parameterization!r}, pairs={self.pairs!r}"
 
 
+@register_part("loss", "siglip")
 class SigLIPLoss(PairwiseContrastiveLoss):
     """Sigmoid pairwise loss (SigLIP, Zhai et al. 2023) with learnable scale and bias.
 
@@ -479,6 +514,29 @@ class SigLIPLoss(PairwiseContrastiveLoss):
                 self._block_loss, a, block, start - offset, scale, self.logit_bias, use_reentrant=False
             )
         return total / n
+
+    def to_config(self) -> dict[str, Any]:
+        """The settings that rebuild this loss: ``learnable``, ``chunk_size``, ``pairs``, ``anchor``.
+
+        Scale and bias are weights, saved with them; the distributed settings
+        are left out (they belong to a run, not to the model).
+        """
+        return {
+            "learnable": isinstance(self.logit_scale, nn.Parameter),
+            "chunk_size": self.chunk_size,
+            "pairs": self.pairs,
+            "anchor": self.anchor,
+        }
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> SigLIPLoss:
+        """A loss from :meth:`to_config`'s settings, with SigLIP's initial scale and bias."""
+        return cls(
+            learnable=config["learnable"],
+            chunk_size=config["chunk_size"],
+            pairs=config["pairs"],
+            anchor=config["anchor"],
+        )
 
     def extra_repr(self) -> str:
         return f"chunk_size={self.chunk_size}, pairs={self.pairs!r}"

@@ -19,14 +19,13 @@ the AND of the two rows' masks, so a mixed value that any of its two rows
 lacked is marked absent and a masked loss never sees it.
 
 This module holds the transform (:class:`FuseMix`), its functional form
-(:func:`sample_mix_params`, :func:`mix_latents`, :func:`~fusemix.mix_masks`), the alpha
-schedules of the authors' code and the latent-noise baseline
-(:class:`LatentNoise`).
+(:func:`sample_mix_params`, :func:`mix_latents`, :func:`~fusemix.mix_masks`) and the
+latent-noise baseline (:class:`LatentNoise`); the alpha schedules of the
+authors' code are in :mod:`fusemix.schedules` (and importable from here).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, Union
@@ -35,13 +34,23 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from fusemix._checks import check_choice, check_floating, check_positive, check_positive_int, check_same_rows
+from fusemix._checks import (
+    check_choice,
+    check_floating,
+    check_mask,
+    check_positive,
+    check_positive_int,
+    check_same_rows,
+)
+from fusemix.schedules import AlphaSchedule, CosineAlphaSchedule, ExponentialAlphaSchedule
 
 Pairing = Literal["halves", "permute"]
 PAIRINGS: tuple[str, ...] = ("halves", "permute")
 
 LatentInputs = Union[Tensor, Sequence[Tensor], Mapping[str, Tensor]]  # noqa: UP007 (runtime alias, Python 3.10)
 MaskInputs = Union[Tensor, Sequence[Union[Tensor, None]], Mapping[str, Tensor]]  # noqa: UP007 (runtime alias)
+Mixed = Union[LatentInputs, tuple[LatentInputs, LatentInputs]]  # noqa: UP007 (runtime alias, Python 3.10)
+"""What an augmentation returns: the latents in their input structure, or ``(latents, masks)`` with masks."""
 
 
 @dataclass(frozen=True)
@@ -292,20 +301,10 @@ def mix_masks(masks: Sequence[Tensor], params: MixParams) -> list[Tensor]:
     """
     out = []
     for i, mask in enumerate(masks):
-        mask = _check_mask(f"masks[{i}]", mask, params.batch_size)
+        mask = check_mask(f"masks[{i}]", mask, params.batch_size)
         a, b = params.index_a.to(mask.device), params.index_b.to(mask.device)
         out.append(mask[a] & mask[b])
     return out
-
-
-def _check_mask(name: str, mask: object, batch_size: int) -> Tensor:
-    if not isinstance(mask, Tensor):
-        raise TypeError(f"{name}: expected a boolean torch.Tensor, got {type(mask).__name__}")
-    if mask.dtype != torch.bool:
-        raise TypeError(f"{name}: expected a boolean tensor, got dtype {mask.dtype}")
-    if mask.shape != (batch_size,):
-        raise ValueError(f"{name}: expected shape ({batch_size},) (one flag per row), got {tuple(mask.shape)}")
-    return mask
 
 
 def _is_contiguous_halves(params: MixParams) -> bool:
@@ -384,7 +383,7 @@ def _unpack_masks(masks: object, inputs: tuple[LatentInputs, ...], named: Sequen
             raise ValueError(f"masks: expected one mask per input ({len(named)}), got {len(masks)}")
         given, labels = list(masks), [f"masks[{i}]" for i in range(len(masks))]
     return [
-        torch.ones(batch, dtype=torch.bool, device=x.device) if m is None else _check_mask(label, m, batch)
+        torch.ones(batch, dtype=torch.bool, device=x.device) if m is None else check_mask(label, m, batch)
         for m, label, (_, x) in zip(given, labels, named)
     ]
 
@@ -398,10 +397,20 @@ class FuseMix(nn.Module):
     (a tensor, a tuple or a dict). It has no parameters and behaves the same
     in train and eval mode; apply it only where you want augmentation.
 
+    **What a call returns.** ``mix(...)`` returns what it was given, mixed:
+    latents in, latents out, in the same structure; latents and ``masks=``
+    in, ``(latents, masks)`` out, both in that structure (as
+    :class:`LatentNoise` does, so a loop calls either the same way). The
+    random draw behind a call comes from :meth:`mix_with_params`, which
+    returns ``(that output, params)``; like torchvision's ``make_params``,
+    :meth:`sample_params` draws it ahead and ``params=`` replays it.
+    ``return_params=True`` is the older spelling of :meth:`mix_with_params`:
+    it appends the draw to the output tuple.
+
     Args:
-        alpha: Concentration of ``Beta(alpha, alpha)``; 1.0 (uniform) is the
-            paper's value. Can be changed between calls, e.g. by an
-            :class:`AlphaSchedule`.
+        alpha: Concentration of ``Beta(alpha, alpha)``; ``None`` is 1.0
+            (uniform, the paper's value), or ``schedule(0)`` with a schedule.
+            Can be changed between calls.
         pairing: ``"halves"`` (the authors' code): ``B`` rows become ``B/2``,
             row ``i`` mixed with row ``i + B/2``. ``"permute"``: ``B`` rows
             stay ``B``, row ``i`` mixed with row ``perm[i]``.
@@ -412,6 +421,9 @@ class FuseMix(nn.Module):
             positive pairs; it exists for the paper's ablation only.
         generator: ``torch.Generator`` driving every draw; torch's global RNG
             when ``None``. The same seed gives the same output.
+        schedule: Alpha per epoch, e.g. a :class:`CosineAlphaSchedule`
+            (any callable from an epoch ``>= 0`` to alpha): :meth:`set_epoch`
+            sets ``alpha`` from it. Give either ``alpha`` or ``schedule``.
 
     Missing modalities: with ``masks=`` (a boolean presence flag per row for
     each modality) rows are paired within their presence pattern (see
@@ -445,20 +457,32 @@ class FuseMix(nn.Module):
         >>> out, masks = mix(batch, masks={"audio": has_audio})
         >>> masks["audio"].tolist(), masks["text"].tolist()
         ([True, True, False, False], [True, True, True, True])
+        >>> scheduled = FuseMix(schedule=CosineAlphaSchedule(start=0.1, end=1.0, total_steps=10))
+        >>> scheduled.set_epoch(5)  # alpha of epoch 5
+        >>> round(scheduled.alpha, 2)
+        0.55
 
     """
 
     def __init__(
         self,
-        alpha: float = 1.0,
+        alpha: float | None = None,
         *,
         pairing: Pairing = "halves",
         per_sample: bool = False,
         share_lambda: bool = True,
         generator: torch.Generator | None = None,
+        schedule: Callable[[int], float] | None = None,
     ) -> None:
         super().__init__()
-        self.alpha = alpha
+        if schedule is not None:
+            if not callable(schedule):
+                raise TypeError(f"schedule: expected an AlphaSchedule (a callable epoch -> alpha), got {schedule!r}")
+            if alpha is not None:
+                raise ValueError("alpha: the schedule sets alpha; give either alpha or schedule, not both")
+            alpha = schedule(0)
+        self.schedule = schedule
+        self.alpha = 1.0 if alpha is None else alpha
         self.pairing = check_choice("pairing", pairing, PAIRINGS)
         self.per_sample = bool(per_sample)
         self.share_lambda = bool(share_lambda)
@@ -474,6 +498,16 @@ class FuseMix(nn.Module):
     @alpha.setter
     def alpha(self, value: float) -> None:
         self._alpha = check_positive("alpha", value)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Set ``alpha`` to the schedule's value for ``epoch``; without a schedule alpha stays as it is.
+
+        Args:
+            epoch: The epoch about to start (>= 0).
+
+        """
+        if self.schedule is not None:
+            self.alpha = self.schedule(epoch)
 
     def sample_params(self, batch_size: int, num_modalities: int = 1, *, presence: Tensor | None = None) -> MixParams:
         """Draw lambda and the pairing for a batch of ``batch_size`` rows.
@@ -499,39 +533,26 @@ class FuseMix(nn.Module):
             presence=presence,
         )
 
-    def forward(
-        self,
-        *inputs: LatentInputs,
-        params: MixParams | None = None,
-        return_params: bool = False,
-        masks: MaskInputs | None = None,
-    ) -> LatentInputs | tuple[LatentInputs, MixParams] | tuple[LatentInputs, LatentInputs, MixParams]:
-        """Mix the latents of every modality with one shared draw.
+    def mix_with_params(
+        self, *inputs: LatentInputs, masks: MaskInputs | None = None, params: MixParams | None = None
+    ) -> tuple[Mixed, MixParams]:
+        """Mix like calling the module, and also return the draw used.
 
         Args:
-            *inputs: One tensor, several tensors, one tuple/list of tensors, or
-                one dict of name to tensor. Shape of each: ``(B, *)``.
+            *inputs: As for :meth:`forward`.
+            masks: As for :meth:`forward`.
             params: Replay this draw instead of drawing a new one.
-            return_params: Also return the draw used.
-            masks: Optional boolean presence flags, one ``(B,)`` tensor per
-                modality, in the structure of the inputs: a dict (it may leave
-                out modalities present in every row) for dict inputs, a
-                tuple/list (``None`` for always present) for tensors, or one
-                tensor for one tensor. A new draw pairs rows within their
-                presence pattern.
 
         Returns:
-            The mixed tensors in the input's structure; with ``masks``, then
-            the output masks in that structure too (every modality); then the
-            :class:`MixParams` when ``return_params`` is true.
+            ``(output, params)``: ``output`` is exactly what :meth:`forward`
+            returns for these arguments, ``params`` the :class:`MixParams`
+            drawn (or replayed).
 
-        Raises:
-            TypeError: If an input is not a floating-point tensor, or a mask
-                not a boolean tensor in the inputs' structure.
-            ValueError: If batch sizes differ, the batch has fewer than 2 rows,
-                ``pairing="halves"`` gets an odd batch, ``params`` was drawn
-                for another batch size, or a mask has the wrong shape or names
-                an unknown modality.
+        Example:
+            >>> mix = FuseMix(generator=torch.Generator().manual_seed(0))
+            >>> (img_mix, txt_mix), params = mix.mix_with_params(torch.randn(8, 16), torch.randn(8, 4))
+            >>> params.rows, img_mix.shape
+            (4, torch.Size([4, 16]))
 
         """
         named, rebuild = _unpack(inputs)
@@ -543,81 +564,56 @@ class FuseMix(nn.Module):
             params = self.sample_params(batch, len(named), presence=presence)
         out = rebuild(_mix_named(named, params))
         if mask_list is None:
-            return (out, params) if return_params else out
-        out_masks = rebuild(mix_masks(mask_list, params))
-        return (out, out_masks, params) if return_params else (out, out_masks)
+            return out, params
+        return (out, rebuild(mix_masks(mask_list, params))), params
+
+    def forward(
+        self,
+        *inputs: LatentInputs,
+        params: MixParams | None = None,
+        return_params: bool = False,
+        masks: MaskInputs | None = None,
+    ) -> Mixed | tuple[LatentInputs, MixParams] | tuple[LatentInputs, LatentInputs, MixParams]:
+        """Mix the latents of every modality with one shared draw.
+
+        Args:
+            *inputs: One tensor, several tensors, one tuple/list of tensors, or
+                one dict of name to tensor. Shape of each: ``(B, *)``.
+            params: Replay this draw instead of drawing a new one.
+            return_params: Append the draw to the output (the older spelling
+                of :meth:`mix_with_params`).
+            masks: Optional boolean presence flags, one ``(B,)`` tensor per
+                modality, in the structure of the inputs: a dict (it may leave
+                out modalities present in every row) for dict inputs, a
+                tuple/list (``None`` for always present) for tensors, or one
+                tensor for one tensor. A new draw pairs rows within their
+                presence pattern.
+
+        Returns:
+            The mixed tensors in the input's structure; with ``masks``,
+            ``(mixed, output masks)``, the masks in that structure too (every
+            modality). ``return_params=True`` appends the :class:`MixParams`:
+            ``(mixed, params)`` or ``(mixed, masks, params)``.
+
+        Raises:
+            TypeError: If an input is not a floating-point tensor, or a mask
+                not a boolean tensor in the inputs' structure.
+            ValueError: If batch sizes differ, the batch has fewer than 2 rows,
+                ``pairing="halves"`` gets an odd batch, ``params`` was drawn
+                for another batch size, or a mask has the wrong shape or names
+                an unknown modality.
+
+        """
+        mixed, params = self.mix_with_params(*inputs, masks=masks, params=params)
+        if not return_params:
+            return mixed
+        return (*mixed, params) if masks is not None else (mixed, params)  # type: ignore[misc]
 
     def extra_repr(self) -> str:
         return (
             f"alpha={self.alpha}, pairing={self.pairing!r}, per_sample={self.per_sample}, "
             f"share_lambda={self.share_lambda}"
         )
-
-
-class AlphaSchedule:
-    """Base class of alpha schedules: ``schedule(step)`` gives alpha at ``step``.
-
-    Schedules interpolate from ``start`` (at step 0) to ``end`` (at
-    ``total_steps`` and after) and are plain callables, so they fit any loop::
-
-        for epoch in range(epochs):
-            mix.alpha = schedule(epoch)
-
-    Args:
-        start: Alpha at step 0 (> 0).
-        end: Alpha at ``total_steps`` (> 0).
-        total_steps: Length of the schedule (>= 1), in whatever unit you step.
-
-    """
-
-    def __init__(self, start: float, end: float, total_steps: int) -> None:
-        self.start = check_positive("start", start)
-        self.end = check_positive("end", end)
-        self.total_steps = check_positive_int("total_steps", total_steps)
-
-    def _progress(self, step: int) -> float:
-        if step < 0:
-            raise ValueError(f"step: expected a step >= 0, got {step}")
-        return min(step, self.total_steps) / self.total_steps
-
-    def __call__(self, step: int) -> float:  # pragma: no cover - abstract
-        raise NotImplementedError
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(start={self.start}, end={self.end}, total_steps={self.total_steps})"
-
-
-class CosineAlphaSchedule(AlphaSchedule):
-    """Cosine interpolation of alpha, as in the authors' code.
-
-    ``alpha(t) = end + (start - end) * (1 + cos(pi * t / T)) / 2``.
-
-    Example:
-        >>> s = CosineAlphaSchedule(start=0.1, end=1.0, total_steps=10)
-        >>> round(s(0), 6), round(s(5), 6), round(s(10), 6)
-        (0.1, 0.55, 1.0)
-
-    """
-
-    def __call__(self, step: int) -> float:
-        t = self._progress(step)
-        return self.end + (self.start - self.end) * 0.5 * (1.0 + math.cos(math.pi * t))
-
-
-class ExponentialAlphaSchedule(AlphaSchedule):
-    """Geometric interpolation of alpha, as in the authors' code.
-
-    ``alpha(t) = start * (end / start) ** (t / T)``.
-
-    Example:
-        >>> s = ExponentialAlphaSchedule(start=0.1, end=1.0, total_steps=10)
-        >>> round(s(0), 6), round(s(5), 6), round(s(10), 6)
-        (0.1, 0.316228, 1.0)
-
-    """
-
-    def __call__(self, step: int) -> float:
-        return self.start * (self.end / self.start) ** self._progress(step)
 
 
 class LatentNoise(nn.Module):
@@ -654,9 +650,10 @@ class LatentNoise(nn.Module):
         self.relative = bool(relative)
         self.generator = generator
 
-    def forward(
-        self, *inputs: LatentInputs, masks: MaskInputs | None = None
-    ) -> LatentInputs | tuple[LatentInputs, LatentInputs]:
+    def set_epoch(self, epoch: int) -> None:
+        """Nothing to do: the noise has no schedule. Present so that a loop calls ``set_epoch`` on any augmentation."""
+
+    def forward(self, *inputs: LatentInputs, masks: MaskInputs | None = None) -> Mixed:
         """Add noise to every tensor.
 
         Args:
@@ -687,3 +684,21 @@ class LatentNoise(nn.Module):
 
     def extra_repr(self) -> str:
         return f"std={self.std}, relative={self.relative}"
+
+
+__all__ = [
+    "PAIRINGS",
+    "AlphaSchedule",
+    "CosineAlphaSchedule",
+    "ExponentialAlphaSchedule",
+    "FuseMix",
+    "LatentInputs",
+    "LatentNoise",
+    "MaskInputs",
+    "MixParams",
+    "Mixed",
+    "Pairing",
+    "mix_latents",
+    "mix_masks",
+    "sample_mix_params",
+]

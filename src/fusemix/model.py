@@ -9,28 +9,27 @@ batches may have rows that lack some modalities (``masks=``; see
 from __future__ import annotations
 
 import inspect
-import math
 from collections.abc import Mapping
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fusemix._checks import check_positive_int
+from fusemix._checks import check_nonnegative, check_positive_int
+from fusemix.adapters import FusionAdapter, IdentityAdapter, LinearAdapter
 from fusemix.losses import ContrastiveLoss
-from fusemix.projectors import FusionAdapter, IdentityAdapter, LinearAdapter
 from fusemix.regularizers import StructureLoss
 
 
-def _check_structure_weight(value: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"structure_weight: expected a number, got {type(value).__name__}")
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"structure_weight: expected a finite number >= 0, got {value}")
-    return float(value)
+def loss_accepts_masks(loss: nn.Module) -> bool:
+    """Whether a loss module's ``forward`` takes ``masks=`` (as :class:`~fusemix.ContrastiveLoss` and SigLIP do).
 
+    Example:
+        >>> from fusemix import ContrastiveLoss, FixedTargetLoss
+        >>> loss_accepts_masks(ContrastiveLoss()), loss_accepts_masks(FixedTargetLoss())
+        (True, False)
 
-def _accepts_masks(module: nn.Module) -> bool:
-    params = inspect.signature(module.forward).parameters.values()
+    """
+    params = inspect.signature(loss.forward).parameters.values()
     return any(p.name == "masks" or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
 
 
@@ -88,7 +87,7 @@ class FusionModel(nn.Module):
             raise ValueError(f"adapters: output dims differ ({out_dims}); all adapters must map to one shared space")
         self.adapters = nn.ModuleDict(dict(adapters))
         self.loss = loss if loss is not None else ContrastiveLoss()
-        self.structure_weight = _check_structure_weight(structure_weight)
+        self.structure_weight = check_nonnegative("structure_weight", structure_weight)
         if structure is not None and not isinstance(structure, nn.Module):
             raise TypeError(
                 f"structure: expected a StructureLoss (an nn.Module) or None, got {type(structure).__name__}"
@@ -229,7 +228,7 @@ class FusionModel(nn.Module):
             stray = [k for k in masks if k not in batch]
             if stray:
                 raise KeyError(f"masks: modalities {stray} are not in the batch {list(batch)}")
-            if not _accepts_masks(self.loss):
+            if not loss_accepts_masks(self.loss):
                 raise TypeError(
                     f"masks: the model's loss ({type(self.loss).__name__}) does not take masks; use ContrastiveLoss "
                     "or SigLIPLoss for batches with missing modalities"

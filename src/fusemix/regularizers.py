@@ -29,13 +29,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fusemix._checks import check_choice, check_floating, check_positive, check_positive_int
+from fusemix._checks import check_choice, check_floating, check_mask, check_positive, check_positive_int
+from fusemix._registry import register_part
 
 Divergence = Literal["js", "kl"]
 DIVERGENCES: tuple[str, ...] = ("js", "kl")
@@ -89,16 +90,7 @@ def _divergence(log_p: Tensor, log_q: Tensor, kind: str) -> Tensor:
     return 0.5 * ((log_p.exp() * (log_p - log_m)).sum(1) + (log_q.exp() * (log_q - log_m)).sum(1))
 
 
-def _check_mask(name: str, mask: object, rows: int) -> Tensor:
-    if not isinstance(mask, Tensor):
-        raise TypeError(f"{name}: expected a boolean torch.Tensor, got {type(mask).__name__}")
-    if mask.dtype != torch.bool:
-        raise TypeError(f"{name}: expected a boolean tensor, got dtype {mask.dtype}")
-    if mask.shape != (rows,):
-        raise ValueError(f"{name}: expected shape ({rows},) (one flag per row), got {tuple(mask.shape)}")
-    return mask
-
-
+@register_part("structure", "structure")
 class StructureLoss(nn.Module):
     """Divergence between each modality's neighbourhood distributions before and after its adapter.
 
@@ -244,7 +236,7 @@ class StructureLoss(nn.Module):
                 )
             anchor = y if anchor is None else anchor
             if name in masks:
-                keep = _check_mask(f"masks[{name!r}]", masks[name], x.shape[0]).to(x.device)
+                keep = check_mask(f"masks[{name!r}]", masks[name], x.shape[0]).to(x.device)
                 if not bool(keep.all()):
                     x, y = x[keep], y[keep.to(y.device)]
             if self.max_rows is not None:
@@ -257,6 +249,22 @@ class StructureLoss(nn.Module):
             assert anchor is not None
             total = anchor.sum() * 0.0
         return {"loss": total, **parts} if return_dict else total
+
+    def to_config(self) -> dict[str, Any]:
+        """The settings that rebuild this term: ``temperature``, ``divergence``, ``center``, ``max_rows``."""
+        return {
+            "temperature": self.temperature,
+            "divergence": self.divergence,
+            "center": self.center,
+            "max_rows": self.max_rows,
+        }
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> StructureLoss:
+        """The term :meth:`to_config`'s settings describe."""
+        return cls(
+            config["temperature"], divergence=config["divergence"], center=config["center"], max_rows=config["max_rows"]
+        )
 
     def extra_repr(self) -> str:
         rows = f", max_rows={self.max_rows}" if self.max_rows is not None else ""

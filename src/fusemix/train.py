@@ -96,17 +96,17 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from fusemix._checks import check_choice, check_positive, check_positive_int
+from fusemix._fileio import recover_directory, write_text_atomic
+from fusemix._optional import progress_bar
+from fusemix._version import fusemix_version
 from fusemix.aligners import CCAAligner, ProcrustesAligner
 from fusemix.checkpoint import (
     BEST_WEIGHTS,
-    INSTALL_HINT,
     TrainingCheckpoint,
-    _safetensors,
     load_training_checkpoint,
-    recover_directory,
+    require_safetensors,
     save_model,
     save_training_checkpoint,
-    write_text_atomic,
 )
 from fusemix.data import LatentBatch, LatentBatcher, PairedLatents
 from fusemix.distributed import (
@@ -120,7 +120,7 @@ from fusemix.distributed import (
 from fusemix.losses import ContrastiveLoss, PairwiseContrastiveLoss, SigLIPLoss
 from fusemix.metrics import metrics_from_ranks, retrieval_metrics
 from fusemix.mixing import PAIRINGS, CosineAlphaSchedule, ExponentialAlphaSchedule, FuseMix, LatentNoise
-from fusemix.model import FusionModel, _accepts_masks
+from fusemix.model import FusionModel, loss_accepts_masks
 from fusemix.regularizers import StructureLoss
 from fusemix.warmstart import aligner_input_norm, warm_start
 
@@ -982,23 +982,6 @@ def _temperature(model: nn.Module) -> float | None:
     return None
 
 
-@contextmanager
-def _progress_bar(enabled: bool, total: int, initial: int) -> Iterator[Any]:
-    bar = None
-    if enabled:
-        try:
-            from tqdm.auto import tqdm
-        except ImportError:
-            warnings.warn(f"fit: no progress bar because tqdm is not installed ({INSTALL_HINT})", stacklevel=2)
-        else:
-            bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True)
-    try:
-        yield bar
-    finally:
-        if bar is not None:
-            bar.close()
-
-
 class _RunLog:
     """History in memory, mirrored to ``log.jsonl`` (appended) and ``log.csv`` (rewritten)."""
 
@@ -1240,7 +1223,7 @@ class _Run:
         missing = [m for m in train.modalities if m not in self.model.modalities]
         if missing:
             raise ValueError(f"model: has no adapter for the training modalities {missing}")
-        if not train.complete and not _accepts_masks(self.model.loss):
+        if not train.complete and not loss_accepts_masks(self.model.loss):
             raise ValueError(
                 f"model: its loss ({type(self.model.loss).__name__}) does not take masks, but some training pairs "
                 "lack a modality (-1 in rows); use ContrastiveLoss or SigLIPLoss, or train on complete pairs "
@@ -1312,8 +1295,6 @@ class _Run:
 
     def save_checkpoint(self) -> None:
         """Write the checkpoint from rank 0, with every rank's random states; all ranks wait for it."""
-        import fusemix
-
         assert self.out_dir is not None
         rng_state = self._all_rng_states()
         if not self.place.is_main:
@@ -1321,7 +1302,7 @@ class _Run:
             return
         state = {
             "format": CHECKPOINT_FORMAT,
-            "fusemix_version": fusemix.__version__,
+            "fusemix_version": fusemix_version(),
             "epoch": self.epoch,
             "step": self.step,
             "batcher": self.batcher.state_dict(),
@@ -1750,7 +1731,7 @@ def _fit(
     _check_selection_target(config, val, val_pair)
     run_dir = None if out_dir is None else Path(out_dir)
     if run_dir is not None:
-        _safetensors()
+        require_safetensors()
         if place.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
     device = _resolve_device(config, place)
@@ -1773,7 +1754,14 @@ def _fit(
             try:
                 total = config.epochs * run.steps_per_epoch
                 initial = run.epoch * run.steps_per_epoch + run.batcher.batch_index
-                with _progress_bar(progress and place.is_main, total, initial) as bar:
+                with progress_bar(
+                    progress and place.is_main,
+                    user="fit",
+                    total=total,
+                    initial=initial,
+                    unit="step",
+                    dynamic_ncols=True,
+                ) as bar:
                     while not run.finished:
                         run.run_epoch(log, bar)
                 run.conclude(log)

@@ -40,9 +40,9 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from fusemix.aligners import _LinearAligner
+from fusemix.adapters import FusionAdapter, LinearAdapter
+from fusemix.aligners import ClosedFormAligner
 from fusemix.model import FusionModel
-from fusemix.projectors import FusionAdapter, LinearAdapter
 
 
 def aligner_input_norm(model: FusionModel) -> dict[str, str | None]:
@@ -117,7 +117,9 @@ def _warm_start_adapter(name: str, adapter: nn.Module, mean: Tensor, projection:
 
 
 @torch.no_grad()
-def warm_start(model: FusionModel, aligner: _LinearAligner, *, modalities: Sequence[str] | None = None) -> FusionModel:
+def warm_start(
+    model: FusionModel, aligner: ClosedFormAligner, *, modalities: Sequence[str] | None = None
+) -> FusionModel:
     """Set the adapters of ``model`` so that it embeds like ``aligner``, in place.
 
     After the call, ``model.embed(m, x)`` equals ``aligner.embed(m, x)`` for
@@ -161,7 +163,7 @@ def warm_start(model: FusionModel, aligner: _LinearAligner, *, modalities: Seque
     """
     if not isinstance(model, FusionModel):
         raise TypeError(f"model: expected a FusionModel, got {type(model).__name__}")
-    if not isinstance(aligner, _LinearAligner):
+    if not isinstance(aligner, ClosedFormAligner):
         raise TypeError(f"aligner: expected a fitted CCAAligner or ProcrustesAligner, got {type(aligner).__name__}")
     if not aligner.is_fitted:
         raise ValueError(f"aligner: the {type(aligner).__name__} is not fitted yet; call fit() first")

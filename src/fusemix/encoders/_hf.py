@@ -9,7 +9,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from fusemix.encoders._source import require, resolve_source
+from fusemix._optional import require
+from fusemix.encoders._source import resolve_source
 from fusemix.encoders.base import (
     BatchEncoder,
     check_max_batch_size,

@@ -1,4 +1,4 @@
-"""Where a pretrained model comes from, a cheap fingerprint of its files, and optional imports.
+"""Where a pretrained model comes from, and a cheap fingerprint of its files.
 
 A model named by a local directory is identified by the directory's name and a
 fingerprint of its files; a model named by a Hugging Face Hub id is identified
@@ -10,11 +10,9 @@ checkpoint does not invalidate latents extracted with it.
 from __future__ import annotations
 
 import hashlib
-import importlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 # Files that change what a checkpoint computes: configs, tokenizer vocabularies, PyTorch weights.
@@ -140,20 +138,3 @@ def _hub_revision(repo_id: str) -> str | None:
         return None
     cached = try_to_load_from_cache(repo_id, "config.json")
     return Path(cached).parent.name if isinstance(cached, str) else None
-
-
-def require(module: str, *, extra: str, user: str) -> ModuleType:
-    """Import an optional dependency or raise an ``ImportError`` that says how to install it.
-
-    Args:
-        module: Module to import, e.g. ``"transformers"``.
-        extra: The fusemix extra that provides it, e.g. ``"hf"``.
-        user: Name of the class that needs it, for the message.
-
-    """
-    try:
-        return importlib.import_module(module)
-    except ImportError as err:
-        raise ImportError(
-            f'{user} needs the optional dependency {module!r}; install it with: pip install "fusemix[{extra}]"'
-        ) from err

@@ -42,7 +42,8 @@ class Encoder(Protocol):
 
     Shape:
         - Input: a sequence of ``B`` raw items.
-        - Output: ``(B, D)``, floating.
+        - Output: ``(B, D)``, a floating tensor (or NumPy array: what
+          :func:`~fusemix.extract.extract_latents` also takes).
 
     Example:
         >>> def encode(items):
@@ -52,7 +53,7 @@ class Encoder(Protocol):
 
     """
 
-    def __call__(self, items: Sequence[Any]) -> Tensor: ...
+    def __call__(self, items: Sequence[Any]) -> Tensor | np.ndarray: ...
 
 
 @runtime_checkable

@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from fusemix._checks import check_choice
+from fusemix._optional import require
 from fusemix.encoders._hf import HFEncoder
-from fusemix.encoders._source import require
 
 ImagePooling = Literal["cls", "patch_mean", "cls+patch_mean"]
 IMAGE_POOLINGS: tuple[str, ...] = ("cls", "patch_mean", "cls+patch_mean")

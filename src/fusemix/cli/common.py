@@ -1,0 +1,287 @@
+"""What the commands of ``fusemix`` share: errors, argument types, and opening latents and pairs.
+
+A :class:`CommandError` is a user error the command line found itself; ``main``
+reports it as one line and exits with status 2. Latents are named on the
+command line as ``MODALITY=PATH`` (a latent store written by ``fusemix
+extract``, or a ``.npy`` file) and pairs as a CSV or ``.npz`` of row indices;
+``fusemix train`` records what it trained on in ``latents.json``, which
+``fusemix train`` (on resume) and ``fusemix evaluate`` check new latents
+against.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import json
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from fusemix.data import PairedLatents
+from fusemix.store import LatentStore, StoreError
+from fusemix.tables import markdown_table
+
+PROG = "fusemix"
+ITEMS_FILE = "items.jsonl"
+"""Written by ``fusemix extract`` next to the store: line ``i`` is the item (JSON string) of row ``i``."""
+LATENTS_FILE = "latents.json"
+"""Written by ``fusemix train`` into ``--out`` and the model directory: modalities, dims, encoder identities."""
+
+
+class CommandError(Exception):
+    """A user error found by the command line itself; reported as one line, exit status 2."""
+
+
+def flag(name: str) -> str:
+    """The command-line flag of a setting: ``batch_size`` -> ``--batch-size``."""
+    return "--" + name.replace("_", "-")
+
+
+def positive_int(text: str) -> int:
+    """Argument type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return value
+
+
+def positive_int_or_none(text: str) -> int | None:
+    """Argument type: an integer >= 1, or ``none``."""
+    return None if text.strip().lower() == "none" else positive_int(text)
+
+
+def latents_spec(text: str) -> tuple[str, str]:
+    """Argument type: ``MODALITY=PATH`` as ``(modality, path)``."""
+    modality, sep, path = text.partition("=")
+    if not sep or not modality.strip() or not path.strip():
+        raise argparse.ArgumentTypeError(f"expected MODALITY=PATH (e.g. image=latents/image), got {text!r}")
+    return modality.strip(), path.strip()
+
+
+def pair_spec(text: str) -> tuple[str, str]:
+    """Argument type: ``QUERY,KEY``, two different modalities."""
+    names = [name.strip() for name in text.split(",")]
+    if len(names) != 2 or not all(names) or names[0] == names[1]:
+        raise argparse.ArgumentTypeError(f"expected two different modalities QUERY,KEY (e.g. image,text), got {text!r}")
+    return names[0], names[1]
+
+
+def add_latents_arguments(parser: argparse.ArgumentParser, *, required: bool, prefix: str = "") -> None:
+    """Add ``--<prefix>latents MODALITY=PATH`` (repeated) and ``--<prefix>pairs FILE`` to ``parser``."""
+    flag = f"--{prefix}latents"
+    parser.add_argument(
+        flag,
+        action="append",
+        type=latents_spec,
+        metavar="MODALITY=PATH",
+        required=required,
+        help="latents of one modality: a store folder written by 'fusemix extract' or a .npy file; repeat it once "
+        "per modality",
+    )
+    parser.add_argument(
+        f"--{prefix}pairs",
+        type=Path,
+        metavar="FILE",
+        help="which rows form each pair: a CSV (one column of row indices per modality) or an .npz of int arrays; "
+        "default: row i of every modality",
+    )
+
+
+@dataclass
+class Latents:
+    """One modality's latents as opened from the command line."""
+
+    array: Any  # LatentStore or read-only np.memmap; shape (rows, dim)
+    path: Path
+    encoder: dict[str, Any] | None  # None for a bare .npy file
+
+    @property
+    def dim(self) -> int:
+        return int(self.array.shape[1])
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "dim": self.dim,
+            "encoder": self.encoder,
+            "rows": int(self.array.shape[0]),
+            "path": str(self.path.absolute()),
+        }
+
+
+def latents_map(flag: str, specs: Sequence[tuple[str, str | Path]], base: Path | None = None) -> dict[str, Path]:
+    """Modality to path from ``MODALITY=PATH`` specs, relative paths resolved against ``base``; each modality once."""
+    paths: dict[str, Path] = {}
+    for modality, path in specs:
+        if modality in paths:
+            raise CommandError(f"{flag}: modality {modality!r} is given twice")
+        resolved = Path(path).expanduser()
+        paths[modality] = resolved if base is None or resolved.is_absolute() else base / resolved
+    return paths
+
+
+def open_latents(flag: str, modality: str, path: Path) -> Latents:
+    """Open a latent store (quick verification) or a ``.npy`` file for ``modality``."""
+    where = f"{flag} {modality}"
+    if path.suffix == ".npy":
+        if not path.is_file():
+            raise CommandError(f"{where}: {path}: no such file")
+        try:
+            array = np.load(path, mmap_mode="r", allow_pickle=False)
+        except (ValueError, OSError) as err:
+            raise CommandError(f"{where}: {path}: not a readable .npy array ({err})") from err
+        if array.ndim != 2 or array.dtype.kind != "f" or min(array.shape) < 1:
+            raise CommandError(
+                f"{where}: {path}: expected a floating array of shape (rows, dim), got {array.dtype} {array.shape}"
+            )
+        return Latents(array, path, None)
+    if path.is_file():
+        raise CommandError(f"{where}: {path}: expected a latent store folder (from 'fusemix extract') or a .npy file")
+    try:
+        store = LatentStore.open(path, expected_modality=modality)
+    except (FileNotFoundError, StoreError) as err:
+        raise CommandError(f"{where}: {err}") from err
+    if not store.encoder:
+        raise CommandError(
+            f"{where}: {path} records no encoder identity; write stores with 'fusemix extract' or give "
+            "extract_latents an encoder with an identity"
+        )
+    return Latents(store, path, store.encoder)
+
+
+def open_all(flag: str, paths: Mapping[str, Path]) -> dict[str, Latents]:
+    """:func:`open_latents` of every modality."""
+    return {modality: open_latents(flag, modality, path) for modality, path in paths.items()}
+
+
+def read_pairs(flag: str, path: Path) -> dict[str, np.ndarray]:
+    """Row indices per modality from a CSV (header of modality names) or an ``.npz`` of int arrays."""
+    if not path.is_file():
+        raise CommandError(f"{flag}: {path}: no such file")
+    suffix = path.suffix.lower()
+    if suffix == ".npz":
+        try:
+            with np.load(path, allow_pickle=False) as archive:
+                arrays = {name: archive[name] for name in archive.files}
+        except (ValueError, OSError) as err:
+            raise CommandError(f"{flag}: {path}: not a readable .npz archive ({err})") from err
+        if not arrays:
+            raise CommandError(f"{flag}: {path}: holds no arrays")
+        for name, array in arrays.items():
+            if array.ndim != 1 or array.dtype.kind not in "iu":
+                raise CommandError(
+                    f"{flag}: {path}: array {name!r} must be 1-D integer row indices, got {array.dtype} {array.shape}"
+                )
+        return {name: array.astype(np.int64) for name, array in arrays.items()}
+    if suffix != ".csv":
+        raise CommandError(f"{flag}: {path}: expected a .csv or .npz file")
+    with open_text(flag, path) as file:
+        reader = csv.reader(file)
+        header = next(reader, None)
+        if not header or not all(name.strip() for name in header):
+            raise CommandError(f"{flag}: {path}: expected a header row of modality names")
+        names = [name.strip() for name in header]
+        if len(set(names)) != len(names):
+            raise CommandError(f"{flag}: {path}: the header names a modality twice: {names}")
+        columns: list[list[int]] = [[] for _ in names]
+        for row in reader:
+            if not row or not any(cell.strip() for cell in row):
+                continue
+            if len(row) != len(names):
+                raise CommandError(f"{flag}: {path}:{reader.line_num}: expected {len(names)} values, got {len(row)}")
+            for column, name, cell in zip(columns, names, row):
+                try:
+                    column.append(int(cell))
+                except ValueError:
+                    raise CommandError(
+                        f"{flag}: {path}:{reader.line_num}: column {name!r}: expected a row index, got {cell!r}"
+                    ) from None
+    if not columns[0]:
+        raise CommandError(f"{flag}: {path}: holds no pairs")
+    return {name: np.asarray(column, dtype=np.int64) for name, column in zip(names, columns)}
+
+
+def paired_latents(what: str, latents: Mapping[str, Latents], rows: Mapping[str, np.ndarray] | None) -> PairedLatents:
+    """The :class:`~fusemix.data.PairedLatents` of opened latents and pair rows; a bad pairing is a user error."""
+    try:
+        return PairedLatents({modality: item.array for modality, item in latents.items()}, rows)
+    except (ValueError, TypeError) as err:
+        raise CommandError(f"{what}: {err}") from err
+
+
+@contextlib.contextmanager
+def open_text(flag: str, path: Path) -> Iterator[Any]:
+    """Open a UTF-8 text file (a byte-order mark is skipped); undecodable text is a user error naming ``flag``."""
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as file:
+            yield file
+    except UnicodeDecodeError as err:
+        raise CommandError(f"{flag}: {path}: not UTF-8 text ({err})") from err
+
+
+def metrics_table(metrics: Mapping[str, float]) -> str:
+    """Metrics as a two-column Markdown table, values with two decimals.
+
+    Example:
+        >>> print(metrics_table({"i2t_R@1": 12.5, "mean": 40.0}))
+        | metric | value |
+        |---|---|
+        | i2t_R@1 | 12.50 |
+        | mean | 40.00 |
+
+    """
+    return markdown_table(["metric", "value"], [(name, f"{value:.2f}") for name, value in metrics.items()])
+
+
+def workers() -> tuple[int, int]:
+    """``(worker_index, num_workers)``: the process group's rank and size, else torchrun's RANK and WORLD_SIZE."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    rank, world = os.environ.get("RANK"), os.environ.get("WORLD_SIZE")
+    if rank is None and world is None:
+        return 0, 1
+    try:
+        index, count = int(rank or "0"), int(world or "1")
+    except ValueError:
+        raise CommandError(f"RANK/WORLD_SIZE: expected integers, got RANK={rank!r} WORLD_SIZE={world!r}") from None
+    if not 0 <= index < count:
+        raise CommandError(f"RANK/WORLD_SIZE: expected 0 <= RANK < WORLD_SIZE, got RANK={rank} WORLD_SIZE={world}")
+    return index, count
+
+
+def read_latents_record(path: Path) -> dict[str, Any] | None:
+    """The ``latents.json`` a ``fusemix train`` run wrote, or ``None`` if there is none."""
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CommandError(f"{path}: unreadable ({err})") from err
+    if not isinstance(record, dict) or record.get("format") != "fusemix-cli-latents":
+        raise CommandError(f"{path}: not a fusemix latents record")
+    return record
+
+
+def check_same_latents(where: str, record: Mapping[str, Any], latents: Mapping[str, Latents]) -> None:
+    """Refuse latents whose dims or encoder identities differ from those a model was trained on."""
+    trained = record.get("modalities", {})
+    for modality, item in latents.items():
+        if modality not in trained:
+            continue
+        dim, encoder = trained[modality].get("dim"), trained[modality].get("encoder")
+        if dim != item.dim:
+            raise CommandError(f"{where} {modality}: dim {item.dim}, but the model was trained on dim {dim}")
+        if encoder is not None and item.encoder is not None and encoder != item.encoder:
+            raise CommandError(
+                f"{where} {modality}: made by encoder {json.dumps(item.encoder)}, but the model was trained on "
+                f"latents of {json.dumps(encoder)}"
+            )
