@@ -3,7 +3,8 @@
 Usage: ``python _dist_train_worker.py SCENARIO WORKDIR``. Scenarios:
 
 - ``main``: ``fit`` with ``PLAIN`` into ``WORKDIR/plain`` (joining the job by
-  itself), two calls that every rank refuses alike, then with ``MIX`` into
+  itself), two calls that every rank refuses alike, one into ``WORKDIR/busy``
+  whose lock rank 1 holds (every rank refuses), then with ``MIX`` into
   ``WORKDIR/mix`` (reusing the process group). Rank 1 records every write it makes under ``plain`` /
   ``mix`` (audit hook) in ``WORKDIR/rank1_writes.json``; every rank writes
   what ``fit`` returned to ``WORKDIR/summary_rank<r>.json``.
@@ -18,6 +19,7 @@ Usage: ``python _dist_train_worker.py SCENARIO WORKDIR``. Scenarios:
   ``dist_timeout_s`` is ``STALL_TIMEOUT_S``.
 """
 
+import contextlib
 import json
 import os
 import signal
@@ -31,6 +33,7 @@ import torch
 import torch.distributed as dist
 
 from fusemix import ContrastiveLoss, FusionModel
+from fusemix._fileio import directory_lock
 from fusemix.data import PairedLatents
 from fusemix.extract import extract_latents, finalize_store
 from fusemix.train import TrainConfig, fit
@@ -124,11 +127,32 @@ def main_scenario(work: Path, rank: int, world: int) -> None:
             fit(train, PLAIN, progress=False, **kwargs)
         except ValueError as err:
             refused.append(str(err))
+    busy = _busy_out_dir(work / "busy", rank, train)
     mix = fit(train, MIX, val=val, out_dir=work / "mix", progress=True)  # reuses the process group
-    summary = {"plain": _summary(plain), "mix": _summary(mix), "refused": refused}
+    summary = {"plain": _summary(plain), "mix": _summary(mix), "refused": refused, "busy": busy}
     (work / f"summary_rank{rank}.json").write_text(json.dumps(summary))
     if rank == 1:
         (work / "rank1_writes.json").write_text(json.dumps(writes))
+
+
+def _busy_out_dir(out: Path, rank: int, train: PairedLatents) -> str:
+    """Rank 1 holds ``out``'s run lock (as another run would) while both ranks ``fit`` into it: every rank refuses.
+
+    Returns the type of the error (alike on every rank); each rank writes its message to ``busy_rank<r>.txt``.
+    """
+    with contextlib.ExitStack() as held:
+        if rank == 1:
+            out.mkdir()
+            held.enter_context(directory_lock(out, ".fusemix-run.lock", argument="out_dir", activity="training run"))
+        dist.barrier()
+        try:
+            fit(train, PLAIN, out_dir=out, progress=False)
+        except FileExistsError as err:
+            (out.parent / f"busy_rank{rank}.txt").write_text(str(err))
+            return type(err).__name__
+        finally:
+            dist.barrier()  # rank 1 lets go once both ranks are done
+    return "trained"
 
 
 def extract_scenario(work: Path, rank: int, world: int) -> None:
@@ -174,3 +198,8 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    # torch 2.13's c10d clients can abort in C++ static destructors at interpreter exit on a loaded machine
+    # ("terminate called without an active exception"), after every result is written; leave without them.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)

@@ -2,12 +2,15 @@
 
 Usage: ``python _train_resume.py OUT_DIR KILL_AT_STEP`` trains in OUT_DIR and
 kills its own process (SIGKILL, no cleanup) right after optimizer step
-KILL_AT_STEP. The tests import :func:`run` to train or resume in-process.
+KILL_AT_STEP. With a third argument ``pause`` it instead prints ``paused``
+there and sleeps until killed (a run that holds OUT_DIR). The tests import
+:func:`run` to train or resume in-process.
 """
 
 import os
 import signal
 import sys
+import time
 
 import numpy as np
 import torch
@@ -43,10 +46,13 @@ def make_data(num_train: int = 192, num_val: int = 40) -> tuple[PairedLatents, P
     return tuple(PairedLatents({"image": image[s], "text": text[s]}) for s in split)
 
 
-def run(out_dir, kill_at_step=None, config=CONFIG):
+def run(out_dir, kill_at_step=None, config=CONFIG, pause=False):
     train, val = make_data()
 
     def kill(state):
+        if state.step == kill_at_step and pause:
+            print("paused", flush=True)
+            time.sleep(600)
         if state.step == kill_at_step:
             os.kill(os.getpid(), signal.SIGKILL)
 
@@ -54,4 +60,4 @@ def run(out_dir, kill_at_step=None, config=CONFIG):
 
 
 if __name__ == "__main__":
-    run(sys.argv[1], int(sys.argv[2]))
+    run(sys.argv[1], int(sys.argv[2]), pause=sys.argv[3:] == ["pause"])

@@ -9,6 +9,8 @@ from hypothesis import strategies as st
 import fusemix.aligners as aligners_module
 from fusemix import retrieval_metrics
 from fusemix.aligners import CCAAligner, ProcrustesAligner
+from fusemix.data import PairedLatents
+from fusemix.store import LatentStore, write_store
 
 
 def planted(n, k, dx, dy, noise=0.01, seed=0):
@@ -259,6 +261,128 @@ def test_dtype_numpy_memmap_chunking_and_module_conversions(tmp_path, monkeypatc
     assert reference.project("text", y[0]).shape == (4,)
 
 
+# --- a dim larger than the data allows: capped, with a warning ------------------------------------------------------
+
+
+def fit_warning(make, latents, **kwargs):
+    """The aligner fitted by ``make().fit(latents)`` and the one warning it gave (which must point at this file)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        aligner = make().fit(latents, **kwargs)
+    assert len(caught) == 1 and caught[0].category is UserWarning and caught[0].filename == __file__
+    return aligner, str(caught[0].message)
+
+
+@pytest.mark.parametrize("make", [CCAAligner, ProcrustesAligner])
+def test_a_dim_above_the_smaller_latent_dim_is_capped_with_a_warning(make):
+    x, y = planted(60, 3, dx=12, dy=5)
+    capped, message = fit_warning(lambda: make(dim=8), {"image": x, "text": y})
+    assert message.startswith("dim: 8 is larger than the 5 directions found here, min(d_image, d_text, N - 1) = ")
+    assert "min(12, 5, 59); fitting 5 (out_dim = 5)" in message
+    exact = make(dim=5).fit({"image": x, "text": y})
+    assert capped.out_dim == 5 and capped.dim == 8  # the setting is kept; the fit has what the data allows
+    for name in ("image", "text"):
+        torch.testing.assert_close(capped.projections_[name], exact.projections_[name], atol=0, rtol=0)
+
+
+def test_cca_dim_above_the_pairs_or_the_rank_is_capped_and_the_warning_says_why():
+    x, y = planted(6, 2, dx=8, dy=7)
+    few, message = fit_warning(lambda: CCAAligner(dim=7), {"image": x, "text": y})
+    assert few.out_dim == 5 and "min(8, 7, 5); fitting 5" in message
+    x, y = planted(20, 2, dx=4, dy=3)
+    low_rank = {"a": x[:, :2] @ torch.randn(2, 4), "b": y}  # rank 2 after dropping null directions
+    cut, message = fit_warning(lambda: CCAAligner(dim=3, regularization=0.0), low_rank)
+    assert cut.out_dim == 2 and "min(2, 3, 19); above the rank cut-off, a has 2 of its 4 dims; fitting 2" in message
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert CCAAligner(dim=3).fit({"a": x, "b": y}).out_dim == 3  # within the limit: no warning
+
+
+# --- what fit reads: PairedLatents, stores, subsets ------------------------------------------------------------------
+
+
+def assert_same_fit(a, b):
+    assert a.modalities == b.modalities
+    for name in a.modalities:
+        torch.testing.assert_close(a.means_[name], b.means_[name], atol=1e-12, rtol=0)
+        torch.testing.assert_close(a.projections_[name], b.projections_[name], atol=1e-9, rtol=1e-9)
+
+
+@pytest.mark.parametrize("make", [CCAAligner, ProcrustesAligner])
+def test_fit_takes_paired_latents_as_it_pairs_them(make, monkeypatch):
+    monkeypatch.setattr(aligners_module, "_CHUNK_ELEMENTS", 70)  # 5 rows per chunk: rows of several chunks
+    rng = np.random.default_rng(0)
+    images = rng.standard_normal((30, 8)).astype(np.float32)
+    image_of_caption = rng.integers(0, 30, 90)  # one-to-many: an image read once per caption
+    captions = (images[image_of_caption] @ rng.standard_normal((8, 6)) + rng.standard_normal((90, 6))).astype(
+        np.float32
+    )
+    data = PairedLatents({"image": images, "text": captions}, rows={"image": image_of_caption})
+    reference = make(dim=4).fit({"image": images[image_of_caption], "text": captions})
+    assert_same_fit(make(dim=4).fit(data), reference)
+    swapped = make(dim=4).fit(data, modalities=["text", "image"])
+    assert swapped.modalities == ["text", "image"]
+    assert_same_fit(swapped, make(dim=4).fit({"text": captions, "image": images[image_of_caption]}))
+
+
+def test_fit_takes_only_the_pairs_with_both_modalities_and_picks_them_by_name():
+    rng = np.random.default_rng(1)
+    latents = {m: rng.standard_normal((40, d)).astype(np.float32) for m, d in (("image", 6), ("text", 5), ("audio", 4))}
+    image_rows, audio_rows = np.arange(40), np.arange(40)
+    image_rows[:10] = -1  # pairs 0-9: text and audio
+    audio_rows[30:] = -1  # pairs 30-39: image and text
+    data = PairedLatents(latents, rows={"image": image_rows, "audio": audio_rows})
+    first_two = CCAAligner(dim=3).fit(data)  # image and text: pairs 10-39
+    assert_same_fit(first_two, CCAAligner(dim=3).fit({"image": latents["image"][10:], "text": latents["text"][10:]}))
+    audio_image = CCAAligner(dim=3).fit(data, modalities=("audio", "image"))  # pairs 10-29
+    expected = CCAAligner(dim=3).fit({"audio": latents["audio"][10:30], "image": latents["image"][10:30]})
+    assert_same_fit(audio_image, expected)
+    lonely = PairedLatents(latents, rows={"image": [0, 1, -1], "audio": [-1, 2, 2], "text": [0, 1, 2]})
+    with pytest.raises(ValueError, match="latents: expected at least 2 pairs with both 'image' and 'audio', got 1"):
+        CCAAligner().fit(lonely, modalities=["image", "audio"])
+
+
+def test_fit_reads_latent_stores_and_a_seeded_subset(tmp_path):
+    x, y = planted(200, 3, dx=7, dy=5)
+    images = write_store(tmp_path / "image", x.numpy(), modality="image", encoder={"name": "toy"}, shard_size=64)
+    texts = write_store(tmp_path / "text", y.numpy(), modality="text", encoder={"name": "toy"}, dtype="float32")
+    stored = {"image": LatentStore(tmp_path / "image"), "text": LatentStore(tmp_path / "text")}
+    in_memory = {"image": images.to_tensor(), "text": texts.to_tensor()}  # float16 on disk: compare like for like
+    assert_same_fit(CCAAligner(dim=3).fit(stored), CCAAligner(dim=3).fit(in_memory))
+    data = PairedLatents(stored)
+    chosen = np.sort(np.random.default_rng(7).choice(200, 50, replace=False))
+    subset = {m: t[chosen] for m, t in in_memory.items()}
+    for source in (stored, data, in_memory):
+        assert_same_fit(
+            ProcrustesAligner(dim=3).fit(source, max_pairs=50, seed=7), ProcrustesAligner(dim=3).fit(subset)
+        )
+    assert_same_fit(CCAAligner().fit(data, max_pairs=500), CCAAligner().fit(in_memory))  # more than there are: all
+    other_seed = CCAAligner(dim=3).fit(data, max_pairs=50, seed=8)
+    assert not torch.equal(other_seed.means_["image"], CCAAligner(dim=3).fit(subset).means_["image"])
+
+
+def test_bad_fit_options_are_refused():
+    x, y = planted(20, 2, dx=4, dy=3)
+    data = PairedLatents({"a": x.numpy(), "b": y.numpy(), "c": y.numpy()})
+    with pytest.raises(ValueError, match=r"modalities: \['d'\] not in the latents \(\['a', 'b', 'c'\]\)"):
+        CCAAligner().fit(data, modalities=["a", "d"])
+    with pytest.raises(ValueError, match="modalities: expected two different modality names"):
+        CCAAligner().fit(data, modalities=["a", "a"])
+    with pytest.raises(ValueError, match="modalities: expected two different"):
+        CCAAligner().fit({"a": x, "b": y}, modalities="ab")
+    with pytest.raises(ValueError, match=r"fits exactly two modalities, got 3 .* modalities=\[...\]"):
+        CCAAligner().fit({"a": x, "b": y, "c": y})
+    assert CCAAligner().fit({"a": x, "b": y, "c": y}, modalities=["c", "a"]).modalities == ["c", "a"]
+    with pytest.raises(ValueError, match="max_pairs: expected an int >= 2"):
+        CCAAligner().fit(data, max_pairs=1)
+    with pytest.raises(TypeError, match="max_pairs"):
+        CCAAligner().fit(data, max_pairs=2.5)
+    with pytest.raises(TypeError, match="seed"):
+        CCAAligner().fit(data, seed="0")
+    with pytest.raises(TypeError, match="latents: expected a dict of modality name to latents or a PairedLatents"):
+        CCAAligner().fit((x, y))
+
+
 def test_bad_input_is_refused():
     x, y = planted(20, 2, dx=4, dy=3)
     for make in (CCAAligner, ProcrustesAligner):
@@ -293,8 +417,6 @@ def test_bad_input_is_refused():
             make().fit([x, y])
         with pytest.raises(ValueError, match="modality names"):
             make().fit({"a.b": x, "c": y})
-        with pytest.raises(ValueError, match="dim: 4 is larger"):
-            make(dim=4).fit({"a": x, "b": y})
         with pytest.raises(ValueError, match="dim"):
             make(dim=0)
         with pytest.raises(ValueError, match="regularization"):
@@ -325,8 +447,6 @@ def test_bad_input_is_refused():
         ProcrustesAligner(pca=False, regularization=0.0).fit(
             {"a": rng.standard_normal((5, 8)), "b": rng.standard_normal((5, 8))}
         )
-    with pytest.raises(ValueError, match="dim: 3 is larger"):  # rank 2 after dropping null directions
-        CCAAligner(dim=3, regularization=0.0).fit({"a": x[:, :2] @ torch.randn(2, 4), "b": y})
 
 
 # --- input normalisation ----------------------------------------------------------------------------------------

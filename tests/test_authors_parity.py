@@ -175,22 +175,14 @@ def test_fusemix_equals_the_reference_mixing_in_float64():
     assert torch.equal(mixed_x, reference_mix(x, lam)) and torch.equal(mixed_y, reference_mix(y, lam))
 
 
-def test_fusemix_float32_differs_from_the_reference_only_by_the_rounding_of_one_minus_lambda():
-    # Both round lam to float32 for the first half; the reference rounds (1 - lam) from float64, fusemix computes
-    # 1 - float32(lam) in float32: the two coefficients differ by at most eps / 2 (lam < 1).
-    eps = torch.finfo(torch.float32).eps
+def test_fusemix_equals_the_reference_mixing_in_float32():
+    # The reference multiplies float32 rows by a float64 lam and a float64 (1 - lam); torch casts each to float32.
+    # Computing 1 - float32(lam) in float32 instead differs in the last bit for about half of the draws.
     x = torch.randn(4096, 64)
-    differed = 0
     for seed in range(20):
         out, params = FuseMix(generator=torch.Generator().manual_seed(seed))(x, return_params=True)
-        lam = params.lam[0, 0].item()
-        coefficient = 1 - torch.tensor(lam, dtype=torch.float32)
-        assert abs(coefficient.item() - torch.tensor(1 - lam, dtype=torch.float32).item()) <= eps / 2
-        expected = reference_mix(x, lam)
-        bound = 2 * eps * reference_mix(x.abs(), lam) + eps / 2 * x[2048:].abs()  # 2 ulp + the coefficient
-        assert bool(((out - expected).abs() <= bound).all())
-        differed += int(not torch.equal(out, expected))
-    assert 0 < differed < 20  # some draws round (1 - lam) the same way, some do not
+        assert out.dtype == torch.float32
+        assert torch.equal(out, reference_mix(x, params.lam[0, 0].item())), seed
 
 
 def test_lambda_is_drawn_from_beta_one_one():

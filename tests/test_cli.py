@@ -490,3 +490,19 @@ def test_the_installed_script_and_python_m_fusemix(workspace: Path) -> None:
         "fusemix train: error: argument --latents: expected MODALITY=PATH (e.g. image=latents/image), got 'image' "
         "(see 'fusemix train --help')"
     ]
+
+
+def test_extract_no_progress_also_silences_the_model_loading_bar(workspace: Path, tmp_path: Path) -> None:
+    bars = pytest.importorskip("transformers").utils.logging
+    were_on = bars.is_progress_bar_enabled()
+    bars.enable_progress_bar()  # another test of the process may have turned them off
+    command = ("extract", "--encoder", "hf-text", "--model", workspace / "bert", "--device", "cpu",
+               "--input", workspace / "data" / "captions.csv", "--column", "caption")  # fmt: skip
+    try:
+        shown = run(*command, "--out", tmp_path / "shown")
+        quiet = run(*command, "--out", tmp_path / "quiet", "--no-progress")
+    finally:
+        (bars.enable_progress_bar if were_on else bars.disable_progress_bar)()
+    assert shown[0] == quiet[0] == 0, (shown[2], quiet[2])
+    assert "Loading weights" in shown[2]  # transformers' bar, drawn while the model loads
+    assert "Loading weights" not in quiet[2] and "it/s" not in quiet[2]

@@ -167,6 +167,68 @@ def test_retrieval_task_with_rows_on_both_sides_and_conflicts():
         data.retrieval_task("c", "a")
 
 
+def test_a_caption_shared_by_several_images_is_refused_with_the_way_out():
+    data = PairedLatents({"image": np.eye(3), "text": np.eye(2)}, rows={"text": [0, 1, 0]})
+    with pytest.raises(ValueError, match=r"key: row 0 of 'text' is paired with several .* key_groups='row'"):
+        data.retrieval_task("image", "text")
+
+
+def test_key_groups_row_repeats_a_shared_caption_once_per_image_and_groups_its_copies():
+    images = np.eye(4, dtype=np.float32)
+    captions = np.array([[1.0, 0.0], [0.0, 1.0], [0.5, 0.5]], dtype=np.float32)
+    audio = np.ones((6, 2), dtype=np.float32)
+    # pairs: image 0 - caption 0, image 1 - caption 1, image 2 - caption 0 (image 0's caption, stored once),
+    # image 3 - caption 2, image 1 - caption 2, and a pair without an image (left out)
+    rows = {"image": [0, 1, 2, 3, 1, -1], "text": [0, 1, 0, 2, 2, 1]}
+    data = PairedLatents({"image": images, "text": captions, "audio": audio}, rows=rows)
+    q, k, k2q, groups = data.retrieval_task("image", "text", key_groups="row")
+    np.testing.assert_array_equal(q.numpy(), images)
+    # items sorted by caption row, then image: (0, 0), (0, 2), (1, 1), (2, 1), (2, 3)
+    np.testing.assert_array_equal(k.numpy(), captions[[0, 0, 1, 2, 2]])
+    assert k2q.tolist() == [0, 2, 1, 1, 3] and groups.tolist() == [0, 0, 1, 2, 2]
+    # Scores (image rows, item columns): [1, 1, 0, .5, .5], [0, 0, 1, .5, .5], [1, 1, 0, .5, .5], [.6] * 5
+    img_emb = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.6, 0.6]])
+    plain = retrieval_metrics(img_emb, k, k2q, ks=(1,))
+    grouped = retrieval_metrics(img_emb, k, k2q, ks=(1,), text_groups=groups)
+    # plain: images 0 and 2 tie with the other copy of caption 0, image 3 with everything; items 0, 1 tie between
+    # images 0 and 2, item 3 (image 1) loses to image 3
+    assert plain["i2t_R@1"] == 25.0 and plain["t2i_R@1"] == 40.0
+    # grouped: only image 3 still ties (with captions 0 and 1, which are not its own)
+    assert grouped["i2t_R@1"] == 75.0 and grouped["t2i_R@1"] == 100.0
+
+
+@given(st.integers(1, 6), st.integers(1, 6), st.integers(1, 30), st.integers(0, 2**31 - 1))
+def test_key_groups_row_gives_every_distinct_pair_once(num_images, num_captions, num_pairs, seed):
+    rng = np.random.default_rng(seed)
+    images = np.arange(num_images, dtype=np.float32)[:, None].repeat(2, 1)  # row id in every column
+    captions = np.arange(num_captions, dtype=np.float32)[:, None].repeat(3, 1)
+    rows = {"image": rng.integers(0, num_images, num_pairs), "text": rng.integers(0, num_captions, num_pairs)}
+    q, k, k2q, groups = PairedLatents({"image": images, "text": captions}, rows=rows).retrieval_task(
+        "image", "text", key_groups="row"
+    )
+    got = {(int(q[i, 0]), int(k[j, 0])) for j, i in enumerate(k2q.tolist())}
+    assert got == set(zip(rows["image"].tolist(), rows["text"].tolist())) and len(got) == len(k2q)
+    assert groups.tolist() == np.unique(k[:, 0].numpy(), return_inverse=True)[1].tolist()  # one group per caption row
+
+
+def test_key_groups_value_and_labels_group_identical_captions_stored_once_per_pair():
+    images = np.eye(3, dtype=np.float32)
+    captions = np.array([[1.0, 2.0], [3.0, 4.0], [1.0, 2.0]], dtype=np.float32)  # "dog" encoded twice
+    data = PairedLatents({"image": images, "text": captions})
+    q, k, k2q = data.retrieval_task("image", "text")
+    by_value = data.retrieval_task("image", "text", key_groups="value")
+    by_label = data.retrieval_task("image", "text", key_groups=["dog", "cat", "dog"])
+    by_row = data.retrieval_task("image", "text", key_groups="row")
+    for task in (by_value, by_label, by_row):
+        assert all(torch.equal(a, b) for a, b in zip(task[:3], (q, k, k2q)))  # no shared row: the plain task
+    assert by_value[3].tolist() == [0, 1, 0] and by_label[3].tolist() == [1, 0, 1] and by_row[3].tolist() == [0, 1, 2]
+    labels = np.array(["dog", "cat", "dog", "bird"])  # one per caption row; an unused row is fine
+    with pytest.raises(ValueError, match=r"key_groups: expected 'row', 'value' or one label per row .* \(3,\)"):
+        data.retrieval_task("image", "text", key_groups=labels)
+    with pytest.raises(ValueError, match="key_groups: expected one of"):
+        data.retrieval_task("image", "text", key_groups="caption")
+
+
 # -- LatentBatcher ---------------------------------------------------------------------------------------------------
 
 
@@ -474,3 +536,81 @@ def test_rows_give_back_the_pairing():
     again = PairedLatents(data.latents, data.rows)
     assert again.row_index("image").tolist() == data.row_index("image").tolist() == [0, 0, 0, 1, 1]
     assert torch.equal(again.gather([0, 4])["image"], data.gather([0, 4])["image"])
+
+
+# -- finite latents ---------------------------------------------------------------------------------------------------
+
+_SPECIALS = [0.0, -0.0, 1.0, -1.0, 6e-8, -6e-8, 65504.0, -65504.0, 1e30, -1e30, *map(float, ("inf", "-inf", "nan"))]
+
+
+@given(
+    st.sampled_from([torch.float16, torch.float32, torch.float64]),
+    st.lists(st.sampled_from(_SPECIALS), min_size=1, max_size=12),
+    st.booleans(),
+)
+def test_all_finite_reads_the_bits_as_isfinite_does(dtype, values, negative_nan):
+    from fusemix._batch_reads import all_finite
+
+    tensor = torch.tensor(values, dtype=torch.float64).to(dtype).reshape(1, -1)
+    if negative_nan:  # a NaN with its sign bit set
+        tensor = torch.cat([tensor, -torch.tensor([[float("nan")]], dtype=dtype).abs().neg()], dim=1)
+    assert all_finite(tensor) == bool(torch.isfinite(tensor).all())
+
+
+def _corrupted_store(path, rows, bad_row):
+    """A store of ``rows`` whose shard file gets a NaN at ``bad_row`` afterwards (the quick check does not see it)."""
+    from fusemix.store import LatentStore, write_store
+
+    store = write_store(path, rows, modality="image", encoder={"name": "toy"}, shard_size=16)
+    shard = np.load(path / "shards" / f"{bad_row // 16:05d}.npy", mmap_mode="r+")
+    shard[bad_row % 16, 2] = np.nan
+    shard.flush()
+    del shard, store
+    return LatentStore.open(path)
+
+
+@pytest.mark.parametrize("preload", [False, True])
+def test_a_non_finite_latent_is_refused_naming_the_store_modality_and_row(tmp_path, preload):
+    rows = np.random.default_rng(0).standard_normal((40, 4)).astype(np.float32)
+    store = _corrupted_store(tmp_path / "image", rows, bad_row=21)
+    data = PairedLatents({"image": store, "text": rows[:, :3].copy()})
+    refused = rf"latents\['image'\]: row 21 of the latent store {tmp_path / 'image'} holds NaN or Inf"
+    with pytest.raises(ValueError, match=refused):
+        list(LatentBatcher(data, batch_size=8, preload=preload))  # streamed: when the batch with row 21 is read
+    with pytest.raises(ValueError, match=refused):
+        data.retrieval_task("image", "text")
+    with pytest.raises(ValueError, match=refused):
+        data.gather(np.arange(18, 25))
+    batches = LatentBatcher(data.subset(np.arange(16)), batch_size=8, preload=False)  # rows that are all finite
+    assert len(list(batches)) == 2
+
+
+def test_a_non_finite_latent_in_memory_is_refused_when_preloaded(tmp_path):
+    text = np.random.default_rng(0).standard_normal((12, 3)).astype(np.float32)
+    text[7, 1] = np.inf
+    with pytest.raises(ValueError, match=r"latents\['text'\]: row 7 of the ndarray holds NaN or Inf"):
+        LatentBatcher(PairedLatents({"image": np.ones((12, 2), np.float32), "text": text}), batch_size=4, preload=True)
+    np.save(tmp_path / "text.npy", text)
+    mapped = np.load(tmp_path / "text.npy", mmap_mode="r")
+    rows = {"text": np.array([3, 7, 7, 0])}  # pairs 1 and 2 read row 7 of the memory map
+    data = PairedLatents({"image": np.ones((4, 2), np.float32), "text": mapped}, rows)
+    with pytest.raises(ValueError, match=rf"row 7 of the memory map {tmp_path / 'text.npy'} holds NaN or Inf"):
+        next(iter(LatentBatcher(data, batch_size=4, shuffle=False, preload=False)))
+
+
+def test_streaming_checks_each_row_once(tmp_path, monkeypatch):
+    import fusemix._batch_reads as batch_reads
+
+    calls = []
+    checked = batch_reads.check_finite_rows
+    monkeypatch.setattr(
+        batch_reads, "check_finite_rows", lambda values, *rest: calls.append(len(values)) or checked(values, *rest)
+    )
+    np.save(tmp_path / "a.npy", np.random.default_rng(0).standard_normal((24, 3)).astype(np.float32))
+    data = PairedLatents({"a": np.load(tmp_path / "a.npy", mmap_mode="r"), "b": np.zeros((24, 2), np.float32)})
+    batcher = LatentBatcher(data, batch_size=8, preload=False, seed=0)
+    list(batcher)
+    assert calls == [8, 8] * 3  # both modalities of every batch of the first epoch
+    list(batcher)
+    assert len(calls) == 6  # every row was checked once: the second epoch checks nothing
+    assert len(data.gather(np.arange(8))) == 2 and len(calls) == 8  # one-off reads check what they read

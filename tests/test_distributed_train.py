@@ -229,6 +229,12 @@ def test_fusemix_on_two_ranks_trains_and_only_rank_zero_writes(launched):
     local_negatives, partial_out_dir = summaries[0]["refused"]
     assert local_negatives.startswith("model: its ContrastiveLoss has gather_distributed=False, so on 2 processes")
     assert partial_out_dir.startswith("out_dir: given on ranks [0] only; pass the same out_dir on every rank")
+    # An out_dir another process holds (here rank 1, as another run would) is refused on every rank.
+    assert summaries[0]["busy"] == "FileExistsError"
+    holder, follower = ((work / f"busy_rank{r}.txt").read_text() for r in (0, 1))
+    assert holder.startswith(f"out_dir: {work / 'busy'} is in use by another training run (pid ")
+    assert follower.startswith(f"out_dir: rank 0 found {work / 'busy'} in use by another training run")
+    assert not (work / "busy" / "log.jsonl").exists()
     # The checkpoint holds every rank's random streams; the ranks mix with different ones.
     state = json.loads((out / "checkpoint" / "state.json").read_text())
     assert state["world_size"] == 2 and state["batcher"]["num_replicas"] == 2

@@ -432,6 +432,68 @@ def test_text_errors(bert_dir, monkeypatch):
         HFTextEncoder(bert_dir)
 
 
+CAPTIONS = ["A Dog. On the beach!", "the red cat (left) sleeps; on a TABLE"]
+
+
+def _shout(text):
+    return text.upper()
+
+
+def _digits_as_int(text):
+    return int(text) if text.isdigit() else text
+
+
+def test_text_preprocess_runs_before_the_prefix(bert_dir):
+    from fusemix.preprocess import blip_caption
+
+    cleaned = [blip_caption(text) for text in CAPTIONS]
+    plain = HFTextEncoder(bert_dir, pooling="mean", prefix="query : ", device="cpu")
+    encoder = HFTextEncoder(bert_dir, pooling="mean", prefix="query : ", preprocess=blip_caption, device="cpu")
+    # blip_caption would turn the prefix's ":" into a space: equality says the prefix came after it.
+    torch.testing.assert_close(encoder(CAPTIONS), plain(cleaned), rtol=0, atol=0)
+    assert not torch.allclose(encoder(CAPTIONS), plain(CAPTIONS), atol=1e-3)
+    assert encoder.identity == {**plain.identity, "preprocess": "fusemix.preprocess.blip_caption"}
+    assert "preprocess" not in plain.identity  # identities without a preprocess are what they were
+    assert HFTextEncoder(bert_dir, preprocess=_shout).identity["preprocess"] == "test_encoders._shout"
+    with pytest.raises(TypeError, match=r"^preprocess: returned a int for items\[1\]; expected a str"):
+        HFTextEncoder(bert_dir, preprocess=_digits_as_int, device="cpu", max_batch_size=1)(["a", "2"])
+    with pytest.raises(ValueError, match="^preprocess: .* no stable name"):
+        HFTextEncoder(bert_dir, preprocess=lambda text: text)
+
+
+def test_preprocessing_identity_names_only_what_is_stable():
+    import functools
+
+    from fusemix.encoders.base import callable_identity
+    from fusemix.preprocess import DINOV2_EVAL_TRANSFORM, blip_caption
+
+    def nested(text):
+        return text
+
+    class Method:
+        def clean(self, text):
+            return text
+
+    assert callable_identity("preprocess", blip_caption) == "fusemix.preprocess.blip_caption"
+    assert callable_identity("transform", DINOV2_EVAL_TRANSFORM) == DINOV2_EVAL_TRANSFORM.identity
+    nested.identity = {"name": "nested", "version": (1, 2)}
+    assert callable_identity("preprocess", nested) == {"name": "nested", "version": [1, 2]}
+    for unnamed in (lambda text: text, functools.partial(blip_caption, max_words=5), Method().clean):
+        with pytest.raises(ValueError, match="^preprocess: .* no stable name"):
+            callable_identity("preprocess", unnamed)
+    del nested.identity
+    with pytest.raises(ValueError, match="^preprocess: .* no stable name"):
+        callable_identity("preprocess", nested)
+    nested.identity = 3
+    with pytest.raises(TypeError, match="^preprocess.identity: expected a non-empty str or a mapping"):
+        callable_identity("preprocess", nested)
+    nested.identity = {"bad": object()}
+    with pytest.raises(TypeError, match="^preprocess.identity: must be JSON-serialisable"):
+        callable_identity("preprocess", nested)
+    with pytest.raises(TypeError, match="^preprocess: expected a callable, got str"):
+        callable_identity("preprocess", "blip_caption")
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # HFImageEncoder (tiny DINOv2)
 
@@ -504,6 +566,78 @@ def test_image_inputs(dinov2_dir):
 def test_image_rejects_models_without_patches(bert_dir):
     with pytest.raises(ValueError, match="name_or_path: .* not a ViT-style model"):
         HFImageEncoder(bert_dir, device="cpu")
+
+
+def _grey_level(image):
+    """A transform without the processor's normalisation: every pixel becomes its image's mean grey. (3, 28, 28)."""
+    return torch.full((3, 28, 28), float(np.asarray(image).mean()) / 255)
+
+
+def _wrong_shape(image):
+    return torch.zeros(28, 28)
+
+
+def test_image_transform_replaces_the_processor(transformers, dinov2_dir):
+    from PIL import Image
+
+    from fusemix.preprocess import DINOV2_EVAL_TRANSFORM, ResizeCenterCrop
+
+    images = [_image(5, size=(40, 52)), _image(6, size=(61, 33))]
+    model = transformers.AutoModel.from_pretrained(dinov2_dir).eval()
+    for transform in (ResizeCenterCrop(28, resize=30), DINOV2_EVAL_TRANSFORM):  # 2x2 and 16x16 patches
+        encoder = HFImageEncoder(dinov2_dir, transform=transform, pooling="cls+patch_mean", device="cpu")
+        assert encoder.processor is None and encoder.identity["transform"] == transform.identity
+        pixels = torch.stack([transform(Image.fromarray(image)) for image in images])
+        with torch.no_grad():
+            hidden = model(pixel_values=pixels).last_hidden_state
+        expected = torch.cat([hidden[:, 0], hidden[:, 1:].mean(1)], dim=1)
+        torch.testing.assert_close(encoder(images), expected, rtol=1e-5, atol=1e-5)
+    # The processor (short side 32, crop 28) gives other latents than ResizeCenterCrop(28, resize=30).
+    processed = HFImageEncoder(dinov2_dir, device="cpu")
+    transformed = HFImageEncoder(dinov2_dir, transform=ResizeCenterCrop(28, resize=30), device="cpu")
+    assert "transform" not in processed.identity  # identities without a transform are what they were
+    assert not torch.allclose(processed(images), transformed(images), atol=1e-3)
+    function = HFImageEncoder(dinov2_dir, transform=_grey_level, device="cpu")
+    assert function.identity["transform"] == "test_encoders._grey_level"
+    flat = [np.full((20, 30, 3), 90, np.uint8), np.full((50, 10, 3), 90, np.uint8)]
+    out = function(flat)
+    torch.testing.assert_close(out[0], out[1])  # the function, not the processor, prepared the pixels
+
+
+def test_image_transform_errors(dinov2_dir):
+    from fusemix.preprocess import ResizeCenterCrop
+
+    with pytest.raises(ValueError, match="^transform: .* no stable name"):
+        HFImageEncoder(dinov2_dir, transform=lambda image: torch.zeros(3, 28, 28))
+    with pytest.raises(TypeError, match="^transform: expected a callable"):
+        HFImageEncoder(dinov2_dir, transform="dinov2-eval")
+    encoder = HFImageEncoder(dinov2_dir, transform=_wrong_shape, device="cpu")
+    with pytest.raises(ValueError, match=r"^transform: returned shape \(28, 28\) for items\[0\]"):
+        encoder([_image(0)])
+
+    class Sizes:
+        identity = "alternating sizes"
+
+        def __init__(self):
+            self.calls = 0
+
+        def __call__(self, image):
+            self.calls += 1
+            return ResizeCenterCrop(28 if self.calls % 2 else 42)(image)
+
+    with pytest.raises(ValueError, match=r"^transform: returned shape \(3, 42, 42\) for items\[1\]"):
+        HFImageEncoder(dinov2_dir, transform=Sizes(), device="cpu")([_image(0), _image(1)])
+
+    class Pixels:
+        identity = {"name": "uint8 pixels"}
+
+        def __call__(self, image):
+            return torch.from_numpy(np.array(image)).permute(2, 0, 1)
+
+    encoder = HFImageEncoder(dinov2_dir, transform=Pixels(), device="cpu")
+    assert encoder.identity["transform"] == {"name": "uint8 pixels"}
+    with pytest.raises(TypeError, match=r"^transform: returned a torch.uint8 tensor for items\[0\]"):
+        encoder([_image(0)])
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -642,6 +776,116 @@ def test_sentence_transformer_missing_dependency(st_dir, monkeypatch):
     monkeypatch.setitem(sys.modules, "sentence_transformers", None)
     with pytest.raises(ImportError, match=r'pip install "fusemix\[sentence-transformers\]"'):
         SentenceTransformerEncoder(st_dir)
+
+
+def test_sentence_transformer_preprocess(st_dir):
+    from fusemix.preprocess import blip_caption
+
+    plain = SentenceTransformerEncoder(st_dir, device="cpu")
+    encoder = SentenceTransformerEncoder(st_dir, preprocess=blip_caption, device="cpu")
+    torch.testing.assert_close(encoder(CAPTIONS), plain([blip_caption(text) for text in CAPTIONS]), rtol=0, atol=0)
+    assert not torch.allclose(encoder(CAPTIONS), plain(CAPTIONS), atol=1e-3)
+    assert encoder.identity == {**plain.identity, "preprocess": "fusemix.preprocess.blip_caption"}
+    with pytest.raises(TypeError, match=r"^preprocess: returned a int for items\[0\]"):
+        SentenceTransformerEncoder(st_dir, preprocess=_digits_as_int, device="cpu")(["2"])
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# progress=False: the libraries' loading bars and INFO logs stay quiet
+
+
+@pytest.fixture
+def build_encoder(request):
+    """``build_encoder(kind, **options)``: one tiny model of each adapter."""
+
+    def build(kind, **options):
+        if kind == "sentence-transformers":
+            return SentenceTransformerEncoder(request.getfixturevalue("st_dir"), device="cpu", **options)
+        directory, cls = {
+            "text": ("bert_dir", HFTextEncoder),
+            "image": ("dinov2_dir", HFImageEncoder),
+            "audio": ("whisper_dir", HFAudioEncoder),
+        }[kind]
+        return cls(request.getfixturevalue(directory), device="cpu", **options)
+
+    return build
+
+
+def _switches(transformers):
+    import logging
+
+    import huggingface_hub.utils
+
+    return (
+        transformers.utils.logging.is_progress_bar_enabled(),
+        huggingface_hub.utils.are_progress_bars_disabled(),
+        transformers.utils.logging.get_verbosity(),
+        logging.getLogger("sentence_transformers").level,
+    )
+
+
+@pytest.fixture
+def library_switches(transformers):
+    """Bars on and INFO logs for the test (another test may have turned them off for the process); restored after."""
+    import huggingface_hub.utils
+
+    bars, hub_off, verbosity, _ = _switches(transformers)
+    transformers.utils.logging.enable_progress_bar()
+    huggingface_hub.utils.enable_progress_bars()
+    transformers.utils.logging.set_verbosity_info()
+    yield
+    transformers.utils.logging.set_verbosity(verbosity)
+    (transformers.utils.logging.enable_progress_bar if bars else transformers.utils.logging.disable_progress_bar)()
+    (huggingface_hub.utils.disable_progress_bars if hub_off else huggingface_hub.utils.enable_progress_bars)()
+
+
+@pytest.mark.parametrize("kind", ["text", "image", "audio", "sentence-transformers"])
+def test_progress_false_silences_the_loading_bar_and_info_logs(
+    kind, build_encoder, transformers, library_switches, capfd, caplog
+):
+    import logging
+
+    build_encoder(kind)  # build the tiny model outside the captured part
+    before = _switches(transformers)
+    capfd.readouterr()
+    caplog.clear()
+    build_encoder(kind, progress=True)
+    # transformers draws "Loading weights" for local checkpoints too, and logs the config at INFO level.
+    assert "Loading weights" in capfd.readouterr().err
+    assert any(r.name.startswith("transformers") and r.levelno == logging.INFO for r in caplog.records)
+    caplog.clear()
+    build_encoder(kind, progress=False)
+    quiet = capfd.readouterr().err
+    assert "Loading weights" not in quiet and "it/s" not in quiet
+    assert not [r for r in caplog.records if r.levelno < logging.WARNING]
+    assert _switches(transformers) == before
+
+
+def test_quiet_loading_restores_switches_that_were_off_and_after_an_error(
+    build_encoder, transformers, library_switches, bert_dir, tmp_path
+):
+    import huggingface_hub.utils
+
+    broken = tmp_path / "broken-bert"
+    shutil.copytree(bert_dir, broken)
+    (broken / "model.safetensors").unlink()
+    with pytest.raises(OSError):
+        HFTextEncoder(broken, progress=False)
+    assert _switches(transformers)[:2] == (True, False)  # both bars back on after the error
+    transformers.utils.logging.disable_progress_bar()
+    huggingface_hub.utils.enable_progress_bars()  # transformers' bars off, the hub's on
+    before = _switches(transformers)
+    build_encoder("text", progress=False)
+    assert _switches(transformers) == before
+    with pytest.raises(OSError):
+        HFTextEncoder(broken, progress=False)
+    assert _switches(transformers) == before
+
+
+@pytest.mark.parametrize("cls", [HFTextEncoder, HFImageEncoder, HFAudioEncoder, SentenceTransformerEncoder])
+def test_progress_must_be_a_bool(cls, bert_dir):
+    with pytest.raises(TypeError, match="^progress: expected a bool, got str"):
+        cls(bert_dir, progress="no")
 
 
 # ---------------------------------------------------------------------------------------------------------------------

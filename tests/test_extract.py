@@ -85,6 +85,13 @@ def store_bytes(path: Path) -> dict[str, bytes]:
     return files
 
 
+def without_item_fingerprints(files: dict[str, bytes]) -> dict[str, bytes]:
+    """``store_bytes`` of an extracted store as write_store would write it: no per-shard ``items`` fingerprints."""
+    manifest = json.loads(files[MANIFEST])
+    assert all(entry.pop("items").startswith("sha256:") for entry in manifest["shards"])
+    return {**files, MANIFEST: json.dumps(manifest).encode()}
+
+
 def extract(encoder, items, out, **kwargs):
     kwargs = {"modality": "toy", "batch_size": 4, "shard_size": 10, "progress": False, **kwargs}
     return extract_latents(encoder, items, out, **kwargs)
@@ -110,7 +117,7 @@ def test_equals_a_plain_loop_and_write_store(tmp_path):
         shard_size=10,
         metadata={"split": "val"},
     )
-    assert store_bytes(tmp_path / "x") == store_bytes(tmp_path / "w")
+    assert without_item_fingerprints(store_bytes(tmp_path / "x")) == store_bytes(tmp_path / "w")
     assert not (tmp_path / "x" / SPEC).exists()
     assert [len(b) for b in encoder.batches] == [4, 4, 2] * 3 + [4, 3]  # no batch crosses a shard boundary
 
@@ -189,7 +196,7 @@ def test_complete_store_is_returned_without_work(tmp_path):
     assert again.batches == [] and len(store) == 25
     items = iter(range(25))
     assert len(extract(again, items, tmp_path)) == 25 and again.batches == []
-    assert next(items) == 0  # an iterable's length is not checked: it is not read at all
+    assert next(items, None) is None  # an iterable is read (its items hashed, not encoded) to check them
     assert store_bytes(tmp_path) == before
 
 
@@ -241,15 +248,20 @@ def test_overwrite_discards_an_unfinished_run_with_other_settings(tmp_path):
     assert store_bytes(tmp_path / "ref") == store_bytes(out)
 
 
+def _wait_for_a_shard(proc: subprocess.Popen, out: Path) -> None:
+    """Wait until the extraction ``proc`` runs into ``out`` has written its first shard."""
+    deadline = time.monotonic() + 120
+    while not list((out / "shards").glob("*.npy")):
+        assert proc.poll() is None, proc.stderr.read().decode()
+        assert time.monotonic() < deadline, "no shard was written in time"
+        time.sleep(0.005)
+
+
 def test_resume_after_sigkill_is_byte_identical_and_skips_finished_shards(tmp_path):
     killed, clean = tmp_path / "killed", tmp_path / "clean"
     proc = subprocess.Popen([sys.executable, str(SLEEPY), str(killed), "0.2"], stderr=subprocess.PIPE)
     try:
-        deadline = time.monotonic() + 120
-        while not list((killed / "shards").glob("*.npy")):
-            assert proc.poll() is None, proc.stderr.read().decode()
-            assert time.monotonic() < deadline, "no shard was written in time"
-            time.sleep(0.005)
+        _wait_for_a_shard(proc, killed)
         proc.send_signal(signal.SIGKILL)
     finally:
         proc.kill()
@@ -271,6 +283,23 @@ def test_resume_after_sigkill_is_byte_identical_and_skips_finished_shards(tmp_pa
     assert store_bytes(killed) == store_bytes(clean)
     assert store.encoder == IDENTITY and not [p for p in (killed / "shards").iterdir() if p.suffix != ".npy"]
     assert LatentStore.open(killed, verify="full").shape == (COUNT, 6)
+
+
+def test_a_second_extraction_into_a_busy_out_dir_is_refused(tmp_path):
+    busy, clean = tmp_path / "busy", tmp_path / "clean"
+    proc = subprocess.Popen([sys.executable, str(SLEEPY), str(busy), "0.1"], stderr=subprocess.PIPE)
+    try:
+        _wait_for_a_shard(proc, busy)
+        second = SineEncoder()
+        refused = rf"out_dir: \S*busy is in use by another extraction \(pid {proc.pid} "
+        with pytest.raises(FileExistsError, match=refused):
+            run(str(busy), second)
+        assert second.seen == [] and proc.wait(timeout=120) == 0, proc.stderr.read().decode()
+    finally:
+        proc.kill()
+        proc.wait()
+    run(str(clean), SineEncoder())
+    assert store_bytes(busy) == store_bytes(clean)  # the first run finished undisturbed, and took its lock away
 
 
 def test_resume_with_a_generator_skips_finished_shards(tmp_path):
@@ -474,10 +503,10 @@ def test_progress_bar_and_plain_without_tqdm(tmp_path, capsys, monkeypatch):
 def test_writer_failure_surfaces_and_a_rerun_completes_identically(tmp_path, monkeypatch):
     original = store_module.LatentStoreWriter.write_shard
 
-    def write_shard(self, index, array):
+    def write_shard(self, index, array, **kwargs):
         if index == 1:
             raise OSError(errno.EIO, f"{self.path}: could not write shard {index} (I/O error)")
-        return original(self, index, array)
+        return original(self, index, array, **kwargs)
 
     monkeypatch.setattr(store_module.LatentStoreWriter, "write_shard", write_shard)
     out = tmp_path / "s"
@@ -492,3 +521,157 @@ def test_writer_failure_surfaces_and_a_rerun_completes_identically(tmp_path, mon
     assert rerun.seen == list(range(10, 35))
     extract(CountingEncoder(), list(range(35)), tmp_path / "ref")
     assert store_bytes(tmp_path / "ref") == store_bytes(out)
+
+
+def test_deeply_nested_extraction_settings_are_a_store_error(tmp_path):
+    # Issue 13 item 9: deeply nested JSON raised RecursionError instead of naming the file.
+    (tmp_path / SPEC).write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(StoreError, match=f"{SPEC}: unreadable extraction settings .nested too deeply"):
+        extract(CountingEncoder(), list(range(5)), tmp_path)
+
+
+# --- the items behind a store (issue 13 item 2) ---------------------------------------------------------------------
+
+
+class TextEncoder:
+    """Deterministic encoder over strings (length and a letter count); records what it encodes."""
+
+    identity = {"name": "text-toy"}
+
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+
+    def __call__(self, batch):
+        self.seen.extend(batch)
+        return torch.tensor([[len(t), t.count("a"), t.count("e")] for t in batch], dtype=torch.float32)
+
+
+def texts(count: int, edited: dict[int, str] | None = None) -> list[str]:
+    items = [f"caption number {i}" for i in range(count)]
+    for index, text in (edited or {}).items():
+        items[index] = text
+    return items
+
+
+def test_a_complete_store_is_not_reused_for_other_items_of_the_same_count(tmp_path):
+    out = tmp_path / "s"
+    extract(TextEncoder(), texts(25), out)
+    edited = texts(25, {13: "a different caption"})
+    with pytest.raises(
+        ValueError, match=r"items: differ from those .* shard 1 \(items \[10, 20\)\) records content sha256"
+    ):
+        extract(TextEncoder(), edited, out)
+    with pytest.raises(ValueError, match=r"shard 1 "):
+        extract(TextEncoder(), iter(edited), out)  # an iterable is checked the same way
+    encoder = TextEncoder()
+    store = extract(encoder, edited, out, overwrite=True)
+    assert encoder.seen == edited and store[13].tolist() == [19.0, 2.0, 2.0]
+    extract(TextEncoder(), edited, tmp_path / "fresh")
+    assert store_bytes(tmp_path / "fresh") == store_bytes(out)
+
+
+def test_an_interrupted_run_resumed_with_edited_items_is_refused_shard_by_shard(tmp_path):
+    class Crashing(TextEncoder):
+        def __call__(self, batch):
+            if len(self.seen) >= 20:
+                raise RuntimeError("encoder crashed")
+            return super().__call__(batch)
+
+    out = tmp_path / "s"
+    with pytest.raises(RuntimeError):
+        extract(Crashing(), texts(35), out)  # shards 0 and 1 are finished
+    with pytest.raises(ValueError, match=r"shard 0 \(items \[0, 10\)\)"):
+        extract(TextEncoder(), texts(35, {4: "edited"}), out)
+    with pytest.raises(ValueError, match=r"shard 1 \(items \[10, 20\)\)"):
+        extract(TextEncoder(), (t for t in texts(35, {19: "edited"})), out)
+    # Items not encoded yet may change: the store then holds exactly the new items' latents.
+    resumed = TextEncoder()
+    later_edit = texts(35, {27: "edited after the crash"})
+    extract(resumed, later_edit, out, batch_size=3)  # another batch size: the fingerprints do not depend on it
+    assert resumed.seen == later_edit[20:]
+    extract(TextEncoder(), later_edit, tmp_path / "fresh")
+    assert store_bytes(tmp_path / "fresh") == store_bytes(out)
+
+
+def test_overwrite_starts_over_from_a_re_iterable_but_not_from_a_one_shot_iterator(tmp_path):
+    class Texts(torch.utils.data.IterableDataset):
+        def __init__(self, items):
+            self.items = items
+
+        def __iter__(self):
+            return iter(self.items)
+
+    extract(TextEncoder(), texts(25), tmp_path)
+    edited = texts(25, {3: "edited"})
+    encoder = TextEncoder()
+    assert len(extract(encoder, Texts(edited), tmp_path, overwrite=True)) == 25 and encoder.seen == edited
+    once = (t for t in texts(25))
+    with pytest.raises(ValueError, match="out_dir was cleared, as overwrite=True asks, but items is a one-shot"):
+        extract(TextEncoder(), once, tmp_path, overwrite=True)
+    assert not (tmp_path / MANIFEST).exists()
+    assert extract(TextEncoder(), (t for t in texts(25)), tmp_path)[3].tolist() == [16.0, 1.0, 1.0]
+
+
+class Opaque:
+    """An item with no stable byte form."""
+
+    def __init__(self, value: int) -> None:
+        self.value = value
+
+
+class OpaqueEncoder:
+    identity = {"name": "opaque"}
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, batch):
+        self.calls += 1
+        return torch.tensor([[float(item.value)] * 2 for item in batch])
+
+
+def test_items_without_a_byte_form_need_an_items_id(tmp_path):
+    items = [Opaque(i) for i in range(15)]
+    with pytest.raises(TypeError, match=r"items: item 0 holds a test_extract\.Opaque, .*pass items_id="):
+        extract(OpaqueEncoder(), items, tmp_path)
+    store = extract(OpaqueEncoder(), items, tmp_path, items_id="opaque-v1")
+    assert {entry["items"] for entry in read_manifest_entries(tmp_path)} == {"id:opaque-v1"}
+
+    class Untouchable(torch.utils.data.Dataset):
+        def __len__(self):
+            return 15
+
+        def __getitem__(self, index):
+            raise AssertionError("a complete store named by items_id is reused without reading its items")
+
+    again = OpaqueEncoder()
+    assert len(extract(again, Untouchable(), tmp_path, items_id="opaque-v1")) == len(store) and again.calls == 0
+    with pytest.raises(ValueError, match=r"shard 0 .*records items_id 'opaque-v1', these items give items_id 'v2'"):
+        extract(OpaqueEncoder(), items, tmp_path, items_id="v2")
+    extract(TextEncoder(), texts(15), tmp_path / "hashed")
+    with pytest.raises(ValueError, match="a store of hashed items is not reused under an items_id"):
+        extract(TextEncoder(), texts(15), tmp_path / "hashed", items_id="v1")
+    with pytest.raises(ValueError, match="items_id: expected a non-empty string"):
+        extract(OpaqueEncoder(), items, tmp_path, items_id="")
+
+
+def read_manifest_entries(root: Path) -> list[dict]:
+    return json.loads((root / MANIFEST).read_text())["shards"]
+
+
+def test_a_store_without_item_fingerprints_is_reused_with_a_warning(tmp_path):
+    write_store(tmp_path, reference(CountingEncoder(), list(range(25)), 4), modality="toy",
+                encoder=CountingEncoder.identity, shard_size=10)  # fmt: skip
+    encoder = CountingEncoder()
+    with pytest.warns(UserWarning, match=r"3 shard\(s\) \(first: shards/00000\.npy\) record no fingerprint"):
+        assert len(extract(encoder, list(range(25)), tmp_path)) == 25
+    assert encoder.batches == []
+
+
+def test_each_worker_checks_the_items_of_its_own_shards(tmp_path):
+    for w in (0, 1):
+        extract(TextEncoder(), texts(35), tmp_path, num_workers=2, worker_index=w)
+    edited = texts(35, {15: "edited"})  # shard 1, which worker 1 computed
+    assert extract(TextEncoder(), edited, tmp_path, num_workers=2, worker_index=0) is not None
+    with pytest.raises(ValueError, match=r"shard 1 "):
+        extract(TextEncoder(), edited, tmp_path, num_workers=2, worker_index=1)

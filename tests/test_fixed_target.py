@@ -351,3 +351,11 @@ def test_a_fixed_target_model_saves_and_loads_through_fit(tmp_path):
     torch.testing.assert_close(loaded.project("audio", source), result.model.project("audio", source))
     batch = {"audio": source[:8], "text": target[:8]}
     torch.testing.assert_close(loaded(batch), result.model.eval()(batch))
+
+
+def test_a_float16_target_space_trains_with_a_float32_source():
+    # Issue 13 item 6: the fixed-target losses saw float32 source features and float16 targets.
+    model = fixed_target_model(5, 3, depth=1)
+    parts = model({"audio": torch.randn(6, 5).half(), "text": torch.randn(6, 3).half()}, return_dict=True)
+    assert parts["loss"].dtype == torch.float32 and set(parts) >= {"contrastive", "regression"}
+    parts["loss"].backward()

@@ -40,10 +40,22 @@ CORE = {
 """The core: tensors in, tensors out. ``fusemix`` itself reaches the I/O half only lazily (``__getattr__``)."""
 
 IO = {
+    "fusemix.aligned",
+    "fusemix.encoder_descriptions",
+    "fusemix.hub",
+    "fusemix.search",
+    "fusemix.zeroshot",
     "fusemix._batch_reads",
     "fusemix._fileio",
+    "fusemix._latent_identity",
+    "fusemix._items",
     "fusemix._optional",
     "fusemix._paired",
+    "fusemix._resume",
+    "fusemix._run",
+    "fusemix._run_files",
+    "fusemix._run_log",
+    "fusemix._selection",
     "fusemix._store_format",
     "fusemix._store_reader",
     "fusemix._store_writer",
@@ -52,11 +64,14 @@ IO = {
     "fusemix.cli",
     "fusemix.data",
     "fusemix.encoders",
+    "fusemix.evaluation",
     "fusemix.extract",
     "fusemix.images",
     "fusemix.preprocess",
+    "fusemix.recipe",
     "fusemix.store",
     "fusemix.train",
+    "fusemix.train_config",
 }
 """The I/O half: files, stores, encoders, training runs, the command line (packages stand for their modules)."""
 
@@ -173,6 +188,19 @@ print(json.dumps(sorted(added - set(sys.stdlib_module_names))))
     assert added == ["fusemix"], f"import fusemix also imports {added}"
 
 
+def test_fusemix_evaluate_does_not_import_the_trainer():
+    probe = """
+import json, sys
+from fusemix.cli import build_parser
+import fusemix.cli.evaluate
+build_parser().parse_args(["evaluate", "--model", "m", "--latents", "text=t.npy"])
+print(json.dumps(sorted(m for m in sys.modules if m in ("fusemix.train", "fusemix._run", "fusemix.recipe"))))
+"""
+    run = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    loaded = json.loads(run.stdout)
+    assert loaded == [], f"'fusemix evaluate' imports the trainer modules {loaded}"
+
+
 def test_import_fusemix_needs_none_of_the_optional_dependencies():
     optional = ("tqdm", "safetensors", "transformers", "matplotlib", "sentence_transformers", "soundfile", "PIL")
     probe = f"""
@@ -194,10 +222,10 @@ LAZY = (
     "fusemix.extract.extract_latents",
     "fusemix.store.LatentStore",
     "fusemix.store.write_store",
+    "fusemix.evaluation.evaluate_retrieval",
     "fusemix.train.FitResult",
-    "fusemix.train.TrainConfig",
-    "fusemix.train.evaluate_retrieval",
     "fusemix.train.fit",
+    "fusemix.train_config.TrainConfig",
 )
 """The I/O names reachable from ``fusemix``, by where they are defined."""
 

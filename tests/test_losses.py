@@ -166,3 +166,62 @@ def test_inputs_are_not_modified():
     ContrastiveLoss()(a, b)
     SigLIPLoss(chunk_size=2)(a, b)
     assert torch.equal(a, a0) and torch.equal(b, b0)
+
+
+@pytest.mark.parametrize(
+    ("build", "error", "match"),
+    [
+        (lambda: ContrastiveLoss(temperature_range=(0.01, 0.5, 1.0)), ValueError, r"temperature_range: expected \(low"),
+        (lambda: ContrastiveLoss(temperature_range=0.5), TypeError, r"temperature_range: expected \(low"),
+        (lambda: ContrastiveLoss(temperature_range=(0.5, 0.01)), ValueError, "temperature_range: low 0.5 > high"),
+        (lambda: ContrastiveLoss(temperature_range=("a", 1)), TypeError, "temperature_range: expected a number"),
+        (lambda: SigLIPLoss(logit_bias_init="a"), TypeError, "logit_bias_init: expected a number, got str"),
+        (lambda: SigLIPLoss(logit_bias_init=float("nan")), ValueError, "logit_bias_init: expected a finite"),
+        (lambda: ContrastiveLoss(learnable="no"), TypeError, "learnable: expected True or False, got str"),
+        (lambda: SigLIPLoss(anchor=[1]), TypeError, "anchor: expected a modality name or position, got list"),
+    ],
+)
+def test_bad_settings_name_the_argument(build, error, match):
+    # Issue 13 item 9: a 3-value temperature_range and a string logit_bias_init failed without naming them.
+    with pytest.raises(error, match=match):
+        build()
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "common"),
+    [
+        (torch.float16, torch.float32, torch.float32),
+        (torch.bfloat16, torch.float16, torch.float32),
+        (torch.float64, torch.float32, torch.float64),
+    ],
+)
+def test_features_of_two_dtypes_are_scored_in_the_wider_one(first, second, common):
+    # Issue 13 item 6: float16 and float32 features crashed deep inside torch.
+    torch.manual_seed(0)
+    a, b = torch.randn(6, 4), torch.randn(6, 4)
+    a_cast, b_cast = a.to(first), b.to(second)
+    for loss in (ContrastiveLoss(), SigLIPLoss()):
+        got = loss(a_cast, b_cast)
+        expected = loss.to(common)(a_cast.to(common), b_cast.to(common))
+        assert got.dtype == expected.dtype
+        torch.testing.assert_close(got, expected)
+        loss.float()
+    leaf = a_cast.clone().requires_grad_()
+    ContrastiveLoss()(leaf, b_cast).backward()
+    assert leaf.grad is not None and leaf.grad.dtype == first
+
+
+def test_a_zero_feature_row_is_refused_with_its_modality_and_row():
+    # Issue 13 item 9: a zero vector has no direction; normalising it gave gradients around 1e12.
+    a, b = torch.randn(5, 4), torch.randn(5, 4)
+    a[3] = 0.0
+    for loss in (ContrastiveLoss(), SigLIPLoss()):
+        with pytest.raises(ValueError, match=r"features\['text'\]: row 3 has an L2 norm below 1e-06 \(1 such row"):
+            loss({"image": b, "text": a})
+        with pytest.raises(ValueError, match=r"features\['0'\]: row 3"):
+            loss(a, b)
+    # Rows marked absent may hold zeros: they are left out of every pair, and get no gradient.
+    leaf = a.clone().requires_grad_()
+    present = torch.tensor([True, True, True, False, True])
+    ContrastiveLoss()({"image": b, "text": leaf}, masks={"text": present}).backward()
+    assert leaf.grad is not None and float(leaf.grad.abs().max()) < 1e3 and float(leaf.grad[3].abs().max()) == 0.0

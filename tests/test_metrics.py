@@ -151,3 +151,106 @@ def test_bad_ks_and_chunk_are_refused():
         retrieval_metrics(img, txt, [0, 1], ks=())
     with pytest.raises(ValueError, match="chunk_size"):
         retrieval_metrics(img, txt, [0, 1], chunk_size=0)
+
+
+# -- identical texts: text_groups -------------------------------------------------------------------------------------
+
+
+def brute_force_group_ranks(sim: np.ndarray, txt2img: list[int], labels: list[object]):
+    """Ranks by definition: positives of text t are the images of every text labelled like t; ties count against."""
+    num_images, num_texts = sim.shape
+    positive = np.zeros((num_images, num_texts), dtype=bool)
+    for t in range(num_texts):
+        for u in range(num_texts):
+            if labels[u] == labels[t]:
+                positive[txt2img[u], t] = True
+    i2t = [int((sim[i][~positive[i]] >= sim[i][positive[i]].max()).sum()) for i in range(num_images)]
+    t2i = [int((sim[:, t][~positive[:, t]] >= sim[:, t][positive[:, t]].max()).sum()) for t in range(num_texts)]
+    return i2t, t2i
+
+
+def test_identical_captions_counted_by_hand():
+    # 3 images, 4 captions: captions 0 and 1 describe image 0, caption 2 image 1, caption 3 image 2;
+    # captions 1 and 2 are the same text.
+    sim = torch.tensor([[0.2, 0.5, 0.9, 0.1], [0.3, 0.6, 0.4, 0.8], [0.7, 0.1, 0.2, 0.6]])
+    txt2img = [0, 0, 1, 2]
+    i2t, t2i = similarity_ranks(sim, txt2img)
+    assert i2t.tolist() == [1, 2, 1]  # image 0: caption 2 (0.9) beats its best (0.5); image 1: 0.6 and 0.8 beat 0.4
+    assert t2i.tolist() == [2, 1, 1, 1]
+    i2t, t2i = similarity_ranks(sim, txt2img, text_groups=["a", "x", "x", "b"])
+    # image 0 now owns caption 2 too (best 0.9, rank 0); image 1 owns caption 1 (best 0.6; caption 3 at 0.8 beats it);
+    # captions 1 and 2 each have images 0 and 1 as positives (best 0.6 and 0.9): rank 0.
+    assert i2t.tolist() == [0, 1, 1]
+    assert t2i.tolist() == [2, 0, 0, 1]
+    img, txt = torch.eye(3, dtype=torch.float64), sim.T.double()  # the same scores through the embedding path
+    grouped = retrieval_ranks(img, txt, txt2img, text_groups=torch.tensor([5, 7, 7, 9]), chunk_size=2)
+    assert grouped[0].tolist() == [0, 1, 1] and grouped[1].tolist() == [2, 0, 0, 1]
+    metrics = retrieval_metrics(img, txt, txt2img, ks=(1,), text_groups=np.array(["a", "x", "x", "b"]))
+    assert metrics["i2t_R@1"] == pytest.approx(100 / 3) and metrics["t2i_R@1"] == 50.0
+
+
+def test_identical_copies_of_one_caption_no_longer_tie_against_their_images():
+    img = torch.eye(3)
+    txt = torch.tensor([[0.6, 0.8, 0.0], [0.6, 0.8, 0.0], [0.0, 0.0, 1.0]])  # captions 0 and 1 are the same text
+    plain = retrieval_metrics(img, txt, [0, 1, 2], ks=(1,))
+    grouped = retrieval_metrics(img, txt, [0, 1, 2], ks=(1,), text_groups=["dog", "dog", "cat"])
+    # plain: each image's caption ties with its copy (rank 1 for images 0 and 1); caption 0 ranks image 1 first
+    assert plain["i2t_R@1"] == pytest.approx(100 / 3) and plain["t2i_R@1"] == pytest.approx(200 / 3)
+    assert grouped["i2t_R@1"] == 100.0 and grouped["t2i_R@1"] == 100.0
+
+
+@given(
+    st.integers(1, 12),
+    st.integers(1, 30),
+    st.integers(1, 6),
+    st.booleans(),
+    st.integers(1, 20),
+    st.integers(0, 2**31 - 1),
+)
+def test_grouped_ranks_equal_the_definition_and_never_exceed_the_plain_ones(
+    num_images, extra_texts, num_labels, coarse, chunk, seed
+):
+    rng = np.random.default_rng(seed)
+    txt2img = np.concatenate([np.arange(num_images), rng.integers(0, num_images, extra_texts)])
+    rng.shuffle(txt2img)
+    labels = rng.integers(0, num_labels, len(txt2img)).tolist()
+    shape = (num_images, len(txt2img))
+    values = rng.integers(0, 3, shape) if coarse else rng.standard_normal(shape)  # coarse: many ties
+    sim = torch.from_numpy(values.astype(np.float64))
+    plain = similarity_ranks(sim, txt2img, chunk_size=chunk)
+    grouped = similarity_ranks(sim, txt2img, chunk_size=chunk, text_groups=labels)
+    expected = brute_force_group_ranks(sim.numpy(), txt2img.tolist(), labels)
+    assert grouped[0].tolist() == expected[0] and grouped[1].tolist() == expected[1]
+    embedded = retrieval_ranks(torch.eye(num_images, dtype=torch.float64), sim.T, txt2img, text_groups=labels)
+    assert torch.equal(embedded[0], grouped[0]) and torch.equal(embedded[1], grouped[1])
+    assert bool((grouped[0] <= plain[0]).all()) and bool((grouped[1] <= plain[1]).all())  # grouping never hurts
+    distinct = similarity_ranks(sim, txt2img, chunk_size=chunk, text_groups=[f"t{k}" for k in range(len(txt2img))])
+    assert torch.equal(distinct[0], plain[0]) and torch.equal(distinct[1], plain[1])
+
+
+@pytest.mark.parametrize(
+    ("groups", "match"),
+    [
+        (["a", "b"], "text_groups: has 2 labels but there are 3 texts"),
+        ([["a", "b", "c"]], r"text_groups: expected one label per text \(a 1-D sequence\), got shape \(1, 3\)"),
+        ("abc", r"text_groups: expected one label per text .* got shape \(\)"),
+    ],
+)
+def test_bad_text_groups_are_refused(groups, match):
+    with pytest.raises(ValueError, match=match):
+        retrieval_metrics(torch.randn(3, 4), torch.randn(3, 4), [0, 1, 2], text_groups=groups)
+
+
+def test_names_and_ks_are_checked_before_scoring():
+    # Issue 13 item 9: one name twice overwrote a direction; ks=5 and a single name failed without naming them.
+    img, txt = torch.eye(3), torch.eye(3)
+    with pytest.raises(ValueError, match=r"names: expected two different short names, .*got \('x', 'x'\)"):
+        retrieval_metrics(img, txt, [0, 1, 2], names=("x", "x"))
+    with pytest.raises(ValueError, match=r"names: expected two different short names, .*got \('a',\)"):
+        retrieval_metrics(img, txt, [0, 1, 2], names=("a",))
+    with pytest.raises(TypeError, match="names: expected two different short names"):
+        metrics_from_ranks(torch.zeros(3), torch.zeros(3), names="it")
+    with pytest.raises(TypeError, match="ks: expected a sequence of ints >= 1, .* got int"):
+        retrieval_metrics(img, txt, [0, 1, 2], ks=5)
+    with pytest.raises(TypeError, match="ks: expected a sequence of ints >= 1, .* got str"):
+        recall_at_k(torch.zeros(3), ks="15")

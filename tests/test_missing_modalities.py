@@ -420,3 +420,8 @@ def test_two_gloo_ranks_with_masks_match_one_process_on_the_global_batch(tmp_pat
 
 if __name__ == "__main__":
     _dist_worker(sys.argv[1], sys.argv[2])
+    # torch 2.13's c10d clients can abort in C++ static destructors at interpreter exit on a loaded machine
+    # ("terminate called without an active exception"), after every result is written; leave without them.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)

@@ -20,7 +20,8 @@ from torch import nn
 from fusemix import FuseMix, FusionModel
 from fusemix.checkpoint import load_model
 from fusemix.data import LatentBatch, LatentBatcher, PairedLatents
-from fusemix.train import TrainConfig, _derived_seed, evaluate_retrieval, fit, warm_start_from_config
+from fusemix.recipe import derived_seed
+from fusemix.train import TrainConfig, evaluate_retrieval, fit, warm_start_from_config
 
 HUGE = 1e30
 DIMS = {"image": 12, "text": 10, "audio": 8}
@@ -224,7 +225,7 @@ def test_first_step_loss_equals_the_masked_model_on_the_hand_built_batch(augment
     pairs = LatentBatcher(train, 32, seed=5).permutation(0)[:32]
     latents, masks = _by_hand(train, pairs)
     if augmentation == "fusemix":
-        mix = FuseMix(config.alpha, generator=torch.Generator().manual_seed(_derived_seed(config.seed, 1)))
+        mix = FuseMix(config.alpha, generator=torch.Generator().manual_seed(derived_seed(config.seed, 1)))
         latents, masks = mix(latents, masks=masks)
     with torch.no_grad():
         expected = reference(latents, masks=masks)

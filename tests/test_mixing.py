@@ -79,6 +79,33 @@ def test_halves_matches_the_authors_reference():
     torch.testing.assert_close(ym, lam * y[:5] + (1 - lam) * y[5:])
 
 
+def _rowwise_reference(x: torch.Tensor, lam: torch.Tensor, index_a: torch.Tensor, index_b: torch.Tensor):
+    """Each output row as the authors write it: a Python (float64) lam and 1 - lam times the rows."""
+    rows = []
+    for r in range(index_a.shape[0]):
+        weight = float(lam[r])
+        rows.append(weight * x[int(index_a[r])] + (1 - weight) * x[int(index_b[r])])
+    return torch.stack(rows)
+
+
+@pytest.mark.parametrize("pairing", ["halves", "permute"])
+@pytest.mark.parametrize("per_sample", [False, True])
+@pytest.mark.parametrize("share_lambda", [True, False])
+def test_float32_mixing_is_bit_equal_to_float64_coefficients(pairing, per_sample, share_lambda):
+    x, y = torch.randn(64, 5), torch.randn(64, 3, 2)  # a (B, T, D) input too
+    masks = (torch.arange(64) % 5 != 0, torch.arange(64) % 7 != 0)
+    mix = FuseMix(pairing=pairing, per_sample=per_sample, share_lambda=share_lambda, generator=_gen(4))
+    for seed in range(5):
+        mix.generator.manual_seed(seed)
+        ((xm, ym), (mx, my)), p = mix.mix_with_params(x, y, masks=masks)
+        assert xm.dtype == ym.dtype == torch.float32
+        group_y = 0 if share_lambda else 1
+        assert torch.equal(xm, _rowwise_reference(x, p.lam[0], p.index_a, p.index_b))
+        assert torch.equal(ym, _rowwise_reference(y, p.lam[group_y], p.index_a, p.index_b))
+        assert torch.equal(mx, masks[0][p.index_a] & masks[0][p.index_b])
+        assert torch.equal(my, masks[1][p.index_a] & masks[1][p.index_b])
+
+
 def test_one_lambda_per_batch_by_default_and_per_row_on_request():
     x = torch.randn(32, 2)
     _, p = FuseMix(generator=_gen())(x, return_params=True)
@@ -293,3 +320,11 @@ def test_schedule_sets_alpha_per_epoch_and_excludes_alpha():
     with pytest.raises(TypeError, match="schedule"):
         FuseMix(schedule=0.5)  # type: ignore[arg-type]
     LatentNoise().set_epoch(2)  # every augmentation takes set_epoch
+
+
+def test_latent_noise_refuses_a_tensor_without_a_feature_dimension():
+    # Issue 13 item 9: a 1-D tensor raised IndexError from deep inside the noise.
+    with pytest.raises(ValueError, match=r"inputs\[0\]: expected shape \(B, \*\) with at least one feature dim"):
+        LatentNoise()(torch.randn(5))
+    with pytest.raises(ValueError, match=r"inputs\['y'\]: expected shape"):
+        LatentNoise(relative=False)({"x": torch.randn(5, 2), "y": torch.randn(5)})

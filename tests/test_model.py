@@ -183,3 +183,17 @@ def test_bad_structure_arguments_are_refused():
         FusionModel({"a": FusionAdapter(3, 2)}, structure=lambda a, b: 0)  # type: ignore[arg-type]
     with pytest.raises(RuntimeError, match="no structure term"):
         _small_model().structure_term({}, {})
+
+
+def test_a_float16_batch_trains_and_embeds_like_its_float32_values():
+    # Issue 13 item 6: a float16 store's latents crashed FusionModel.forward and embed.
+    torch.manual_seed(0)
+    model = FusionModel.from_dims({"a": 4, "b": 3}, shared_dim=2, depth=1, dropout=0.0, structure_weight=1.0)
+    batch = {"a": torch.randn(6, 4).half(), "b": torch.randn(6, 3).half()}
+    loss = model(batch)
+    torch.testing.assert_close(loss, model({k: v.float() for k, v in batch.items()}))
+    loss.backward()
+    assert model.embed("a", batch["a"]).dtype == torch.float32
+    fixed = FusionModel({"audio": FusionAdapter(4, 3, depth=1), "text": IdentityAdapter(3)})
+    parts = fixed({"audio": torch.randn(6, 4).double(), "text": torch.randn(6, 3).half()}, return_dict=True)
+    assert parts["loss"].dtype == torch.float32

@@ -107,3 +107,19 @@ def test_old_module_path_warns_and_gives_the_same_classes():
         old = importlib.import_module("fusemix.projectors")
     for name in ("FusionAdapter", "IdentityAdapter", "LinearAdapter", "ResidualMLPBlock"):
         assert getattr(old, name) is getattr(fusemix.adapters, name)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_latents_of_another_floating_dtype_are_cast_to_the_parameters(dtype):
+    # Issue 13 item 6: float16/bfloat16/float64 latents (a float16 store's) crashed inside torch's matmul.
+    torch.manual_seed(0)
+    x = torch.randn(3, 4).to(dtype)
+    for adapter in (FusionAdapter(4, 2, depth=1), LinearAdapter(4, 2)):
+        out = adapter(x)
+        assert out.dtype == torch.float32
+        torch.testing.assert_close(out, adapter(x.float()))
+    leaf = x.clone().requires_grad_()
+    FusionAdapter(4, 2, depth=1)(leaf).sum().backward()
+    assert leaf.grad is not None and leaf.grad.dtype == dtype
+    assert IdentityAdapter(4)(x) is x  # nothing to cast to: the identity keeps its input as it is
+    assert LinearAdapter(4, 2).double()(torch.randn(3, 4)).dtype == torch.float64

@@ -266,7 +266,6 @@ def test_faithful_pipeline_is_the_authors_in_float32_throughout(tiny_world, tiny
     from fusemix.preprocess import DINOV2_EVAL_TRANSFORM, blip_caption
 
     itd = import_example("replication.image_text_data")
-    encoders = import_example("replication.encoders")
     result = _image_text_run(tiny_world, tmp_path)
     coco = itd.read_coco(tiny_dirs.data / "coco", "test", max_captions_per_image=None)
 
@@ -274,16 +273,18 @@ def test_faithful_pipeline_is_the_authors_in_float32_throughout(tiny_world, tiny
     captions = _store(tmp_path, "coco-test", "bge-large", "authors-float32", "captions")
     assert len(captions) == coco.num_captions == 18
     # Captions go through blip_caption before BGE ("coco 391895 caption 0." loses its dot).
-    assert captions.encoder["caption_processor"] == "fusemix.preprocess.blip_caption"
+    assert captions.encoder["preprocess"] == "fusemix.preprocess.blip_caption"
     bge = HFTextEncoder(tiny_dirs.bert, pooling="cls")
     cleaned = bge([blip_caption(c) for c in coco.captions])
     assert torch.allclose(torch.from_numpy(captions.to_numpy()), cleaned, atol=1e-5)
     assert not torch.allclose(bge(coco.captions), cleaned, atol=1e-3)
     # Images go through the authors' DINOv2 transform, not the Hugging Face processor.
     images = _store(tmp_path, "coco-test", "dinov2-giant", "authors-float32", "items")
-    assert images.encoder["id"]["transform"] == DINOV2_EVAL_TRANSFORM.identity
-    dino = encoders.TransformedImageEncoder(str(tiny_dirs.dino), DINOV2_EVAL_TRANSFORM, device="cpu")
-    expected = dino([DINOV2_EVAL_TRANSFORM(load_image(path)) for path in coco.image_paths])
+    assert images.encoder["transform"] == DINOV2_EVAL_TRANSFORM.identity
+    dino = HFImageEncoder(tiny_dirs.dino, pooling="cls", device="cpu")
+    with torch.no_grad():
+        pixels = torch.stack([DINOV2_EVAL_TRANSFORM(load_image(path)) for path in coco.image_paths])
+        expected = dino.model(pixel_values=pixels).last_hidden_state[:, 0]
     assert torch.allclose(torch.from_numpy(images.to_numpy()), expected, atol=1e-5)
     hf = HFImageEncoder(tiny_dirs.dino, pooling="cls")([load_image(path) for path in coco.image_paths])
     assert not torch.allclose(hf, expected, atol=1e-3)  # the processor's 256 -> 224 path gives other latents
@@ -311,8 +312,9 @@ def test_fast_pipeline_keeps_the_faster_choices(tiny_world, tiny_dirs, tmp_path,
     result = _image_text_run(tiny_world, tmp_path, "--no-faithful")
     captions = _store(tmp_path, "coco-test", "bge-large", "encoder-float16", "captions")
     assert captions.dtype == np.float16 and len(captions) == 15  # the first five captions of each image
-    assert "caption_processor" not in captions.encoder
+    assert "preprocess" not in captions.encoder
     images = _store(tmp_path, "coco-test", "dinov2-giant", "encoder-float16", "items")
+    assert "transform" not in images.encoder  # the Hugging Face processor
     coco = itd.read_coco(tiny_dirs.data / "coco", "test")
     hf = HFImageEncoder(tiny_dirs.dino, pooling="cls")([load_image(path) for path in coco.image_paths])
     assert torch.allclose(torch.from_numpy(images.to_numpy(np.float32)), hf, atol=1e-2)

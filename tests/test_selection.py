@@ -12,15 +12,15 @@ import numpy as np
 import pytest
 import torch
 
+from fusemix._run_log import curves_figure
 from fusemix.checkpoint import load_model, load_training_checkpoint
 from fusemix.cli import main as cli_main
 from fusemix.data import PairedLatents
+from fusemix.recipe import derived_seed
 from fusemix.train import (
     RESULT_NEUTRAL_FIELDS,
     Selection,
     TrainConfig,
-    _curves_figure,
-    _derived_seed,
     _fit_batch_to_data,
     evaluate_retrieval,
     fit,
@@ -83,7 +83,7 @@ def _weights_by_step(model):
 
 def _model():
     """The model fit would build for the scenario (same seed), passed in so that a callback can read its weights."""
-    torch.manual_seed(_derived_seed(BEST.seed, 0))
+    torch.manual_seed(derived_seed(BEST.seed, 0))
     train, _ = scenario.make_data()
     return model_from_config(train.dims, BEST)
 
@@ -467,12 +467,12 @@ def test_the_cli_takes_the_new_fields_as_flags(tmp_path, capsys):
 
 def test_the_plot_marks_the_selected_evaluation(reference):
     pytest.importorskip("matplotlib")
-    recall = _curves_figure(reference.history).axes[1]
+    recall = curves_figure(reference.history).axes[1]
     marks = [line for line in recall.get_lines() if line.get_label().startswith("selected")]
     x = reference.selected.epoch + 1
     assert [m.get_label() for m in marks] == [f"selected: i2t_mean at epoch {x}"]
     assert list(marks[0].get_xdata()) == [x] and list(marks[0].get_ydata()) == [reference.selected.value]
     assert any(list(line.get_xdata()) == [x, x] for line in recall.get_lines())  # the dashed line
-    assert not [line for line in _curves_figure(reference.history[:-1]).axes[1].get_lines() if "selected" in str(
+    assert not [line for line in curves_figure(reference.history[:-1]).axes[1].get_lines() if "selected" in str(
         line.get_label())]  # fmt: skip
     assert (reference.out_dir / "curves.png").read_bytes()[:4] == b"\x89PNG"

@@ -280,6 +280,24 @@ def test_expected_encoder_and_modality(tmp_path):
         LatentStore.open(tmp_path, expected_modality="text")
 
 
+def test_the_constructor_opens_a_store_like_open(tmp_path):
+    data = _write(tmp_path, rows=9, shard_size=4)
+    store = LatentStore(tmp_path)
+    opened = LatentStore.open(tmp_path)
+    assert store.shape == opened.shape == (9, 4) and store.path == opened.path == tmp_path
+    assert np.array_equal(store[:], data) and np.array_equal(opened[:], data)
+    checked = LatentStore(str(tmp_path), verify="full", expected_encoder=dict(ENCODER), expected_modality="image")
+    assert len(checked) == 9
+    with pytest.raises(StoreError, match="modality 'image', but 'text' was named"):
+        LatentStore(tmp_path, expected_modality="text")
+    with pytest.raises(FileNotFoundError, match="no such directory"):
+        LatentStore(tmp_path / "nope")
+    with pytest.raises(ValueError, match="verify"):
+        LatentStore(tmp_path, verify="none")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="path: expected the store directory"):
+        LatentStore(7)  # type: ignore[arg-type]
+
+
 def test_float16_overflow_nan_and_inf_are_refused(tmp_path):
     data = np.zeros((6, 3), dtype=np.float32)
     data[4, 1] = 70000.0
@@ -432,3 +450,11 @@ def test_read_rows_refuses_bad_rows_and_bad_out(stores):
     with pytest.raises(TypeError, match="out: expected an np.ndarray"):
         store.read_rows(rows, out=torch.empty(3, 5, dtype=torch.float16))
     assert store.read_rows(np.array([], dtype=np.int64)).shape == (0, 5)
+
+
+def test_deeply_nested_manifest_is_a_store_error(tmp_path):
+    # Issue 13 item 9: a manifest nested very deeply raised RecursionError instead of a store error.
+    _write(tmp_path)
+    (tmp_path / MANIFEST).write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(StoreError, match="manifest.json: not valid JSON .*nested too deeply"):
+        LatentStore.open(tmp_path)

@@ -428,6 +428,25 @@ def test_killed_runs_resume_to_the_uninterrupted_weights(tmp_path):
     _assert_same_run(again, reference, mid)
 
 
+def test_a_second_run_in_a_busy_out_dir_is_refused_and_a_killed_holder_leaves_no_lock(tmp_path):
+    reference = resume_run.run(tmp_path / "reference")
+    out = tmp_path / "busy"
+    steps = resume_run.STEPS_PER_EPOCH
+    command = [sys.executable, str(TESTS / "_train_resume.py"), str(out), str(steps + 3), "pause"]
+    holder = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "paused", holder.stderr.read()
+        log = (out / "log.jsonl").read_text()
+        refused = rf"out_dir: \S*busy is in use by another training run \(pid {holder.pid} "
+        with pytest.raises(FileExistsError, match=refused):
+            resume_run.run(out)
+        assert _state(out).state["step"] == steps and (out / "log.jsonl").read_text() == log  # untouched
+    finally:
+        holder.kill()
+        holder.wait()
+    _assert_same_run(resume_run.run(out), reference, out)  # the kernel dropped the killed holder's lock
+
+
 def test_resume_refuses_another_config_or_other_data(tmp_path):
     config = TrainConfig.from_dict({**resume_run.CONFIG.to_dict(), "epochs": 1})
     resume_run.run(tmp_path, config=config)
@@ -446,6 +465,55 @@ def test_resume_refuses_another_config_or_other_data(tmp_path):
         fit(shuffled, config, out_dir=tmp_path, progress=False)
     with pytest.raises(FileExistsError, match="resume=True"):
         fit(resume_run.make_data()[0], config, out_dir=tmp_path, resume=False, progress=False)
+
+
+def test_resume_refuses_other_latents_of_the_same_shape_naming_the_modality(tmp_path):
+    import shutil
+
+    from fusemix.store import LatentStore, write_store
+
+    config = TrainConfig.from_dict({**resume_run.CONFIG.to_dict(), "epochs": 1})
+    train, _ = resume_run.make_data()
+    image, text = train.latents["image"], train.latents["text"]
+    fit(train, config, out_dir=tmp_path / "arrays", progress=False)
+    shuffled = PairedLatents({"image": image[::-1].copy(), "text": text})  # same shape, dims and pairing
+    with pytest.raises(ValueError, match=r"train: its 'image' latents differ from those the checkpoint in \S*arrays"):
+        fit(shuffled, config, out_dir=tmp_path / "arrays", progress=False)
+
+    def stored(rows):  # a store re-extracted in place: same path, encoder identity and shape
+        shutil.rmtree(tmp_path / "image", ignore_errors=True)
+        write_store(tmp_path / "image", rows, modality="image", encoder={"name": "toy"})
+        return PairedLatents({"image": LatentStore.open(tmp_path / "image"), "text": text})
+
+    fit(stored(image), config, out_dir=tmp_path / "store", progress=False)
+    fit(stored(image), config, out_dir=tmp_path / "store", progress=False)  # the same store content resumes
+    other_store = r"'image' latents differ .*\(latent store \w{12} now, latent store \w{12} there"
+    with pytest.raises(ValueError, match=other_store):
+        fit(stored(image[::-1].copy()), config, out_dir=tmp_path / "store", progress=False)
+
+    state_file = tmp_path / "arrays" / "checkpoint" / "state.json"  # a checkpoint from before the field was recorded
+    state = json.loads(state_file.read_text())
+    del state["train"]["latents"]
+    state_file.write_text(json.dumps(state))
+    assert fit(shuffled, config, out_dir=tmp_path / "arrays", progress=False).steps == resume_run.STEPS_PER_EPOCH
+
+
+def test_a_nan_in_a_store_stops_fit_naming_the_store_modality_and_row(tmp_path):
+    from fusemix.store import LatentStore, write_store
+
+    train, val = resume_run.make_data()
+    write_store(tmp_path / "image", train.latents["image"], modality="image", encoder={"name": "toy"}, shard_size=64)
+    shard = np.load(tmp_path / "image" / "shards" / "00002.npy", mmap_mode="r+")  # rows 128..191
+    shard[5, 0] = np.nan  # the quick check of LatentStore.open does not read values
+    shard.flush()
+    del shard
+    stored = PairedLatents({"image": LatentStore.open(tmp_path / "image"), "text": train.latents["text"]})
+    config = TrainConfig.from_dict({**resume_run.CONFIG.to_dict(), "epochs": 1})
+    refused = rf"latents\['image'\]: row 133 of the latent store {tmp_path / 'image'} holds NaN or Inf"
+    with pytest.raises(ValueError, match=refused):
+        fit(stored, config, progress=False)
+    with pytest.raises(ValueError, match=refused):  # the validation task reads it too
+        fit(train, config, val=stored, progress=False)
 
 
 # -- beyond the paper: hidden width, structure term, warm start -------------------------------------------------------
@@ -477,7 +545,9 @@ def test_warm_started_training_starts_at_the_aligner_and_stays_above_chance():
                          dropout=0.0, warm_start="cca", structure_weight=1.0, eval_every=1, device="cpu")  # fmt: skip
     result = fit(train, config, val=val, progress=False)
     assert result.metrics["i2t_R@1"] > 20 and result.metrics["t2i_R@1"] > 20  # chance is 1%
-    with pytest.raises(ValueError, match="warm_start: cannot fit a cca aligner on 6 pairs"):
+    # 6 pairs: CCA finds 5 directions; the model's other 3 outputs start (and stay) at zero
+    few = pytest.warns(UserWarning, match=r"dim: 8 is larger than the 5 directions .* N - 1\) = min\(32, 24, 5\)")
+    with few, pytest.warns(UserWarning, match="shared_dim: the model's shared dimension is 8 but the aligner has 5"):
         fit(_planted(6, 0), TrainConfig(epochs=1, batch_size=4, shared_dim=8, warm_start="cca"), progress=False)
 
 

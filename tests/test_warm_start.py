@@ -1,10 +1,14 @@
 import copy
+import warnings
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
 from fusemix import CCAAligner, FuseMix, FusionAdapter, FusionModel, IdentityAdapter, LinearAdapter, ProcrustesAligner
+from fusemix.data import PairedLatents
+from fusemix.train import TrainConfig, fit
 from fusemix.warmstart import aligner_input_norm, warm_start
 
 
@@ -86,6 +90,64 @@ def test_training_continues_from_the_warm_start_with_fusemix():
     assert "adapters.image.proj.weight" in moved and "loss.temperature" in moved
 
 
+# -- an aligner narrower than the model: the first outputs, then zeros -----------------------------------------------
+
+
+@pytest.mark.parametrize("kinds", [("fusion", "fusion"), ("fusion", "linear")])
+def test_a_narrower_aligner_sets_the_first_outputs_and_zeros_the_rest_which_stay_zero(kinds):
+    latents = encoder_like(256)
+    # the structure term compares embeddings within a modality: zeros stay zeros there too
+    model = FusionModel(dict(build(*kinds, shared_dim=9, depth=1).adapters), structure_weight=10.0)
+    aligner = CCAAligner(dim=6, input_norm=aligner_input_norm(model)).fit(latents)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        warm_start(model, aligner)
+    assert len(caught) == 1 and caught[0].filename == __file__
+    message = str(caught[0].message)
+    assert message.startswith("shared_dim: the model's shared dimension is 9 but the aligner has 6")
+    assert "outputs 6..8 of the adapters of ['image', 'text'] start at zero" in message and "6-d space" in message
+    model.eval()
+    for name, x in encoder_like(seed=1).items():
+        with torch.no_grad():
+            got = model.embed(name, x)
+        torch.testing.assert_close(got[:, :6], aligner.embed(name, x), atol=1e-5, rtol=0)
+        assert bool((got[:, 6:] == 0).all())
+    model.train()
+    mix = FuseMix(generator=torch.Generator().manual_seed(0))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
+    first_rows = model.adapters["image"].proj.weight[:6].detach().clone()
+    for _ in range(5):
+        opt.zero_grad()
+        model(mix(latents)).backward()
+        opt.step()
+    for name in ("image", "text"):
+        proj = model.adapters[name].proj
+        assert bool((proj.weight[6:] == 0).all()) and bool((proj.bias[6:] == 0).all())
+    assert not torch.equal(model.adapters["image"].proj.weight[:6], first_rows)  # the rest trains
+
+
+def test_fit_warm_starts_a_model_wider_than_the_smaller_latent_dim():
+    rng = np.random.default_rng(0)
+    z = rng.standard_normal((300, 4))
+    data = PairedLatents(
+        {
+            "image": np.tanh(z @ rng.standard_normal((4, 20))).astype(np.float32),
+            "text": (z @ rng.standard_normal((4, 5)) + 0.1 * rng.standard_normal((300, 5))).astype(np.float32),
+        }
+    )
+    config = TrainConfig(
+        epochs=2, batch_size=64, warmup_steps=1, shared_dim=8, depth=1, dropout=0.0, device="cpu", warm_start="cca"
+    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = fit(data, config, progress=False)
+    messages = [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
+    assert any(m.startswith("dim: 8 is larger than the 5 directions found here") for m in messages)
+    assert any(m.startswith("shared_dim: the model's shared dimension is 8 but the aligner has 5") for m in messages)
+    for name in ("image", "text"):
+        assert bool((result.model.adapters[name].proj.weight[5:] == 0).all())
+
+
 def test_only_the_chosen_modalities_are_set():
     latents = encoder_like()
     model = FusionModel({"image": FusionAdapter(24, 6, depth=1), "text": IdentityAdapter(6)})
@@ -124,8 +186,8 @@ def test_mismatches_are_refused_with_what_to_do():
     normed = CCAAligner(dim=6, input_norm="layer_norm").fit(latents)
     with pytest.raises(ValueError, match="LinearAdapter cannot reproduce"):
         warm_start(build("linear", "linear"), normed)
-    with pytest.raises(ValueError, match="dim=8"):
-        warm_start(build(shared_dim=8), normed)
+    with pytest.raises(ValueError, match="maps 'image' to 6 dims but the model's shared dimension is 4; .* dim=4"):
+        warm_start(build(shared_dim=4), normed)
     with pytest.raises(ValueError, match="expects 24-d"):
         warm_start(FusionModel({"image": FusionAdapter(20, 6), "text": FusionAdapter(16, 6)}), normed)
     with pytest.raises(ValueError, match="not fitted"):

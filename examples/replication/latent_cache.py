@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from fusemix.data import PairedLatents
-from fusemix.extract import encoder_identity_of, extract_latents
+from fusemix.extract import extract_latents
 from fusemix.store import LatentStore
 
 from .encoders import build_encoder
@@ -35,10 +35,10 @@ class LatentCache:
         cache_dir: Root of the cache.
         fidelity: The pipeline: latent dtype, encoder dtype on CUDA, whether
             the authors' preprocessing applies.
-        caption_processor: Applied to every caption before its encoder when
-            ``fidelity.authors_preprocessing`` (the preset's, e.g.
-            :func:`fusemix.preprocess.blip_caption`); recorded in the caption
-            stores' encoder identity.
+        caption_processor: The preset's caption preprocessing (e.g.
+            :func:`fusemix.preprocess.blip_caption`): the text encoders apply
+            it to every caption when ``fidelity.authors_preprocessing``, and
+            record it in their identity.
         model_overrides: Encoder slug to a hub name or local directory.
         device: Where the encoders run (``None``: CUDA when available).
         batch_size: Items per extraction batch.
@@ -58,7 +58,7 @@ class LatentCache:
     ) -> None:
         self.cache_dir = Path(cache_dir)
         self.fidelity = fidelity
-        self.caption_processor = caption_processor if fidelity.authors_preprocessing else None
+        self.caption_processor = caption_processor
         self.model_overrides = dict(model_overrides or {})
         self.device = device
         self.batch_size = batch_size
@@ -68,7 +68,10 @@ class LatentCache:
     def _encoder(self, choice: EncoderChoice) -> Any:
         if choice.slug not in self._encoders:
             model = self.model_overrides.get(choice.slug)
-            self._encoders[choice.slug] = build_encoder(choice, self.fidelity, model=model, device=self.device)
+            self._encoders[choice.slug] = build_encoder(
+                choice, self.fidelity, model=model, device=self.device, caption_processor=self.caption_processor,
+                progress=self.progress,
+            )  # fmt: skip
         return self._encoders[choice.slug]
 
     def folder(self, dataset: Dataset, choice: EncoderChoice) -> Path:
@@ -76,31 +79,20 @@ class LatentCache:
         slug = choice.slug if choice.slug not in self.model_overrides else f"{choice.slug}-custom"
         return self.cache_dir / dataset.name / slug / self.fidelity.variant
 
-    def captions(self, dataset: Dataset) -> list[str]:
-        """The captions of ``dataset`` as its text encoders see them (processed under the authors' pipeline)."""
-        if self.caption_processor is None:
-            return dataset.captions
-        return [self.caption_processor(caption) for caption in dataset.captions]
-
     def latents(self, dataset: Dataset, modality: str, choices: Sequence[EncoderChoice]) -> np.ndarray | LatentStore:
         """Latents of ``dataset``'s items (``modality != "text"``) or captions, one encoder or several concatenated."""
         stores = []
         for choice in choices:
             texts = modality == "text"
             encoder = self._encoder(choice)
-            identity = encoder_identity_of(encoder)
-            if texts and self.caption_processor is not None:
-                processor = self.caption_processor
-                identity = {**identity, "caption_processor": f"{processor.__module__}.{processor.__qualname__}"}
             stores.append(
                 extract_latents(
                     encoder,
-                    self.captions(dataset) if texts else dataset.items_for(encoder),
+                    dataset.captions if texts else dataset.items_for(encoder),
                     self.folder(dataset, choice) / ("captions" if texts else "items"),
                     modality=modality,
                     batch_size=self.batch_size,
                     dtype=self.fidelity.latent_dtype,
-                    encoder_identity=identity,
                     progress=self.progress,
                     metadata={"dataset": dataset.name, "pipeline": self.fidelity.name},
                 )  # fmt: skip

@@ -34,8 +34,8 @@ class Dataset:
     Attributes:
         name: Cache folder name, e.g. ``"coco-test"``.
         items_for: Given an encoder, the lazily loaded query-modality items
-            (images, transformed when the encoder has a ``transform``; or audio
-            clips at the encoder's sampling rate), one per unique item.
+            (decoded RGB images, which the image encoder prepares itself; or
+            audio clips at the encoder's sampling rate), one per unique item.
         captions: Every caption, as read (raw).
         caption_to_item: Index into the items of each caption's image / clip.
     """
@@ -147,7 +147,7 @@ def _image_text_reader(root: Path, eval_captions: Literal["protocol"] | None) ->
 
     def wrap(ds: itd.CaptionDataset, name: str) -> Dataset:
         def items_for(encoder: Any) -> Sequence[Any]:
-            return ds.image_files(transform=getattr(encoder, "transform", None))
+            return ds.image_files()  # decoded pixels: the image encoder prepares them (processor or transform)
 
         return Dataset(name, items_for, list(ds.captions), ds.caption_to_image)
 

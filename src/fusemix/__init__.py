@@ -42,9 +42,11 @@ from fusemix.warmstart import aligner_input_norm, warm_start
 if TYPE_CHECKING:
     from fusemix.checkpoint import load_model, save_model
     from fusemix.data import LatentBatcher, PairedLatents
+    from fusemix.evaluation import evaluate_retrieval
     from fusemix.extract import extract_latents
     from fusemix.store import LatentStore, write_store
-    from fusemix.train import FitResult, TrainConfig, evaluate_retrieval, fit
+    from fusemix.train import FitResult, fit
+    from fusemix.train_config import TrainConfig
 
 __version__ = "0.1.0.dev0"
 
@@ -53,8 +55,8 @@ _IO_NAMES: dict[str, str] = {
     "LatentBatcher": "fusemix.data",
     "LatentStore": "fusemix.store",
     "PairedLatents": "fusemix.data",
-    "TrainConfig": "fusemix.train",
-    "evaluate_retrieval": "fusemix.train",
+    "TrainConfig": "fusemix.train_config",
+    "evaluate_retrieval": "fusemix.evaluation",
     "extract_latents": "fusemix.extract",
     "fit": "fusemix.train",
     "load_model": "fusemix.checkpoint",

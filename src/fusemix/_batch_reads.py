@@ -3,8 +3,9 @@
 What :class:`~fusemix.data.PairedLatents` and :class:`~fusemix.data.LatentBatcher`
 share: the contract of a latent source (:class:`LatentArray`), the batch they
 return (:class:`LatentBatch`), the tensors a read writes into (new ones, or
-ones kept across batches) and the reads themselves (:func:`read_rows`,
-:func:`gather_pairs`).
+ones kept across batches), the reads themselves (:func:`read_rows`,
+:func:`gather_pairs`) and the check that what they read is finite
+(:func:`check_finite_rows`).
 """
 
 from __future__ import annotations
@@ -150,6 +151,70 @@ def torch_dtype_of(array: ArrayLike) -> torch.dtype:
     return torch.from_numpy(np.empty(0, dtype=np.dtype(dtype))).dtype  # type: ignore[arg-type]
 
 
+_FLOAT_BITS: dict[torch.dtype, tuple[type, type, int]] = {
+    torch.float16: (np.int16, np.uint16, 0x7C00),
+    torch.float32: (np.int32, np.uint32, 0x7F800000),
+    torch.float64: (np.int64, np.uint64, 0x7FF0000000000000),
+}
+"""Per float dtype: the signed and unsigned integer views of its bits, and its exponent mask (all ones: NaN or Inf)."""
+
+
+def all_finite(values: Tensor) -> bool:
+    """Whether every value of a floating tensor is finite (no NaN, no Inf).
+
+    On the CPU this is two integer maxima over the values' bits, without a
+    mask as large as the tensor: a value is NaN or Inf when its exponent bits
+    are all ones, i.e. its bits as a signed integer reach the exponent mask
+    (positive values) or as an unsigned integer reach sign bit plus mask
+    (negative values). Elsewhere, and for dtypes NumPy lacks (bfloat16), it is
+    ``torch.isfinite(values).all()``.
+
+    Example:
+        >>> all_finite(torch.tensor([[1.0, -2.0]], dtype=torch.float16))
+        True
+        >>> all_finite(torch.tensor([[1.0, float("-inf")]])), all_finite(torch.tensor([float("nan")]))
+        (False, False)
+
+    """
+    if values.device.type != "cpu" or values.dtype not in _FLOAT_BITS or values.numel() == 0:
+        return values.numel() == 0 or bool(torch.isfinite(values).all())
+    signed, unsigned, exponent = _FLOAT_BITS[values.dtype]
+    bits = values.detach().contiguous().numpy()
+    sign = 1 << (8 * bits.itemsize - 1)
+    return int(bits.view(signed).max()) < exponent and int(bits.view(unsigned).max()) < sign | exponent
+
+
+def check_finite_rows(values: Tensor, source: ArrayLike, rows: np.ndarray | None, modality: str | None) -> Tensor:
+    """Return ``values`` if they are finite; else raise ``ValueError`` naming the source, modality and first bad row.
+
+    Args:
+        values: Rows just read from ``source``. Shape: ``(B, D)``.
+        source: Where they were read from (a store or a memory map is named by its path).
+        rows: The source row of every row of ``values`` (``None``: row ``i`` is source row ``i``). Shape: ``(B,)``.
+        modality: The modality of ``source``, for the message.
+
+    Raises:
+        ValueError: If a value is NaN or Inf; the message gives the lowest
+            such row of ``source`` among those read.
+
+    """
+    if all_finite(values):
+        return values
+    bad = torch.nonzero(~torch.isfinite(values).all(dim=1)).flatten().cpu().numpy()
+    row = int(bad.min() if rows is None else np.asarray(rows)[bad].min())
+    if isinstance(source, LatentStore):
+        where = f"the latent store {source.path}"
+    elif isinstance(source, np.memmap) and source.filename is not None:
+        where = f"the memory map {source.filename}"
+    else:
+        where = f"the {type(source).__name__}"
+    name = "latents" if modality is None else f"latents[{modality!r}]"
+    raise ValueError(
+        f"{name}: row {row} of {where} holds NaN or Inf; latents must be finite: re-extract that row, or leave "
+        "it out of the pairs"
+    )
+
+
 def read_rows(
     source: ArrayLike,
     rows: np.ndarray,
@@ -157,6 +222,7 @@ def read_rows(
     device: torch.device,
     tensors: NewTensors = NEW_TENSORS,
     role: Role = (),
+    checked: np.ndarray | None = None,
 ) -> Tensor:
     """Read ``source[rows]`` as one tensor with one vectorised fancy index.
 
@@ -165,7 +231,9 @@ def read_rows(
     back in order with one ``index_select``. For a CUDA ``device`` the rows
     are staged in pinned memory and copied with ``non_blocking=True``.
     Every tensor on the way (gathered rows, staging, device copy, cast) is
-    one that ``tensors`` hands out for a role under ``role``.
+    one that ``tensors`` hands out for a role under ``role``. The rows read
+    are checked to be finite as they are read (:func:`check_finite_rows`),
+    unless ``checked`` says every one of them was checked before.
 
     Args:
         source: Latent source. Shape: ``(N, D)``.
@@ -173,12 +241,19 @@ def read_rows(
         dtype: Floating dtype of the result.
         device: Device of the result.
         tensors: Where the tensors come from: new ones, or buffers reused across batches.
-        role: Prefix of the roles of those tensors (the modality).
+        role: Prefix of the roles of those tensors: the modality first (it names the modality in errors).
+        checked: Flags of the source rows already found finite, updated by
+            the read (``None``: check every read). Shape: ``(N,)``, bool.
 
     Returns:
         The rows, in the order of ``rows``. Shape: ``(B, D)``.
 
+    Raises:
+        ValueError: If a row read holds NaN or Inf (the message names the
+            source, the modality and the row).
+
     """
+    modality = role[0] if role else None
     pin = device.type == "cuda"
     shape, cpu = (len(rows), source.shape[1]), torch.device("cpu")
     if isinstance(source, Tensor):
@@ -187,7 +262,7 @@ def read_rows(
         where = cpu if host_to_cuda else source.device
         staged = tensors.take((*role, "staged"), shape, source.dtype, where, pinned=host_to_cuda)
         torch.index_select(source, 0, torch.from_numpy(rows).to(source.device), out=staged)
-        return place(staged, dtype, device, tensors, role)
+        return place(_finite(staged, source, rows, modality, checked), dtype, device, tensors, role)
     stored = torch_dtype_of(source)
     unique, inverse = np.unique(rows, return_inverse=True)
     # np.take (LatentStore.read_rows for a store) writes the rows straight into a kept tensor.
@@ -196,12 +271,25 @@ def read_rows(
         is_result = stored == dtype  # no cast follows: with reuse_buffers the staged tensor must be a kept one
         keep = pin or into_kept or (tensors.reuses and is_result)
         into = tensors.take((*role, "staged"), shape, stored, cpu, pinned=pin) if keep else None
-        return place(_fetch(source, unique, into), dtype, device, tensors, role)
+        fetched = _finite(_fetch(source, unique, into), source, unique, modality, checked)
+        return place(fetched, dtype, device, tensors, role)
     into = tensors.take((*role, "fetched"), (len(unique), shape[1]), stored, cpu) if into_kept else None
-    fetched = _fetch(source, unique, into)
+    fetched = _finite(_fetch(source, unique, into), source, unique, modality, checked)
     staged = tensors.take((*role, "staged"), shape, stored, cpu, pinned=pin)
     torch.index_select(fetched, 0, torch.from_numpy(inverse.reshape(-1)), out=staged)
     return place(staged, dtype, device, tensors, role)
+
+
+def _finite(
+    values: Tensor, source: ArrayLike, rows: np.ndarray, modality: str | None, checked: np.ndarray | None
+) -> Tensor:
+    """:func:`check_finite_rows`, skipped when ``checked`` flags every row read, which it flags once checked."""
+    if checked is not None and checked[rows].all():
+        return values
+    check_finite_rows(values, source, rows, modality)
+    if checked is not None:
+        checked[rows] = True
+    return values
 
 
 def _fetch(source: ArrayLike, unique: np.ndarray, into: Tensor | None) -> Tensor:
@@ -265,6 +353,7 @@ def gather_pairs(
     dtype: torch.dtype,
     device: torch.device,
     tensors: NewTensors = NEW_TENSORS,
+    checked: Mapping[str, np.ndarray] | None = None,
 ) -> LatentBatch:
     """The latents of ``pairs``, one vectorised read per modality, with presence masks when some pairs lack one.
 
@@ -277,6 +366,8 @@ def gather_pairs(
         dtype: Floating dtype of the latents.
         device: Device of the latents and masks.
         tensors: Where the tensors come from: new ones, or buffers reused across batches.
+        checked: Per modality, the flags of its source rows already found
+            finite (see :func:`read_rows`); ``None`` checks every read.
 
     Returns:
         The batch; latents are zeros (and no row is read) where a pair lacks
@@ -285,7 +376,16 @@ def gather_pairs(
 
     """
     latents = {
-        m: _read_modality(m, source, source_rows(rows[m], pairs), m in lacking, dtype, device, tensors)
+        m: _read_modality(
+            m,
+            source,
+            source_rows(rows[m], pairs),
+            m in lacking,
+            dtype,
+            device,
+            tensors,
+            None if checked is None else checked[m],
+        )
         for m, source in sources.items()
     }
     return LatentBatch(latents, pair_masks(rows, pairs, device, tensors) if lacking else None)
@@ -299,6 +399,7 @@ def _read_modality(
     dtype: torch.dtype,
     device: torch.device,
     tensors: NewTensors,
+    checked: np.ndarray | None,
 ) -> Tensor:
     """``source[rows]``, with zeros (and no read) where ``rows`` is -1.
 
@@ -306,11 +407,11 @@ def _read_modality(
     (zeros, then the present rows), even for a batch where none lacks it.
     """
     if not lacking:
-        return read_rows(source, rows, dtype, device, tensors, (modality,))
+        return read_rows(source, rows, dtype, device, tensors, (modality,), checked)
     present = np.flatnonzero(rows != MISSING)
     out = tensors.take((modality, "with absent rows"), (len(rows), source.shape[1]), dtype, device)
     out.index_fill_(0, torch.from_numpy(np.flatnonzero(rows == MISSING)).to(device), 0)
     if len(present):
-        read = read_rows(source, rows[present], dtype, device, tensors, (modality,))
+        read = read_rows(source, rows[present], dtype, device, tensors, (modality,), checked)
         out.index_copy_(0, torch.from_numpy(present).to(device), read)
     return out

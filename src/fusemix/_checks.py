@@ -63,12 +63,34 @@ def check_nonnegative(name: str, value: float) -> float:
     return float(value)
 
 
-def check_positive_int(name: str, value: int) -> int:
-    """Return ``value`` if it is an ``int`` >= 1."""
+def check_int(name: str, value: int, minimum: int = 0) -> int:
+    """Return ``value`` if it is an ``int`` (not a ``bool``) >= ``minimum``.
+
+    Example:
+        >>> check_int("warmup_steps", 0)
+        0
+        >>> check_int("batch_size", 1, minimum=2)
+        Traceback (most recent call last):
+        ...
+        ValueError: batch_size: expected an int >= 2, got 1
+
+    """
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name}: expected an int, got {type(value).__name__}")
-    if value < 1:
-        raise ValueError(f"{name}: expected an int >= 1, got {value}")
+    if value < minimum:
+        raise ValueError(f"{name}: expected an int >= {minimum}, got {value}")
+    return value
+
+
+def check_positive_int(name: str, value: int) -> int:
+    """Return ``value`` if it is an ``int`` >= 1."""
+    return check_int(name, value, 1)
+
+
+def check_bool(name: str, value: bool) -> bool:
+    """Return ``value`` if it is ``True`` or ``False`` (not merely truthy)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name}: expected True or False, got {type(value).__name__} {value!r}")
     return value
 
 

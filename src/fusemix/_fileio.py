@@ -9,7 +9,10 @@
   new file under the current umask.
 - :func:`atomic_directory` does the same for a whole directory (renames of a
   staging sibling), and :func:`recover_directory` settles one whose writer
-  was killed half way.
+  was killed half way (writers call it; readers only look, with
+  :func:`interrupted_write`).
+- :func:`directory_lock` keeps a second process out of a directory another
+  one is writing (a training run's ``out_dir``, an extraction's store).
 
 Every file fusemix writes (latent stores, model directories, checkpoints,
 logs, the command line's records) goes through here.
@@ -21,11 +24,18 @@ import contextlib
 import json
 import os
 import shutil
+import socket
 import tempfile
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
+
+try:
+    import fcntl
+except ImportError:  # Windows: directory_lock falls back to a lock file created with O_EXCL
+    fcntl = None  # type: ignore[assignment]
 
 
 def os_error(err: OSError, path: Path, doing: str) -> OSError:
@@ -159,6 +169,20 @@ def recover_directory(path: str | Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def interrupted_write(path: str | Path) -> Path | None:
+    """The version an interrupted :func:`atomic_directory` write left beside a missing ``path``, if any.
+
+    Only reads: ``None`` when ``path`` exists or nothing of a write is left
+    beside it; otherwise the sibling :func:`recover_directory` would move to
+    ``path`` (a writer killed mid-swap, or one swapping right now).
+    """
+    path = Path(path)
+    if path.exists():
+        return None
+    _, ready, old = _siblings(path)
+    return next((sibling for sibling in (ready, old) if sibling.is_dir()), None)
+
+
 @contextlib.contextmanager
 def atomic_directory(path: str | Path) -> Iterator[Path]:
     """Write a directory whole: yield a staging directory, then swap it in for ``path``.
@@ -202,3 +226,124 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     _swap_in(path, ready, old)
+
+
+_HELD: dict[tuple[str, int], int] = {}
+"""Locks this process holds: (lock file, thread) -> how many nested :func:`directory_lock` blocks hold it."""
+
+
+@contextlib.contextmanager
+def directory_lock(directory: str | Path, name: str, *, argument: str, activity: str) -> Iterator[Path]:
+    """Hold an exclusive lock on ``directory`` for the block, or refuse at once if another process holds it.
+
+    The lock is the file ``directory / name``, locked with ``fcntl.flock`` (an
+    advisory lock the kernel drops when its holder dies, so a killed run
+    never leaves a stale lock; on a network filesystem it is as good as the
+    filesystem's lock support) and removed when the block ends. It records the
+    holder's pid and host for the message of the refused process. Where
+    ``fcntl`` is missing (Windows) the lock file is created with ``O_EXCL``
+    instead; a process killed there leaves it behind, and the message says to
+    delete it once no run uses the directory. The same thread may nest blocks
+    on one lock (``fusemix train`` holds its ``--out`` around
+    :func:`fusemix.train.fit`, which locks it too); another thread or process
+    is refused.
+
+    Args:
+        directory: The directory to hold; it must exist.
+        name: File name of the lock inside ``directory``.
+        argument: The argument that named ``directory``, for the message (``"out_dir"``).
+        activity: What holds it, for the message (``"training run"``, ``"extraction"``).
+
+    Yields:
+        The lock file.
+
+    Raises:
+        FileExistsError: If another process (or thread) holds the lock; the
+            message names ``directory`` and, when known, the holder's pid.
+        OSError: If the lock file cannot be created (the message names it).
+
+    Example:
+        >>> import tempfile
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> with directory_lock(folder, ".lock", argument="out_dir", activity="run") as lock:
+        ...     lock.exists()
+        True
+        >>> (folder / ".lock").exists()
+        False
+
+    """
+    path = Path(directory) / name
+    key = (os.path.realpath(path), threading.get_ident())
+    if key in _HELD:
+        _HELD[key] += 1
+        try:
+            yield path
+        finally:
+            _HELD[key] -= 1
+        return
+    fd = _acquire(path, argument, activity) if fcntl is not None else _create_exclusive(path, argument, activity)
+    _HELD[key] = 1
+    try:
+        os.write(fd, f"{os.getpid()} {socket.gethostname()}\n".encode())
+        yield path
+    finally:
+        del _HELD[key]
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()  # while still locked: a process waiting on this file finds it gone and makes a new one
+        os.close(fd)
+
+
+def _acquire(path: Path, argument: str, activity: str) -> int:
+    """An open descriptor of ``path`` holding its ``flock``, after making sure ``path`` still names that file."""
+    assert fcntl is not None
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as err:
+            raise os_error(err, path, "create the lock file") from err
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _holder(fd)
+            os.close(fd)
+            raise FileExistsError(_in_use(path, argument, activity, holder)) from None
+        try:
+            same = os.fstat(fd).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            os.ftruncate(fd, 0)
+            return fd
+        os.close(fd)  # the holder removed this file as it finished: lock the new one
+
+
+def _create_exclusive(path: Path, argument: str, activity: str) -> int:
+    """A descriptor of ``path`` created with ``O_EXCL`` (platforms without ``fcntl``)."""
+    try:
+        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        try:
+            holder = path.read_text(encoding="utf-8", errors="replace").strip()
+        except OSError:
+            holder = ""
+        message = _in_use(path, argument, activity, holder)
+        raise FileExistsError(f"{message}; if no process uses it any more (one was killed), delete {path}") from None
+    except OSError as err:
+        raise os_error(err, path, "create the lock file") from err
+
+
+def _holder(fd: int) -> str:
+    """What the holder of the lock file ``fd`` wrote: ``"<pid> <host>"``, or ``""`` if not yet written."""
+    try:
+        return os.pread(fd, 256, 0).decode("utf-8", errors="replace").strip()
+    except OSError:
+        return ""
+
+
+def _in_use(path: Path, argument: str, activity: str, holder: str) -> str:
+    pid, _, host = holder.partition(" ")
+    who = f" (pid {pid}{f' on {host}' if host else ''})" if pid else ""
+    return (
+        f"{argument}: {path.parent} is in use by another {activity}{who}, which holds {path.name}; wait for it to "
+        f"end, or use another {argument}"
+    )

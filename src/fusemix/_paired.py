@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Hashable, Mapping, Sequence
+from typing import Any, overload
 
 import numpy as np
 import torch
@@ -18,6 +18,12 @@ from fusemix._batch_reads import (
     read_rows,
     source_rows,
 )
+from fusemix._checks import check_choice
+
+KeyGroups = str | np.ndarray | Tensor | Sequence[Hashable]
+"""``key_groups`` of :meth:`PairedLatents.retrieval_task`: ``"row"``, ``"value"`` or one label per key row."""
+
+KEY_GROUPINGS: tuple[str, ...] = ("row", "value")
 
 
 def is_floating(dtype: object) -> bool:
@@ -310,9 +316,19 @@ class PairedLatents:
         pairs = self._pair_index(pair_indices)
         return gather_pairs(self._latents, self._rows, self._lacking, pairs, dtype, torch.device(device))
 
+    @overload
     def retrieval_task(
-        self, query: str, key: str, *, dtype: torch.dtype = torch.float32
-    ) -> tuple[Tensor, Tensor, Tensor]:
+        self, query: str, key: str, *, dtype: torch.dtype = torch.float32, key_groups: None = None
+    ) -> tuple[Tensor, Tensor, Tensor]: ...
+
+    @overload
+    def retrieval_task(
+        self, query: str, key: str, *, dtype: torch.dtype = torch.float32, key_groups: KeyGroups
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]: ...
+
+    def retrieval_task(
+        self, query: str, key: str, *, dtype: torch.dtype = torch.float32, key_groups: KeyGroups | None = None
+    ) -> tuple[Tensor, Tensor, Tensor] | tuple[Tensor, Tensor, Tensor, Tensor]:
         """The inputs of :func:`fusemix.retrieval_metrics` for the pairs of two modalities.
 
         Each distinct row of ``query`` used by the pairs is one query item
@@ -321,20 +337,43 @@ class PairedLatents:
         query item, so the result reads as ``(image_latents, text_latents,
         text_to_image)``. Only the pairs that have both modalities take part.
 
+        **Identical keys** (one caption for several images): with
+        ``key_groups``, a key row paired with several query rows is allowed
+        and gives one key item per query row it belongs to (the same latent,
+        repeated; items sorted by key row, then query item), and a fourth
+        tensor gives each key item's group, for
+        ``retrieval_metrics(..., text_groups=groups)``: the key items of a
+        group count as hits for each other's query items. ``key_groups`` says
+        which keys are the same:
+
+        - ``"row"``: the same row of the key latents (a caption stored once
+          and paired with several images);
+        - ``"value"``: exactly equal key latents as returned (a caption
+          encoded once per pair; an encoder that gave two copies slightly
+          different values keeps them apart, so prefer labels then);
+        - labels, one per row of the key latents (e.g. the caption strings):
+          rows with equal labels. Shape: ``(N_key,)``.
+
         Args:
             query: Modality with one item per group (e.g. ``"image"``).
             key: Modality with one or more items per query item (e.g. ``"text"``).
             dtype: Floating dtype of the returned latents.
+            key_groups: ``None`` (each key row its own item; a key row paired
+                with several query rows is refused), ``"row"``, ``"value"``
+                or labels; see above.
 
         Returns:
             ``(query_latents, key_latents, key_to_query)`` with shapes
             ``(Q, D_query)``, ``(K, D_key)`` and ``(K,)`` (int64 indices into
-            the query latents).
+            the query latents); with ``key_groups`` also ``groups``, the group
+            of each key item, shape ``(K,)``, int64.
 
         Raises:
             KeyError: If a modality is unknown.
-            ValueError: If ``query == key``, no pair has both modalities,
-                or a key row is paired with two different query rows.
+            ValueError: If ``query == key``, no pair has both modalities, a
+                key row is paired with two different query rows and
+                ``key_groups`` is ``None``, the labels do not fit, or a row
+                read holds NaN or Inf (the message names the source and row).
 
         Example:
             >>> img, txt = np.eye(2, dtype=np.float32), np.ones((4, 3), np.float32)
@@ -342,6 +381,13 @@ class PairedLatents:
             >>> q, k, k2q = data.retrieval_task("image", "text")
             >>> q.shape, k.shape, k2q.tolist()
             (torch.Size([2, 2]), torch.Size([4, 3]), [1, 0, 1, 0])
+
+            Three images, one caption stored once and shared by images 0 and 2:
+
+            >>> shared = PairedLatents({"image": np.eye(3), "text": np.eye(2)}, rows={"text": [0, 1, 0]})
+            >>> q, k, k2q, groups = shared.retrieval_task("image", "text", key_groups="row")
+            >>> k.shape, k2q.tolist(), groups.tolist()
+            (torch.Size([3, 2]), [0, 2, 1], [0, 0, 1])
 
         """
         self._modality(query, "query")
@@ -354,23 +400,56 @@ class PairedLatents:
             raise ValueError(f"key: no pair has both {query!r} and {key!r}, so there is nothing to retrieve")
         query_rows, key_rows = query_rows[both], key_rows[both]
         unique_query, query_item = np.unique(query_rows, return_inverse=True)
-        unique_key, key_item = np.unique(key_rows, return_inverse=True)
-        key_to_query = np.full(len(unique_key), -1, dtype=np.int64)
-        key_to_query[key_item] = query_item
-        conflict = np.flatnonzero(key_to_query[key_item] != query_item)
-        if conflict.size:
-            row = int(key_rows[conflict[0]])
-            owners = sorted({int(r) for r in query_rows[key_rows == row]})[:5]
-            raise ValueError(
-                f"key: row {row} of {key!r} is paired with several rows of {query!r} ({owners}); each {key!r} item "
-                f"must belong to one {query!r} item for retrieval, e.g. swap query and key"
-            )
+        if key_groups is None:
+            key_item_rows, key_to_query = _one_query_per_key(query_rows, key_rows, query_item, query, key)
+        else:
+            items = np.unique(np.stack([key_rows, query_item.reshape(-1)], axis=1), axis=0)  # by key row, then query
+            key_item_rows, key_to_query = items[:, 0], items[:, 1]
         cpu = torch.device("cpu")
-        return (
-            read_rows(self._latents[query], unique_query, dtype, cpu),
-            read_rows(self._latents[key], unique_key, dtype, cpu),
-            torch.from_numpy(key_to_query),
+        query_latents = read_rows(self._latents[query], unique_query, dtype, cpu, role=(query,))
+        key_latents = read_rows(self._latents[key], key_item_rows, dtype, cpu, role=(key,))
+        task = (query_latents, key_latents, torch.from_numpy(key_to_query))
+        if key_groups is None:
+            return task
+        return (*task, _key_group_ids(key_groups, key_item_rows, key_latents, self._latents[key].shape[0]))
+
+
+def _one_query_per_key(
+    query_rows: np.ndarray, key_rows: np.ndarray, query_item: np.ndarray, query: str, key: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct key rows, sorted, and the query item of each; refuses a key row paired with two query rows."""
+    unique_key, key_item = np.unique(key_rows, return_inverse=True)
+    key_to_query = np.full(len(unique_key), -1, dtype=np.int64)
+    key_to_query[key_item] = query_item
+    conflict = np.flatnonzero(key_to_query[key_item] != query_item)
+    if conflict.size:
+        row = int(key_rows[conflict[0]])
+        owners = sorted({int(r) for r in query_rows[key_rows == row]})[:5]
+        raise ValueError(
+            f"key: row {row} of {key!r} is paired with several rows of {query!r} ({owners}); each {key!r} item "
+            f"must belong to one {query!r} item for retrieval. For one {key!r} shared by several {query!r} items "
+            f"(identical captions), pass key_groups='row' and score with retrieval_metrics(..., text_groups=groups), "
+            "or swap query and key"
         )
+    return unique_key, key_to_query
+
+
+def _key_group_ids(key_groups: KeyGroups, key_rows: np.ndarray, key_latents: Tensor, num_rows: int) -> Tensor:
+    """The group of every key item: by key row, by equal latents, or by the labels of the key rows. Shape: ``(K,)``."""
+    if isinstance(key_groups, str):
+        check_choice("key_groups", key_groups, KEY_GROUPINGS)
+        if key_groups == "value":
+            return torch.unique(key_latents, dim=0, return_inverse=True)[1]
+        labels = key_rows
+    else:
+        every_row = np.asarray(key_groups.detach().cpu() if isinstance(key_groups, Tensor) else key_groups)
+        if every_row.ndim != 1 or every_row.shape[0] != num_rows:
+            raise ValueError(
+                f"key_groups: expected 'row', 'value' or one label per row of the key latents (shape ({num_rows},)), "
+                f"got shape {every_row.shape}"
+            )
+        labels = every_row[key_rows]
+    return torch.from_numpy(np.unique(labels, return_inverse=True)[1].reshape(-1).astype(np.int64))
 
 
 def _check_two_present(absent: Mapping[str, np.ndarray], modalities: list[str], num_pairs: int) -> None:

@@ -15,6 +15,13 @@ model with them, so a new adapter or loss only registers itself. Lookups are
 by exact class: a subclass computes something else and is refused unless it
 registers too. Adapters also expose ``in_dim`` and ``out_dim``. Every built-in
 part registers when ``fusemix`` is imported.
+
+A description that does not describe a part raises :class:`PartConfigError`
+(a ``ValueError``) naming the field by its dotted path, e.g.
+``adapters.image: in_dim: expected an int, got str`` or
+``loss.contrastive.pairs: missing``: ``from_config`` reads its fields with
+``config[name]`` (a missing one is reported as such) and leaves their checks
+to the constructor, whose errors start with the argument's name.
 """
 
 from __future__ import annotations
@@ -36,6 +43,22 @@ class DescribablePart(Protocol):
 
 
 PartClass = TypeVar("PartClass", bound=type)
+
+
+class PartConfigError(ValueError):
+    """A description that does not describe a model part.
+
+    Attributes:
+        field: Dotted path of the offending field, e.g. ``"adapters.image"``.
+        problem: What is wrong with it.
+
+    """
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field}: {problem}")
+        self.field = field
+        self.problem = problem
+
 
 _BY_NAME: dict[str, dict[str, type]] = {kind: {} for kind in KINDS}
 _BY_CLASS: dict[type, tuple[str, str]] = {}
@@ -101,14 +124,26 @@ def build_part(kind: PartKind, spec: Mapping[str, Any], *, where: str) -> Any:
     Args:
         kind: What the part must be.
         spec: The description, ``{"type": name, **settings}``.
-        where: Names the description in the error message, e.g. ``"fusemix.json: loss"``.
+        where: Dotted path of the description, the start of every error's
+            field, e.g. ``"loss"`` or ``"adapters.image"``.
 
     Raises:
-        ValueError: If the type is not a registered ``kind``.
+        PartConfigError: If ``spec`` is not an object, its type is not a
+            registered ``kind``, a field is missing, or the part refuses a
+            setting (the error names the field).
 
     """
-    name = spec.get("type") if isinstance(spec, Mapping) else None
+    if not isinstance(spec, Mapping):
+        raise PartConfigError(where, f"expected an object with a 'type', got {type(spec).__name__}")
+    name = spec.get("type")
     cls = _BY_NAME[kind].get(name) if isinstance(name, str) else None
     if cls is None:
-        raise ValueError(f"{where} has unknown type {name!r} (known: {', '.join(_BY_NAME[kind])})")
-    return cls.from_config(spec)
+        raise PartConfigError(f"{where}.type", f"unknown {kind} type {name!r} (known: {', '.join(_BY_NAME[kind])})")
+    try:
+        return cls.from_config(spec)
+    except PartConfigError as err:  # a part within the part
+        raise PartConfigError(f"{where}.{err.field}", err.problem) from None
+    except KeyError as err:
+        raise PartConfigError(f"{where}.{err.args[0]}", "missing") from None
+    except (TypeError, ValueError) as err:
+        raise PartConfigError(where, str(err)) from err

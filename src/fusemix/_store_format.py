@@ -185,6 +185,8 @@ def read_manifest(root: Path) -> dict[str, Any]:
         data = json.loads(file.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise StoreError(f"{file}: not valid JSON ({err})") from err
+    except RecursionError as err:
+        raise StoreError(f"{file}: not valid JSON (nested too deeply to be a manifest)") from err
     if not isinstance(data, dict):
         raise StoreError(f"{file}: expected a JSON object, got {type(data).__name__}")
     if data.get("format") != FORMAT:
@@ -234,6 +236,8 @@ def _check_entry(file: Path, index: int, entry: object) -> None:
             raise StoreError(f"{file}: shards[{index}].{key} must be an int >= 1, got {value!r}")
     if not isinstance(entry.get("sha256"), str) or not SHA256_HEX.match(entry["sha256"]):
         raise StoreError(f"{file}: shards[{index}].sha256 must be 64 lowercase hex digits, got {entry.get('sha256')!r}")
+    if "items" in entry and (not isinstance(entry["items"], str) or not entry["items"]):
+        raise StoreError(f"{file}: shards[{index}].items must be a non-empty string, got {entry['items']!r}")
 
 
 def check_identity(

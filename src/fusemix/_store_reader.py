@@ -37,9 +37,9 @@ def _reopen(path: str) -> LatentStore:
 class LatentStore:
     """A complete on-disk latent store, read-only and array-like, backed by memory maps.
 
-    Create one with :meth:`LatentStore.open` (or get one from
-    :class:`LatentStoreWriter`, :func:`write_store`,
-    :func:`fusemix.extract.extract_latents`). Indexing reads only the rows
+    Open one with ``LatentStore(path)`` (or :meth:`LatentStore.open`, the
+    same), or get one from :class:`LatentStoreWriter`, :func:`write_store`,
+    :func:`fusemix.extract.extract_latents`. Indexing reads only the rows
     asked for and always returns a new in-memory ``np.ndarray``. Pickling a
     store pickles its path only (it is re-opened on load), so handing it to
     DataLoader worker processes copies no data. Every shard's memory map
@@ -57,23 +57,56 @@ class LatentStore:
       (duplicates and negative indices allowed, like numpy); a boolean mask
       of length ``n`` selects rows like numpy.
 
+    Args:
+        path: The store directory (the one holding ``manifest.json``).
+        verify: ``"quick"`` checks the manifest and every shard's existence,
+            byte size, shape and dtype; ``"full"`` also recomputes every
+            shard's sha256 (reads the whole store).
+        expected_encoder: If given, the encoder identity the store must have
+            been written with.
+        expected_modality: If given, the modality the store must hold.
+
+    Raises:
+        FileNotFoundError: If ``path`` is not a directory.
+        StoreError: If the store is incomplete (no manifest), a shard is
+            missing, truncated, of the wrong shape/dtype or (with
+            ``verify="full"``) altered, the manifest is invalid, or the
+            encoder/modality differ from the expected ones.
+
     Example:
         >>> import tempfile, numpy as np
         >>> from fusemix.store import write_store
         >>> rows = np.arange(12, dtype=np.float32).reshape(6, 2)
         >>> with tempfile.TemporaryDirectory() as tmp:
         ...     _ = write_store(tmp, rows, modality="text", encoder={"name": "toy"}, shard_size=4)
-        ...     store = LatentStore.open(tmp, expected_encoder={"name": "toy"})
+        ...     store = LatentStore(tmp, expected_encoder={"name": "toy"})
         ...     print(store.shape, store.dtype, store[[5, 0, -1]][:, 0], store[3:5][:, 1])
         (6, 2) float16 [10.  0. 10.] [7. 9.]
 
     """
 
-    def __init__(self, path: Path, manifest: Mapping[str, Any], shards: Sequence[np.memmap]) -> None:
-        """Wrap already-validated parts; use :meth:`open` instead."""
-        self._path = path
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        verify: Verify = "quick",
+        expected_encoder: Mapping[str, Any] | None = None,
+        expected_modality: str | None = None,
+    ) -> None:
+        if not isinstance(path, (str, os.PathLike)):
+            raise TypeError(f"path: expected the store directory as a str or path, got {type(path).__name__}")
+        check_choice("verify", verify, ("quick", "full"))
+        root = Path(path)
+        if not root.is_dir():
+            raise FileNotFoundError(f"{root}: no such directory; expected a fusemix latent store")
+        manifest = read_manifest(root)
+        check_identity(root, manifest, expected_encoder, expected_modality)
+        dtype = storage_dtype(manifest["dtype"])
+        self._path = root
         self._manifest = dict(manifest)
-        self._shards = tuple(shards)
+        self._shards = tuple(
+            load_shard(root, entry, dim=manifest["dim"], dtype=dtype, verify=verify) for entry in manifest["shards"]
+        )
         rows = np.array([shard.shape[0] for shard in self._shards], dtype=np.int64)
         self._offsets = np.concatenate([np.zeros(1, dtype=np.int64), np.cumsum(rows)])
         self._dtype = np.dtype(self._manifest["dtype"])
@@ -87,13 +120,11 @@ class LatentStore:
         expected_encoder: Mapping[str, Any] | None = None,
         expected_modality: str | None = None,
     ) -> LatentStore:
-        """Open a complete store, memory-mapping its shards (no data is copied).
+        """Open a complete store, memory-mapping its shards (no data is copied): the same as ``LatentStore(path)``.
 
         Args:
             path: The store directory (the one holding ``manifest.json``).
-            verify: ``"quick"`` checks the manifest and every shard's
-                existence, byte size, shape and dtype; ``"full"`` also
-                recomputes every shard's sha256 (reads the whole store).
+            verify: ``"quick"`` or ``"full"`` (see the class).
             expected_encoder: If given, the encoder identity the store must
                 have been written with.
             expected_modality: If given, the modality the store must hold.
@@ -103,23 +134,11 @@ class LatentStore:
 
         Raises:
             FileNotFoundError: If ``path`` is not a directory.
-            StoreError: If the store is incomplete (no manifest), a shard is
-                missing, truncated, of the wrong shape/dtype or (with
-                ``verify="full"``) altered, the manifest is invalid, or the
-                encoder/modality differ from the expected ones.
+            StoreError: If the store is incomplete or invalid, or not the
+                expected one (see the class).
 
         """
-        check_choice("verify", verify, ("quick", "full"))
-        root = Path(path)
-        if not root.is_dir():
-            raise FileNotFoundError(f"{root}: no such directory; expected a fusemix latent store")
-        manifest = read_manifest(root)
-        check_identity(root, manifest, expected_encoder, expected_modality)
-        dtype = storage_dtype(manifest["dtype"])
-        shards = [
-            load_shard(root, entry, dim=manifest["dim"], dtype=dtype, verify=verify) for entry in manifest["shards"]
-        ]
-        return cls(root, manifest, shards)
+        return cls(path, verify=verify, expected_encoder=expected_encoder, expected_modality=expected_modality)
 
     # -- description ---------------------------------------------------------------------------------------------
 

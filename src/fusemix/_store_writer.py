@@ -113,16 +113,19 @@ class LatentStoreWriter:
             raise ValueError(f"index: expected an int >= 0, got {index!r}")
         return int(index)
 
-    def write_shard(self, index: int, array: np.ndarray | Tensor) -> dict[str, Any]:
+    def write_shard(self, index: int, array: np.ndarray | Tensor, *, items: str | None = None) -> dict[str, Any]:
         """Convert ``array`` to the storage dtype and write it as shard ``index``, atomically.
 
         Args:
             index: Shard number; the file is ``shards/{index:05d}.npy``. An
                 existing shard of that number is replaced.
             array: Floating latents. Shape: ``(rows, dim)``, ``rows >= 1``.
+            items: Fingerprint of the items the rows were computed from
+                (:mod:`fusemix.extract` records one), kept in the entry.
 
         Returns:
-            The shard's manifest entry: ``{"file", "rows", "sha256", "bytes"}``.
+            The shard's manifest entry: ``{"file", "rows", "sha256", "bytes"}``
+            and ``"items"`` when given.
 
         Raises:
             TypeError: If ``array`` is not a floating array/tensor.
@@ -134,6 +137,8 @@ class LatentStoreWriter:
 
         """
         index = self._check_index(index)
+        if items is not None and (not isinstance(items, str) or not items):
+            raise ValueError(f"items: expected a non-empty fingerprint string or None, got {items!r}")
         data = convert_latents(f"array (shard {index})", array, self.dtype)
         if data.shape[0] < 1 or data.shape[1] != self.dim:
             raise ValueError(f"array (shard {index}): expected shape (rows >= 1, {self.dim}), got {tuple(data.shape)}")
@@ -151,6 +156,7 @@ class LatentStoreWriter:
             "rows": int(data.shape[0]),
             "sha256": digest.hexdigest(),
             "bytes": len(header.getvalue()) + body.nbytes,
+            **({} if items is None else {"items": items}),
         }
         # The sidecar lands before the shard: once the shard is in place nothing of this
         # write is pending, so a worker that finalizes the store at that moment (and
@@ -172,8 +178,9 @@ class LatentStoreWriter:
         """The manifest entry of finished shard ``index``, or ``None`` if it is not on disk (or unreadable).
 
         A shard file that reads cleanly counts as finished (files are only
-        ever renamed into place whole). Its sha256 comes from the sidecar,
-        or is recomputed from the file when the sidecar is missing or stale.
+        ever renamed into place whole). Its sha256 (and items fingerprint)
+        comes from the sidecar; without a matching sidecar the sha256 is
+        recomputed from the file and the entry has no ``"items"``.
 
         Raises:
             StoreError: If the shard exists but was written with another
@@ -208,7 +215,9 @@ class LatentStoreWriter:
             entry = json.loads(self._sidecar_path(index).read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError):
             return None
-        if not isinstance(entry, dict) or set(entry) != {"file", "rows", "sha256", "bytes"}:
+        if not isinstance(entry, dict) or set(entry) - {"items"} != {"file", "rows", "sha256", "bytes"}:
+            return None
+        if "items" in entry and (not isinstance(entry["items"], str) or not entry["items"]):
             return None
         if not isinstance(entry["sha256"], str) or not SHA256_HEX.match(entry["sha256"]):
             return None

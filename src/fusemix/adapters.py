@@ -7,6 +7,11 @@ keeps a space fixed (for aligning one modality into another model's space).
 A :class:`~fusemix.FusionModel` holds one adapter per modality and applies it
 in :meth:`~fusemix.FusionModel.project`.
 
+Latents of any floating dtype are accepted: an adapter with parameters
+casts its input to their dtype first (a float16 store's latents go into a
+float32 adapter as they are; gradients flow back in the input's dtype), and
+:class:`IdentityAdapter` returns its input unchanged.
+
 Each adapter describes itself for a model directory (``to_config`` /
 ``from_config``, registered with ``register_part`` of ``fusemix._registry``).
 """
@@ -16,17 +21,19 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
-from fusemix._checks import check_floating, check_positive_int
+from fusemix._checks import check_bool, check_floating, check_positive_int
 from fusemix._registry import register_part
 
 
-def _check_input(x: Tensor, in_dim: int) -> Tensor:
+def _check_input(x: Tensor, in_dim: int, dtype: torch.dtype | None = None) -> Tensor:
+    """``x`` if it is floating with a last dim of ``in_dim``, cast to ``dtype`` (``None``: kept as it is)."""
     x = check_floating("x", x)
     if x.ndim < 1 or x.shape[-1] != in_dim:
         raise ValueError(f"x: expected a last dimension of {in_dim}, got shape {tuple(x.shape)}")
-    return x
+    return x if dtype is None else x.to(dtype)
 
 
 class ResidualMLPBlock(nn.Module):
@@ -87,8 +94,9 @@ class FusionAdapter(nn.Module):
             1280-d latent costs a fifth of ``expansion=1``).
 
     Shape:
-        - Input: ``(*, in_dim)``.
-        - Output: ``(*, out_dim)``, not normalised.
+        - Input: ``(*, in_dim)``, any floating dtype (cast to the
+          parameters' dtype).
+        - Output: ``(*, out_dim)``, not normalised, in the parameters' dtype.
 
     Example:
         >>> adapter = FusionAdapter(1280, 512, depth=4, dropout=0.6)
@@ -126,13 +134,14 @@ class FusionAdapter(nn.Module):
         """Map latents to the shared space.
 
         Args:
-            x: Frozen-encoder latents. Shape: ``(*, in_dim)``.
+            x: Frozen-encoder latents, any floating dtype (cast to the
+                parameters' dtype). Shape: ``(*, in_dim)``.
 
         Returns:
             Shared-space features. Shape: ``(*, out_dim)``.
 
         """
-        _check_input(x, self.in_dim)
+        x = _check_input(x, self.in_dim, self.proj.weight.dtype)
         return self.proj(self.norm(self.blocks(x)))
 
     def to_config(self) -> dict[str, Any]:
@@ -169,7 +178,7 @@ class LinearAdapter(nn.Module):
         bias: Whether the map has a bias.
 
     Shape:
-        - Input: ``(*, in_dim)``.
+        - Input: ``(*, in_dim)``, any floating dtype (cast to the weight's dtype).
         - Output: ``(*, out_dim)``.
 
     Example:
@@ -182,11 +191,10 @@ class LinearAdapter(nn.Module):
         super().__init__()
         self.in_dim = check_positive_int("in_dim", in_dim)
         self.out_dim = check_positive_int("out_dim", out_dim)
-        self.proj = nn.Linear(in_dim, out_dim, bias=bias)
+        self.proj = nn.Linear(in_dim, out_dim, bias=check_bool("bias", bias))
 
     def forward(self, x: Tensor) -> Tensor:
-        _check_input(x, self.in_dim)
-        return self.proj(x)
+        return self.proj(_check_input(x, self.in_dim, self.proj.weight.dtype))
 
     def to_config(self) -> dict[str, Any]:
         """The settings that rebuild this adapter: ``in_dim``, ``out_dim``, ``bias``."""
@@ -206,8 +214,9 @@ class IdentityAdapter(nn.Module):
         dim: Dimension of the latent; inputs of another width are refused.
 
     Shape:
-        - Input: ``(*, dim)``.
-        - Output: the input itself.
+        - Input: ``(*, dim)``, any floating dtype.
+        - Output: the input itself (same dtype: there are no parameters to
+          cast to; the losses score features of two dtypes in the wider one).
 
     Example:
         >>> x = torch.randn(2, 5)

@@ -3,13 +3,20 @@
 :class:`CCAAligner` (regularised canonical correlation analysis) and
 :class:`ProcrustesAligner` (PCA, optional whitening, then an orthogonal map)
 fit two modalities' paired latents in two streaming passes over the data
-(more than two modalities are refused with a ``ValueError``) and expose the
-same ``modalities`` / ``project`` / ``embed`` interface as
+and expose the same ``modalities`` / ``project`` / ``embed`` interface as
 :class:`~fusemix.FusionModel`, so they plug into
-:func:`~fusemix.retrieval_metrics` unchanged::
+:func:`~fusemix.retrieval_metrics` and :func:`fusemix.train.evaluate_retrieval`
+unchanged::
 
     aligner = CCAAligner(dim=256).fit({"image": img, "text": txt})
     retrieval_metrics(aligner.embed("image", img_test), aligner.embed("text", txt_test), text_to_image)
+
+``fit`` takes a dict of two modalities' latents (tensors, arrays, memory maps
+or :class:`~fusemix.store.LatentStore` s, row ``i`` of each one pair) or a
+:class:`~fusemix.data.PairedLatents` (its pairs that have both modalities;
+``modalities=`` picks two of several), and ``max_pairs`` fits a seeded subset.
+A ``dim`` larger than the data allows (``min(d_x, d_y, N - 1)``) is lowered
+to that, with a ``UserWarning``.
 
 Both are :class:`torch.nn.Module` subclasses whose fitted state lives in buffers:
 ``.to(device)`` moves them, ``state_dict()`` is a flat dict of tensors that
@@ -60,8 +67,10 @@ Cost:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import warnings
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -78,8 +87,41 @@ LAYER_NORM_EPS = 1e-5
 
 INPUT_NORMS: tuple[str, ...] = ("layer_norm",)
 
-AlignerLatents = Tensor | np.ndarray
-"""Latents accepted by ``fit``: a floating tensor or NumPy array of shape ``(N, D)``."""
+
+class _LatentArrayLike(Protocol):
+    """Latents read a chunk of rows at a time: an ``(N, D)`` ``shape``, a floating ``dtype``, row indexing.
+
+    Indexing takes a slice or a 1-D int64 array and returns an array-like of
+    those rows (``np.memmap``, :class:`~fusemix.store.LatentStore`, ...).
+    """
+
+    @property
+    def shape(self) -> tuple[int, ...]: ...
+
+    @property
+    def dtype(self) -> Any: ...
+
+    def __getitem__(self, index: Any) -> Any: ...
+
+
+@runtime_checkable
+class _PairedLatentsLike(Protocol):
+    """Paired latents as :class:`~fusemix.data.PairedLatents` holds them (the core reads them without importing it)."""
+
+    @property
+    def modalities(self) -> list[str]: ...
+
+    @property
+    def latents(self) -> dict[str, Any]: ...
+
+    def row_index(self, modality: str) -> np.ndarray: ...
+
+
+AlignerLatents = Tensor | np.ndarray | _LatentArrayLike
+"""Latents of one modality for ``fit``: a floating tensor, NumPy array or array-like (a store). Shape: ``(N, D)``."""
+
+AlignerData = Mapping[str, AlignerLatents] | _PairedLatentsLike
+"""What ``fit`` takes: a dict of two modalities' latents (row ``i`` of each is one pair) or a ``PairedLatents``."""
 
 InputNorm = str | None | Mapping[str, str | None]
 """``input_norm`` of the aligners: ``None``, ``"layer_norm"``, or a dict of modality name to either."""
@@ -120,38 +162,114 @@ class _Moments:
     cross: Tensor
 
 
-def _check_latents(name: str, value: object) -> AlignerLatents:
+@dataclass(frozen=True)
+class _Pairs:
+    """Two modalities' latents and the rows that pair them.
+
+    Pair ``p`` is row ``rows[m][p]`` of ``sources[m]``, or row ``p`` where
+    ``rows[m]`` is ``None``. Shape of each ``rows[m]``: ``(n,)``, int64.
+    """
+
+    sources: dict[str, AlignerLatents]
+    rows: dict[str, np.ndarray | None]
+    n: int
+
+
+def _check_latents(name: str, value: object, min_rows: int) -> AlignerLatents:
     key = f"latents[{name!r}]"
-    if isinstance(value, np.ndarray):
-        if not np.issubdtype(value.dtype, np.floating):
-            raise TypeError(f"{key}: expected a floating-point array, got dtype {value.dtype}")
-        if value.ndim != 2:
-            raise ValueError(f"{key}: expected a 2-D array of shape (N, D), got shape {value.shape}")
-        if value.shape[0] < 2:
-            raise ValueError(f"{key}: expected at least 2 row(s), got {value.shape[0]}")
-        if value.shape[1] < 1:
-            raise ValueError(f"{key}: expected a feature dimension of at least 1, got shape {value.shape}")
-        return value
     if isinstance(value, Tensor):
-        return check_features(key, value, min_rows=2)
-    raise TypeError(f"{key}: expected a torch.Tensor or numpy.ndarray, got {type(value).__name__}")
+        return check_features(key, value, min_rows=min_rows)
+    shape, dtype = getattr(value, "shape", None), getattr(value, "dtype", None)
+    if shape is None or dtype is None or not callable(getattr(value, "__getitem__", None)):
+        raise TypeError(
+            f"{key}: expected a torch.Tensor, a numpy.ndarray or an array-like with shape, dtype and row indexing "
+            f"(e.g. a LatentStore), got {type(value).__name__}"
+        )
+    try:
+        floating = np.issubdtype(np.dtype(dtype), np.floating)
+    except TypeError:
+        floating = False
+    if not floating:
+        raise TypeError(f"{key}: expected floating-point latents, got dtype {dtype}")
+    if len(shape) != 2:
+        raise ValueError(f"{key}: expected a 2-D array of shape (N, D), got shape {tuple(shape)}")
+    if shape[0] < min_rows:
+        raise ValueError(f"{key}: expected at least {min_rows} row(s), got {shape[0]}")
+    if shape[1] < 1:
+        raise ValueError(f"{key}: expected a feature dimension of at least 1, got shape {tuple(shape)}")
+    return value  # type: ignore[return-value]
 
 
-def _check_two_modalities(latents: object, owner: str) -> dict[str, AlignerLatents]:
-    if not isinstance(latents, Mapping):
-        raise TypeError(f"latents: expected a dict of modality name to latents, got {type(latents).__name__}")
-    if len(latents) != 2:
-        raise ValueError(f"latents: {owner} fits exactly two modalities, got {len(latents)} ({list(latents)})")
-    checked: dict[str, AlignerLatents] = {}
-    for name, value in latents.items():
-        if not isinstance(name, str) or not name or "." in name:
-            raise ValueError(f"latents: modality names must be non-empty strings without '.', got {name!r}")
-        checked[name] = _check_latents(name, value)
-    sizes = {name: value.shape[0] for name, value in checked.items()}
+def _check_name(name: object) -> str:
+    if not isinstance(name, str) or not name or "." in name:
+        raise ValueError(f"latents: modality names must be non-empty strings without '.', got {name!r}")
+    return name
+
+
+def _chosen(available: list[str], modalities: Sequence[str] | None, owner: str, *, first_two: bool) -> list[str]:
+    """The two modalities to fit: ``modalities``, else the first two (``first_two``) or the only two."""
+    if modalities is None:
+        if first_two and len(available) >= 2:
+            return available[:2]
+        if len(available) != 2:
+            raise ValueError(
+                f"latents: {owner} fits exactly two modalities, got {len(available)} ({available}); "
+                "pick two with modalities=[...]"
+            )
+        return available
+    if isinstance(modalities, str) or len(modalities) != 2 or modalities[0] == modalities[1]:
+        raise ValueError(f"modalities: expected two different modality names, got {modalities!r}")
+    missing = [m for m in modalities if m not in available]
+    if missing:
+        raise ValueError(f"modalities: {missing} not in the latents ({available})")
+    return list(modalities)
+
+
+def _pairs_of_dict(latents: Mapping[str, object], names: list[str]) -> _Pairs:
+    sources = {_check_name(m): _check_latents(m, latents[m], min_rows=2) for m in names}
+    sizes = {m: int(v.shape[0]) for m, v in sources.items()}
     if len(set(sizes.values())) > 1:
-        listed = ", ".join(f"{name}={size}" for name, size in sizes.items())
+        listed = ", ".join(f"{m}={size}" for m, size in sizes.items())
         raise ValueError(f"latents: row counts differ ({listed}); row i of every modality must be one paired example")
-    return checked
+    return _Pairs(sources, {m: None for m in names}, next(iter(sizes.values())))
+
+
+def _pairs_of_paired(data: _PairedLatentsLike, names: list[str]) -> _Pairs:
+    """The pairs that have both modalities (``-1`` in a ``rows`` array marks a pair that lacks one)."""
+    sources = {_check_name(m): _check_latents(m, data.latents[m], min_rows=1) for m in names}
+    index = {m: np.asarray(data.row_index(m), dtype=np.int64) for m in names}
+    both = np.flatnonzero((index[names[0]] >= 0) & (index[names[1]] >= 0))
+    if both.size < 2:
+        raise ValueError(f"latents: expected at least 2 pairs with both {names[0]!r} and {names[1]!r}, got {both.size}")
+    return _Pairs(sources, {m: rows[both] for m, rows in index.items()}, int(both.size))
+
+
+def _subset(pairs: _Pairs, max_pairs: int | None, seed: int) -> _Pairs:
+    """At most ``max_pairs`` of the pairs: a sorted random subset drawn by ``np.random.default_rng(seed)``."""
+    if max_pairs is None or pairs.n <= max_pairs:
+        return pairs
+    chosen = np.sort(np.random.default_rng(seed).choice(pairs.n, max_pairs, replace=False))
+    rows = {m: chosen if r is None else r[chosen] for m, r in pairs.rows.items()}
+    return _Pairs(pairs.sources, rows, max_pairs)
+
+
+def _two_modalities(
+    latents: object, owner: str, modalities: Sequence[str] | None, max_pairs: int | None, seed: int
+) -> _Pairs:
+    """Check ``fit``'s input and return the pairs to fit: two modalities, only pairs that have both."""
+    if max_pairs is not None and (check_positive_int("max_pairs", max_pairs) < 2):
+        raise ValueError(f"max_pairs: expected an int >= 2 (a fit needs two pairs), got {max_pairs}")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"seed: expected an int, got {type(seed).__name__}")
+    if isinstance(latents, Mapping):
+        pairs = _pairs_of_dict(latents, _chosen(list(latents), modalities, owner, first_two=False))
+    elif isinstance(latents, _PairedLatentsLike):
+        pairs = _pairs_of_paired(latents, _chosen(list(latents.modalities), modalities, owner, first_two=True))
+    else:
+        raise TypeError(
+            f"latents: expected a dict of modality name to latents or a PairedLatents, got {type(latents).__name__}"
+        )
+    return _subset(pairs, max_pairs, seed)
 
 
 def _fit_device(values: list[AlignerLatents]) -> torch.device:
@@ -162,12 +280,23 @@ def _fit_device(values: list[AlignerLatents]) -> torch.device:
     return torch.device("cpu") if device.type == "mps" else device
 
 
-def _rows(value: AlignerLatents, start: int, stop: int, device: torch.device, norm_eps: float | None = None) -> Tensor:
-    if isinstance(value, np.ndarray):
-        rows = torch.from_numpy(np.array(value[start:stop], dtype=np.float64)).to(device)
-    else:
-        rows = value[start:stop].to(device=device, dtype=torch.float64)
-    return rows if norm_eps is None else F.layer_norm(rows, (rows.shape[1],), eps=norm_eps)
+def _read(source: AlignerLatents, rows: np.ndarray | None, start: int, stop: int, device: torch.device) -> Tensor:
+    """Pairs ``start:stop`` of one modality, in float64 on ``device``. Shape: ``(stop - start, D)``."""
+    if isinstance(source, Tensor):
+        index = slice(start, stop) if rows is None else torch.from_numpy(rows[start:stop]).to(source.device)
+        return source[index].to(device=device, dtype=torch.float64)
+    index = slice(start, stop) if rows is None else rows[start:stop]
+    return torch.from_numpy(np.array(source[index], dtype=np.float64)).to(device)
+
+
+def _rows(pairs: _Pairs, name: str, start: int, device: torch.device, step: int, eps: float | None) -> Tensor:
+    """Pairs ``start:start + step`` of modality ``name``, layer-normalised when ``eps`` is set."""
+    rows = _read(pairs.sources[name], pairs.rows[name], start, min(start + step, pairs.n), device)
+    return rows if eps is None else F.layer_norm(rows, (rows.shape[1],), eps=eps)
+
+
+def _count_non_finite(pairs: _Pairs, name: str, device: torch.device, step: int) -> int:
+    return sum(int((~torch.isfinite(_rows(pairs, name, s, device, step, None))).sum()) for s in range(0, pairs.n, step))
 
 
 def _check_input_norm(value: object) -> InputNorm:
@@ -195,29 +324,29 @@ def _norm_eps(input_norm: InputNorm, names: list[str]) -> dict[str, float | None
     return {n: LAYER_NORM_EPS if input_norm == "layer_norm" else None for n in names}
 
 
-def _moments(latents: dict[str, AlignerLatents], norm_eps: Mapping[str, float | None] | None = None) -> _Moments:
-    """Stream the rows twice: once for the means, once for the centred (cross-)covariances."""
-    (name_x, x), (name_y, y) = latents.items()
-    eps_x, eps_y = (None, None) if norm_eps is None else (norm_eps[name_x], norm_eps[name_y])
-    device = _fit_device([x, y])
-    n, dx, dy = x.shape[0], x.shape[1], y.shape[1]
+def _moments(pairs: _Pairs, norm_eps: Mapping[str, float | None]) -> _Moments:
+    """Stream the pairs twice: once for the means, once for the centred (cross-)covariances."""
+    name_x, name_y = pairs.sources
+    eps_x, eps_y = norm_eps[name_x], norm_eps[name_y]
+    device = _fit_device(list(pairs.sources.values()))
+    n, dx, dy = pairs.n, pairs.sources[name_x].shape[1], pairs.sources[name_y].shape[1]
     step = max(1, _CHUNK_ELEMENTS // (dx + dy))
     sum_x = torch.zeros(dx, dtype=torch.float64, device=device)
     sum_y = torch.zeros(dy, dtype=torch.float64, device=device)
     for s in range(0, n, step):
-        sum_x += _rows(x, s, s + step, device, eps_x).sum(0)
-        sum_y += _rows(y, s, s + step, device, eps_y).sum(0)
-    for name, total, value in ((name_x, sum_x, x), (name_y, sum_y, y)):
+        sum_x += _rows(pairs, name_x, s, device, step, eps_x).sum(0)
+        sum_y += _rows(pairs, name_y, s, device, step, eps_y).sum(0)
+    for name, total in ((name_x, sum_x), (name_y, sum_y)):
         if not bool(torch.isfinite(total).all()):
-            bad = int((~np.isfinite(value)).sum()) if isinstance(value, np.ndarray) else int((~value.isfinite()).sum())
+            bad = _count_non_finite(pairs, name, device, step)
             raise ValueError(f"latents[{name!r}]: contains {bad} non-finite value(s) (NaN or Inf) or overflows float64")
     mean_x, mean_y = sum_x / n, sum_y / n
     cov_x = torch.zeros(dx, dx, dtype=torch.float64, device=device)
     cov_y = torch.zeros(dy, dy, dtype=torch.float64, device=device)
     cross = torch.zeros(dx, dy, dtype=torch.float64, device=device)
     for s in range(0, n, step):
-        xc = _rows(x, s, s + step, device, eps_x) - mean_x
-        yc = _rows(y, s, s + step, device, eps_y) - mean_y
+        xc = _rows(pairs, name_x, s, device, step, eps_x) - mean_x
+        yc = _rows(pairs, name_y, s, device, step, eps_y) - mean_y
         cov_x += xc.T @ xc
         cov_y += yc.T @ yc
         cross += xc.T @ yc
@@ -264,11 +393,25 @@ def _check_dim(dim: int | None) -> int | None:
 
 
 def _resolve_dim(dim: int | None, limit: int, why: str) -> int:
+    """``dim``, or ``limit`` when ``dim`` is ``None`` or larger (with a ``UserWarning`` that says why)."""
     if dim is None:
         return limit
     if dim > limit:
-        raise ValueError(f"dim: {dim} is larger than the {limit} allowed here ({why})")
+        warnings.warn(
+            f"dim: {dim} is larger than the {limit} directions found here, {why}; fitting {limit} "
+            f"(out_dim = {limit}). warm_start() fills the other output dims of a larger model with zeros",
+            UserWarning,
+            stacklevel=4,  # the caller of fit (under torch.no_grad's wrapper)
+        )
+        return limit
     return dim
+
+
+def _limit_reason(names: tuple[str, str], sizes: tuple[int, int], dims: tuple[int, int], n: int) -> str:
+    """``min(d_x, d_y, N - 1)`` spelt out with its numbers, naming a dimension cut by the rank cut-off."""
+    why = f"min(d_{names[0]}, d_{names[1]}, N - 1) = min({sizes[0]}, {sizes[1]}, {n - 1})"
+    cut = [f"{name} has {size} of its {dim} dims" for name, size, dim in zip(names, sizes, dims) if size != dim]
+    return why + (f"; above the rank cut-off, {' and '.join(cut)}" if cut else "")
 
 
 class ClosedFormAligner(nn.Module):
@@ -521,27 +664,66 @@ class CCAAligner(ClosedFormAligner):
         return self.correlations
 
     @torch.no_grad()
-    def fit(self, latents: Mapping[str, AlignerLatents]) -> CCAAligner:
+    def fit(
+        self,
+        latents: AlignerData,
+        *,
+        modalities: Sequence[str] | None = None,
+        max_pairs: int | None = None,
+        seed: int = 0,
+    ) -> CCAAligner:
         """Fit the canonical directions of two modalities.
 
         Args:
-            latents: Exactly two modality names mapped to paired latents (row
-                ``i`` of each is one example); tensors or NumPy arrays
-                (memory-mapped ones are streamed). Shape of each:
-                ``(N, D_modality)`` with ``N >= 2``.
+            latents: The paired latents: a dict of two modality names to
+                latents whose row ``i`` is one pair (tensors, NumPy arrays,
+                memory maps, :class:`~fusemix.store.LatentStore` s or any
+                array-like with ``shape``, a floating ``dtype`` and row
+                indexing; shape of each ``(N, D_modality)``, ``N >= 2``), or
+                a :class:`~fusemix.data.PairedLatents`, whose pairs are read
+                as it pairs them (an image with five captions counts five
+                times) and of which only the pairs that have both modalities
+                take part.
+            modalities: The two modalities to fit, in this order; ``None``:
+                the dict's two keys, or the first two modalities of a
+                ``PairedLatents``.
+            max_pairs: Fit on at most this many pairs, a random subset drawn
+                with ``np.random.default_rng(seed)`` (kept in order); all of
+                them when ``None``. Memory does not depend on ``N`` (rows are
+                streamed twice in chunks, never copied whole), so a store
+                larger than RAM fits as it is; this bounds the time.
+            seed: Seed of the ``max_pairs`` subset.
 
         Returns:
-            ``self``, fitted; its buffers are float64 on the latents' device.
+            ``self``, fitted; its buffers are float64 on the latents' device
+            (the CPU for arrays and stores).
+
+        Warns:
+            UserWarning: If ``dim`` is larger than the directions CCA can
+                find (``min(d_x, d_y, N - 1)`` after the rank cut-off); the
+                aligner then keeps all of those (its ``out_dim`` is smaller
+                than ``dim``) and the warning names both numbers.
+
+        Example:
+            >>> z = torch.randn(50, 2)
+            >>> latents = {"image": z @ torch.randn(2, 6), "text": z @ torch.randn(2, 3)}
+            >>> import warnings
+            >>> with warnings.catch_warnings(record=True) as caught:
+            ...     warnings.simplefilter("always")
+            ...     cca = CCAAligner(dim=8).fit(latents)
+            >>> cca.out_dim, str(caught[0].message).split(";")[0]
+            (3, 'dim: 8 is larger than the 3 directions found here, min(d_image, d_text, N - 1) = min(6, 3, 49)')
 
         """
-        checked = _check_two_modalities(latents, type(self).__name__)
-        name_x, name_y = checked
+        pairs = _two_modalities(latents, type(self).__name__, modalities, max_pairs, seed)
+        name_x, name_y = pairs.sources
         norm_eps = _norm_eps(self.input_norm, [name_x, name_y])
-        moments = _moments(checked, norm_eps)
+        moments = _moments(pairs, norm_eps)
         white_x = _inverse_sqrt(_ridge(moments.cov_x, self.regularization))
         white_y = _inverse_sqrt(_ridge(moments.cov_y, self.regularization))
-        limit = min(white_x.shape[1], white_y.shape[1], moments.n - 1)
-        k = _resolve_dim(self.dim, limit, "min(d_x, d_y, N - 1) after dropping numerically null directions")
+        sizes, dims = (white_x.shape[1], white_y.shape[1]), (moments.cov_x.shape[0], moments.cov_y.shape[0])
+        why = _limit_reason((name_x, name_y), sizes, dims, moments.n)
+        k = _resolve_dim(self.dim, min(*sizes, moments.n - 1), why)
         u, rho, vh = torch.linalg.svd(white_x.T @ moments.cross @ white_y, full_matrices=False)
         rho = rho[:k].clamp(0.0, 1.0)
         proj_x, proj_y = _flip_signs(white_x @ u[:, :k], white_y @ vh[:k].T)
@@ -646,33 +828,53 @@ class ProcrustesAligner(ClosedFormAligner):
         return reduction if self.pca else reduction @ basis.T
 
     @torch.no_grad()
-    def fit(self, latents: Mapping[str, AlignerLatents], *, target: str | None = None) -> ProcrustesAligner:
+    def fit(
+        self,
+        latents: AlignerData,
+        *,
+        target: str | None = None,
+        modalities: Sequence[str] | None = None,
+        max_pairs: int | None = None,
+        seed: int = 0,
+    ) -> ProcrustesAligner:
         """Fit the reductions and the orthogonal map.
 
         Args:
-            latents: Exactly two modality names mapped to paired latents (row
-                ``i`` of each is one example). Shape of each:
-                ``(N, D_modality)`` with ``N >= 2``.
+            latents: The paired latents: a dict of two modalities' latents
+                (row ``i`` of each is one pair) or a
+                :class:`~fusemix.data.PairedLatents`; as for
+                :meth:`CCAAligner.fit`.
             target: The modality whose space is kept; the other one is
-                rotated onto it. The second key of ``latents`` when ``None``.
+                rotated onto it. The second of the two modalities when ``None``.
+            modalities: The two modalities to fit; as for :meth:`CCAAligner.fit`.
+            max_pairs: Fit on at most this many pairs (a seeded random
+                subset); as for :meth:`CCAAligner.fit`.
+            seed: Seed of the ``max_pairs`` subset.
 
         Returns:
             ``self``, fitted; ``modalities`` lists the source, then the target.
 
+        Warns:
+            UserWarning: If ``pca=True`` and ``dim`` is larger than
+                ``min(d_x, d_y, N - 1)``; that many dimensions are fitted.
+
         """
-        checked = _check_two_modalities(latents, type(self).__name__)
-        names = list(checked)
+        pairs = _two_modalities(latents, type(self).__name__, modalities, max_pairs, seed)
+        names = list(pairs.sources)
         if target is None:
             target = names[1]
-        if target not in checked:
+        if target not in pairs.sources:
             raise ValueError(f"target: {target!r} is not one of {names}")
         source = names[0] if target == names[1] else names[1]
-        ordered = {source: checked[source], target: checked[target]}
+        ordered = _Pairs(
+            {m: pairs.sources[m] for m in (source, target)}, {m: pairs.rows[m] for m in (source, target)}, pairs.n
+        )
         norm_eps = _norm_eps(self.input_norm, [source, target])
         moments = _moments(ordered, norm_eps)
         d_x, d_y = moments.cov_x.shape[0], moments.cov_y.shape[0]
         if self.pca:
-            k = _resolve_dim(self.dim, min(d_x, d_y, moments.n - 1), "min(d_x, d_y, N - 1)")
+            why = _limit_reason((source, target), (d_x, d_y), (d_x, d_y), moments.n)
+            k = _resolve_dim(self.dim, min(d_x, d_y, moments.n - 1), why)
         elif d_x != d_y:
             raise ValueError(
                 f"latents: pca=False needs equal dims, got {source}={d_x} and {target}={d_y}; use pca=True"

@@ -29,6 +29,7 @@ from fusemix._batch_reads import (
     LatentArray,
     LatentBatch,
     ReusedTensors,
+    check_finite_rows,
     gather_pairs,
     place,
     torch_dtype_of,
@@ -161,11 +162,20 @@ class LatentBatcher:
         reuse_buffers: Write every batch into the same tensors (see above):
             **each batch is overwritten by the next**; clone what you keep.
 
+    **Finite latents.** What is read is checked for NaN and Inf once: a
+    preload as it is loaded, a streamed batch as it is read, until every row
+    it reads was checked by an earlier batch (so after the first epoch or two
+    streaming checks nothing). On the CPU the check is two integer maxima over
+    the values' bits. A non-finite value raises a ``ValueError`` naming the
+    modality, the store (or memory map) and the row, instead of surfacing
+    later as a NaN loss.
+
     Raises:
         ValueError: If ``batch_size`` is not a positive int, with
             ``drop_last=True`` exceeds the number of pairs, or is not
             divisible by ``num_replicas``; or if ``num_replicas > 1`` without
-            ``drop_last=True``, or ``rank`` is out of range.
+            ``drop_last=True``, or ``rank`` is out of range; if a preloaded
+            latent (or, when iterating, a streamed one) is NaN or Inf.
 
     Example:
         >>> data = PairedLatents({"a": np.random.randn(10, 4), "b": np.random.randn(10, 2)})
@@ -249,13 +259,18 @@ class LatentBatcher:
         self._device_present: dict[str, Tensor | None] = {}
         if self.preloaded:
             for m, source in self._sources.items():
-                self._device_latents[m] = _load_whole(source, _preload_dtype(source, dtype), self.device).detach()
+                loaded = _load_whole(source, _preload_dtype(source, dtype), self.device).detach()
+                self._device_latents[m] = check_finite_rows(loaded, source, None, m)
                 rows = self._rows[m]
                 present = None if m not in self._lacking else rows != MISSING
                 self._device_present[m] = None if present is None else torch.from_numpy(present).to(self.device)
                 if present is not None:  # read row 0 for absent rows, then overwrite them with zeros
                     rows = np.where(present, rows, 0)
                 self._device_rows[m] = None if rows is None else torch.from_numpy(rows).to(self.device)
+        # Streaming checks each source row for NaN and Inf the first time a batch reads it.
+        self._checked = (
+            None if self.preloaded else {m: np.zeros(s.shape[0], dtype=bool) for m, s in self._sources.items()}
+        )
         self._epoch = 0
         self._batch_index = 0
 
@@ -334,7 +349,14 @@ class LatentBatcher:
                 batch = self._device_batch(device_order[lo:hi])
             else:
                 batch = gather_pairs(
-                    self._sources, self._rows, self._lacking, order[lo:hi], self.dtype, self.device, self._tensors
+                    self._sources,
+                    self._rows,
+                    self._lacking,
+                    order[lo:hi],
+                    self.dtype,
+                    self.device,
+                    self._tensors,
+                    self._checked,
                 )
             self._batch_index = b + 1
             yield batch

@@ -23,6 +23,19 @@ dtype, shard size or item count is refused instead of mixing two runs' shards
 (pass ``overwrite=True`` to discard the old run). ``metadata`` is descriptive
 and not compared: the manifest records that of the call that finalizes.
 
+**Items.** Every shard records a fingerprint of the items it was computed
+from: a sha256 of their content, hashed batch by batch as they are encoded
+(str, bytes, paths by name, numbers, NumPy arrays, tensors, PIL images, and
+lists, tuples and dicts of them; see ``fusemix._items``), or the caller's
+``items_id``. A rerun hashes the items of every finished shard (no encoding)
+and refuses (``ValueError`` naming the shard and its item range; with
+``overwrite=True``, starts over) when they differ, whether the store is
+complete or the run was interrupted: an edited dataset never returns the old
+latents nor mixes rows of both. Items of other types raise a ``TypeError``
+asking for ``items_id``, a name the caller changes whenever the items change;
+then nothing is hashed and a rerun must give the same name. Stores made
+before fingerprints were recorded are reused unchecked, with a warning.
+
 **Several workers.** With ``num_workers=n`` and ``worker_index=w`` (e.g. one
 per GPU or node, all writing to one shared ``out_dir``), worker ``w`` computes
 the shards ``k`` with ``k % n == w``. Each worker, once done with its own
@@ -33,12 +46,16 @@ exited. The result is byte-identical to a single-worker run.
 
 **Iterables.** ``items`` may be a plain iterable (a generator, an
 ``IterableDataset``); it is then consumed in order and, on a rerun, finished
-shards are skipped by advancing the iterator past their items, so it must
-yield the same items in the same order every time. With several workers,
-each worker reads the whole iterable. Its length is unknown up front, so a
-rerun on a complete store returns the store without reading the iterable:
-the item count is only checked for sized ``items``. Delete the store (or use
-another ``out_dir``) after changing the data behind an iterable.
+shards are skipped by reading their items off the iterator (and hashing
+them), so it must yield the same items in the same order every time. With
+several workers, each worker reads the whole iterable. A rerun on a complete
+store reads the iterable too, to check its items and their number (with
+``items_id`` it is not read). When the items changed and ``overwrite=True``
+asks to start over, a re-iterable ``items`` is read again from the start; a
+one-shot iterator cannot be, so the call raises after clearing ``out_dir``
+and a second call extracts afresh.
+
+With several workers, each checks the items of the shards it computes.
 """
 
 from __future__ import annotations
@@ -50,7 +67,9 @@ import math
 import os
 import shutil
 import time
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -61,9 +80,10 @@ from torch import Tensor
 from torch.utils.data import IterableDataset
 
 from fusemix._checks import check_json_object, check_positive_int
-from fusemix._fileio import os_error, write_json_atomic
+from fusemix._fileio import directory_lock, os_error, write_json_atomic
+from fusemix._items import ItemsDigest, describe, named_items
 from fusemix._optional import progress_bar
-from fusemix._store_format import convert_latents, open_shard, shard_indices, storage_dtype
+from fusemix._store_format import convert_latents, open_shard, read_manifest, shard_indices, storage_dtype
 from fusemix.encoders.base import Encoder
 from fusemix.store import MANIFEST, SHARD_DIR, LatentStore, LatentStoreWriter, StoreError, shard_file
 
@@ -113,8 +133,11 @@ def _read_spec(root: Path) -> dict[str, Any] | None:
         spec = json.loads(file.read_text(encoding="utf-8"))
     except FileNotFoundError:
         return None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise StoreError(f"{file}: unreadable extraction settings ({err}); pass overwrite=True to start over") from err
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
+        reason = "nested too deeply" if isinstance(err, RecursionError) else err
+        raise StoreError(
+            f"{file}: unreadable extraction settings ({reason}); pass overwrite=True to start over"
+        ) from err
     if (
         not isinstance(spec, dict)
         or spec.get("format") != SPEC_FORMAT
@@ -343,38 +366,115 @@ class _Progress:
             self._bar.update(rows)
 
 
+@dataclass(frozen=True)
+class _Share:
+    """One worker's part of an extraction: its batch size, its place among the workers, the caller's ``items_id``."""
+
+    batch_size: int
+    num_workers: int
+    worker_index: int
+    items_id: str | None
+
+
+class _ItemsChanged(Exception):
+    """A finished shard was computed from other items than these (turned into a ``ValueError``, or a fresh start)."""
+
+    def __init__(self, shard: int, first: int, stop: int, there: str, now: str) -> None:
+        super().__init__(shard)
+        self.shard, self.first, self.stop, self.there, self.now = shard, first, stop, there, now
+
+    def message(self, root: Path) -> str:
+        kinds = {self.there.partition(":")[0], self.now.partition(":")[0]}
+        note = (
+            "; a store of hashed items is not reused under an items_id, nor the other way round"
+            if len(kinds) > 1
+            else ""
+        )
+        return (
+            f"items: differ from those the latents in out_dir {root} were computed from: shard {self.shard} "
+            f"(items [{self.first}, {self.stop})) records {describe(self.there)}, these items give "
+            f"{describe(self.now)}{note}; pass overwrite=True to replace them, or use another out_dir"
+        )
+
+
+def _same_items(shard: int, entry: Mapping[str, Any], first: int, now: str | None) -> bool:
+    """Whether a finished shard records the fingerprint ``now``; ``False`` when it records none.
+
+    Raises:
+        _ItemsChanged: If it records another one.
+
+    """
+    there = entry.get("items")
+    if there is None or now is None:  # written by an earlier fusemix (or not by extract_latents)
+        return False
+    if there != now:
+        raise _ItemsChanged(shard, first, first + int(entry["rows"]), there, now)
+    return True
+
+
+class _ShardFingerprint:
+    """The fingerprint of one shard's items: hashed batch by batch as they come, or named by ``items_id``."""
+
+    def __init__(self, items_id: str | None) -> None:
+        self.items_id = items_id
+        self.digest = ItemsDigest() if items_id is None else None
+
+    def update(self, batch: list[Any], first: int) -> None:
+        if self.digest is not None:
+            self.digest.update(batch, first=first)
+
+    def value(self) -> str:
+        return self.digest.value() if self.digest is not None else named_items(str(self.items_id))
+
+
 class _Extraction:
-    """One worker's pass over the items: encode its unfinished shards and write them."""
+    """One worker's pass over the items: check its finished shards' items, encode the others and write them.
+
+    With ``complete`` (the manifest entries of a complete store) every shard
+    is finished: the pass only checks the items against the store.
+    """
 
     def __init__(
         self,
         encoder: Encoder,
         root: Path,
         spec: Mapping[str, Any],
-        *,
-        batch_size: int,
-        num_workers: int,
-        worker_index: int,
+        share: _Share,
         progress: _Progress,
+        complete: Sequence[Mapping[str, Any]] | None = None,
     ) -> None:
         self.encoder = encoder
         self.root = root
         self.spec = spec
         self.shard_size: int = spec["shard_size"]
         self.dtype = storage_dtype(spec["dtype"])
-        self.batch_size = batch_size
-        self.num_workers = num_workers
-        self.worker_index = worker_index
+        self.batch_size = share.batch_size
+        self.num_workers = share.num_workers
+        self.worker_index = share.worker_index
+        self.items_id = share.items_id
         self.progress = progress
-        dim = _existing_dim(root)
+        self.complete = complete
+        self.unchecked: list[int] = []
+        dim = _existing_dim(root) if complete is None else None
         self.dim = dim
         self.writer = _writer(root, spec, dim) if dim is not None else None
 
     def _mine(self, shard: int) -> bool:
         return shard % self.num_workers == self.worker_index
 
-    def _finished(self, shard: int) -> dict[str, Any] | None:
+    def _finished(self, shard: int) -> Mapping[str, Any] | None:
+        if self.complete is not None:
+            return self.complete[shard] if shard < len(self.complete) else None
         return self.writer.shard_entry(shard) if self.writer is not None else None
+
+    def _hashes(self, entry: Mapping[str, Any]) -> bool:
+        """Whether a finished shard's items must be hashed: it records a content fingerprint and no id is given."""
+        return self.items_id is None and "items" in entry
+
+    def check_items(self, shard: int, entry: Mapping[str, Any], first: int, fingerprint: _ShardFingerprint) -> None:
+        """Raise :class:`_ItemsChanged` unless a finished shard records the fingerprint of these items."""
+        if not _same_items(shard, entry, first, fingerprint.value() if "items" in entry else None):
+            self.unchecked.append(shard)
 
     def encode(self, batch: list[Any], first: int) -> np.ndarray:
         """Encode one batch of items ``[first, first + len(batch))`` and return it in the storage dtype."""
@@ -402,9 +502,10 @@ class _Extraction:
         self.progress.encoded(len(batch))
         return latents
 
-    def write(self, shard: int, parts: list[np.ndarray]) -> None:
+    def write(self, shard: int, parts: list[np.ndarray], fingerprint: _ShardFingerprint) -> None:
         assert self.writer is not None  # set by the first encoded batch
-        self.writer.write_shard(shard, parts[0] if len(parts) == 1 else np.concatenate(parts))
+        array = parts[0] if len(parts) == 1 else np.concatenate(parts)
+        self.writer.write_shard(shard, array, items=fingerprint.value())
 
     def check_rows(self, shard: int, entry: Mapping[str, Any], rows: int) -> None:
         if entry["rows"] != rows:
@@ -413,38 +514,73 @@ class _Extraction:
                 "it was written from different items; pass overwrite=True to start over"
             )
 
-    def run_sequence(self, items: Sequence[Any], count: int) -> None:
-        """Encode the worker's unfinished shards of an indexable ``items``."""
+    def _sequence_batches(self, items: Sequence[Any], start: int, stop: int) -> Iterator[tuple[int, list[Any]]]:
+        """``(first, batch)`` for the batches of items ``[start, stop)`` (never crossing ``stop``)."""
         slicing = isinstance(items, (list, tuple))
+        for first in range(start, stop, self.batch_size):
+            last = min(first + self.batch_size, stop)
+            yield first, list(items[first:last]) if slicing else [items[i] for i in range(first, last)]
+
+    def run_sequence(self, items: Sequence[Any], count: int) -> None:
+        """Check the worker's finished shards of an indexable ``items`` and encode the others."""
         for shard in range(self.worker_index, math.ceil(count / self.shard_size), self.num_workers):
             start, stop = shard * self.shard_size, min(count, (shard + 1) * self.shard_size)
+            fingerprint = _ShardFingerprint(self.items_id)
             entry = self._finished(shard)
             if entry is not None:
                 self.check_rows(shard, entry, stop - start)
+                if self._hashes(entry):
+                    for first, batch in self._sequence_batches(items, start, stop):
+                        fingerprint.update(batch, first)
+                self.check_items(shard, entry, start, fingerprint)
                 self.progress.skipped(stop - start)
                 continue
             parts = []
-            for first in range(start, stop, self.batch_size):
-                last = min(first + self.batch_size, stop)
-                batch = list(items[first:last]) if slicing else [items[i] for i in range(first, last)]
+            for first, batch in self._sequence_batches(items, start, stop):
+                fingerprint.update(batch, first)
                 parts.append(self.encode(batch, first))
-            self.write(shard, parts)
+            self.write(shard, parts, fingerprint)
+
+    def _take(self, iterator: Iterator[Any], rows: int, first: int, fingerprint: _ShardFingerprint | None) -> int:
+        """Consume up to ``rows`` items in batches, fed to ``fingerprint`` when given; returns how many there were."""
+        if fingerprint is None:
+            return _advance(iterator, rows)
+        taken = 0
+        while taken < rows and (batch := list(islice(iterator, min(self.batch_size, rows - taken)))):
+            fingerprint.update(batch, first + taken)
+            taken += len(batch)
+        return taken
+
+    def _skip_finished(self, iterator: Iterator[Any], shard: int, entry: Mapping[str, Any], consumed: int) -> int:
+        """Read a finished shard's items off ``iterator`` and check them; returns how many there were."""
+        fingerprint = _ShardFingerprint(self.items_id)
+        rows = int(entry["rows"])
+        skipped = self._take(iterator, rows, consumed, fingerprint if self._hashes(entry) else None)
+        if skipped < rows:
+            raise ValueError(
+                f"items: yielded {consumed + skipped} items, but finished shard {shard} covers items "
+                f"[{consumed}, {consumed + rows}); the iterable must yield the same items on a rerun"
+            )
+        self.check_items(shard, entry, consumed, fingerprint)
+        self.progress.skipped(skipped)
+        return skipped
 
     def run_iterable(self, items: Iterable[Any]) -> int:
-        """Encode the worker's unfinished shards of an iterable ``items``; returns the number of items."""
+        """Check the worker's finished shards of an iterable ``items`` and encode the others; returns the count."""
         iterator: Iterator[Any] = iter(items)
         consumed = 0
         shard = 0
         while True:
+            if self.complete is not None and shard == len(self.complete):
+                if _advance(iterator, 1):
+                    raise ValueError(
+                        f"items: yields more than the {consumed} items of the complete store in out_dir; the "
+                        "iterable must yield the same items on a rerun, or use another out_dir"
+                    )
+                return consumed
             entry = self._finished(shard) if self._mine(shard) else None
             if entry is not None:
-                skipped = _advance(iterator, entry["rows"])
-                if skipped < entry["rows"]:
-                    raise ValueError(
-                        f"items: yielded {consumed + skipped} items, but finished shard {shard} covers items "
-                        f"[{consumed}, {consumed + entry['rows']}); the iterable must yield the same items on a rerun"
-                    )
-                self.progress.skipped(skipped)
+                skipped = self._skip_finished(iterator, shard, entry, consumed)
                 consumed += skipped
                 if skipped < self.shard_size:
                     if _advance(iterator, 1):
@@ -459,16 +595,18 @@ class _Extraction:
                 if skipped < self.shard_size:
                     return consumed
             else:
+                fingerprint = _ShardFingerprint(self.items_id)
                 parts: list[np.ndarray] = []
                 rows = 0
                 while rows < self.shard_size:
                     batch = list(islice(iterator, min(self.batch_size, self.shard_size - rows)))
                     if not batch:
                         break
+                    fingerprint.update(batch, consumed + rows)
                     parts.append(self.encode(batch, consumed + rows))
                     rows += len(batch)
                 if rows:
-                    self.write(shard, parts)
+                    self.write(shard, parts, fingerprint)
                 consumed += rows
                 if rows < self.shard_size:
                     return consumed
@@ -477,6 +615,131 @@ class _Extraction:
 
 def _is_sequence(items: object) -> bool:
     return hasattr(items, "__len__") and hasattr(items, "__getitem__") and not isinstance(items, IterableDataset)
+
+
+class _Run:
+    """One call of :func:`extract_latents` once its arguments are checked: reuse, check, resume or encode."""
+
+    def __init__(
+        self, encoder: Encoder, root: Path, settings: dict[str, Any], share: _Share, *, progress: bool, overwrite: bool
+    ) -> None:
+        self.encoder = encoder
+        self.root = root
+        self.settings = settings
+        self.share = share
+        self.progress = progress
+        self.overwrite = overwrite
+        self.unchecked: list[int] = []
+
+    def extract(self, items: Sequence[Any] | Iterable[Any]) -> LatentStore | None:
+        """The complete store for ``items``: reused after checking its items, or resumed, or made.
+
+        Raises:
+            _ItemsChanged: If a finished shard was computed from other items.
+
+        """
+        store = _existing_store(self.root, self.settings, self.overwrite)
+        if store is not None:
+            self._check_store(store, items)
+            return store
+        spec = _claim(self.root, self.settings, self.overwrite)
+        count = self.settings["count"]
+        with self._pass(spec, self._own_rows(count), "extract") as run:
+            if count is not None:
+                run.run_sequence(items, count)  # type: ignore[arg-type]
+            else:
+                count = run.run_iterable(items)
+        self.unchecked += run.unchecked
+        if count == 0:
+            raise ValueError("items: is empty; nothing to extract")
+        if spec["count"] is None:
+            spec = {**spec, "count": count}
+            write_json_atomic(self.root / SPEC, spec, "write the extraction settings")
+        elif spec["count"] != count:
+            raise ValueError(
+                f"items: yielded {count} items, but an earlier run over the same out_dir saw {spec['count']}; "
+                "the iterable must yield the same items on every run"
+            )
+        store, _ = _try_finalize(self.root, spec)
+        return store
+
+    def _own_rows(self, count: int | None) -> int | None:
+        """How many of ``count`` items fall in this worker's shards (``None`` for an unknown count)."""
+        if count is None:
+            return None
+        size, share = self.settings["shard_size"], self.share
+        shards = range(share.worker_index, math.ceil(count / size), share.num_workers)
+        return sum(min(size, count - k * size) for k in shards)
+
+    @contextlib.contextmanager
+    def _pass(
+        self,
+        spec: Mapping[str, Any],
+        total: int | None,
+        verb: str,
+        complete: Sequence[Mapping[str, Any]] | None = None,
+    ) -> Iterator[_Extraction]:
+        """An :class:`_Extraction` of this worker's shards, with its progress bar of ``total`` items."""
+        share = self.share
+        worker = "" if share.num_workers == 1 else f" [{share.worker_index}/{share.num_workers}]"
+        description = f"{verb} {spec['modality']}{worker}"
+        with progress_bar(self.progress, user="extract_latents", total=total, unit="item", desc=description) as bar:
+            yield _Extraction(self.encoder, self.root, spec, share, _Progress(bar), complete)
+
+    def _check_store(self, store: LatentStore, items: Sequence[Any] | Iterable[Any]) -> None:
+        """Check ``items`` against the fingerprints a complete store records (this worker's shards; no encoding).
+
+        Raises:
+            _ItemsChanged: If a shard records other items.
+            ValueError: If an iterable yields another number of items.
+
+        """
+        entries = read_manifest(self.root)["shards"]
+        items_id = self.share.items_id
+        if items_id is not None or not any("items" in entry for entry in entries):  # nothing to read
+            now = named_items(items_id) if items_id is not None else None
+            size = self.settings["shard_size"]
+            self.unchecked += [k for k, entry in enumerate(entries) if not _same_items(k, entry, k * size, now)]
+            return
+        count = self.settings["count"]
+        with self._pass(self.settings, self._own_rows(count), "check", entries) as run:
+            if count is not None:
+                run.run_sequence(items, count)  # type: ignore[arg-type]
+            elif run.run_iterable(items) != len(store):
+                raise ValueError(
+                    f"items: yields fewer items than the {len(store)} of the complete store in out_dir {self.root}; "
+                    "the iterable must yield the same items on a rerun, or use another out_dir"
+                )
+        self.unchecked += run.unchecked
+
+    def warning(self) -> str | None:
+        """What to warn about the shards whose items could not be checked (they record no fingerprint), if any."""
+        if not self.unchecked:
+            return None
+        return (
+            f"out_dir: {self.root}: {len(self.unchecked)} shard(s) (first: {shard_file(self.unchecked[0])}) record no "
+            "fingerprint of their items (written by an earlier fusemix, or not by extract_latents), so these items "
+            "could not be checked against them; pass overwrite=True to extract them again if the items changed"
+        )
+
+
+def _worker_lock(
+    root: Path, num_workers: int, worker_index: int, overwrite: bool
+) -> contextlib.AbstractContextManager[Any]:
+    """This worker's lock on ``root`` while it may write there; none for a complete store that is only read.
+
+    Workers of one extraction each hold their own lock file (``.fusemix-extract.lock``, or
+    ``.fusemix-extract-<w>-of-<n>.lock``), so they share the directory while a second run as the same worker is
+    refused. A complete store is not locked, so stores on read-only disks are reused.
+    """
+    if not overwrite and (root / MANIFEST).exists():
+        return contextlib.nullcontext()
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise os_error(err, root, "create the output directory") from err
+    name = ".fusemix-extract.lock" if num_workers == 1 else f".fusemix-extract-{worker_index}-of-{num_workers}.lock"
+    return directory_lock(root, name, argument="out_dir", activity="extraction")
 
 
 def extract_latents(
@@ -489,6 +752,7 @@ def extract_latents(
     shard_size: int = 65536,
     dtype: str = "float16",
     encoder_identity: Mapping[str, Any] | None = None,
+    items_id: str | None = None,
     num_workers: int = 1,
     worker_index: int = 0,
     progress: bool = True,
@@ -519,26 +783,48 @@ def extract_latents(
             inf) or ``"float32"``.
         encoder_identity: JSON identity to record for the encoder; see
             :func:`encoder_identity_of` for the default.
+        items_id: A name for these exact items (e.g. ``"coco-train2017-v2"``),
+            recorded instead of a fingerprint of their content: the items
+            are then not hashed, and a store or unfinished run is reused
+            only under the same name, so change it whenever the items
+            change. Needed for items fusemix cannot fingerprint (see the
+            module docstring); ``None`` (default) hashes the items.
         num_workers: Number of workers sharing the extraction.
         worker_index: This worker's index in ``[0, num_workers)``.
         progress: Show a tqdm progress bar (without tqdm installed: a warning and no bar).
         metadata: Free JSON metadata to record in the manifest.
         overwrite: Discard a store or unfinished extraction in ``out_dir``
-            made with other settings instead of raising. One made with the
-            same settings is still reused or resumed.
+            made with other settings or from other items instead of raising.
+            One made with the same settings and items is still reused or
+            resumed.
 
     Returns:
         The complete store, or ``None`` for a worker that finished its share
         while other workers' shards are still missing.
 
     Raises:
-        TypeError: If ``encoder`` is not callable, or it returns something
-            other than a floating tensor/array.
+        TypeError: If ``encoder`` is not callable, it returns something
+            other than a floating tensor/array, or an item cannot be
+            fingerprinted and no ``items_id`` is given (the message names
+            the item and asks for ``items_id``).
         ValueError: If the arguments are invalid, ``items`` is empty,
-            ``out_dir`` holds a store or unfinished run with other settings,
-            or an encoder output has the wrong shape, changes dim or holds
-            NaN/Inf (the message names the item range). Nothing is finalized.
+            ``out_dir`` holds a store or unfinished run with other settings
+            or computed from other items (the message names the first such
+            shard and its item range), or an encoder output has the wrong
+            shape, changes dim or holds NaN/Inf (the message names the item
+            range). Nothing is finalized.
+        FileExistsError: If another process is extracting into ``out_dir`` as
+            the same worker: each worker holds a lock file in ``out_dir``
+            (``.fusemix-extract.lock``, or ``.fusemix-extract-<w>-of-<n>.lock``
+            with several workers) while it runs. A complete store is only
+            read (its items checked), under no lock.
         OSError: If a file cannot be written (the message names the path).
+
+    Warns:
+        UserWarning: If a store or run in ``out_dir`` records no item
+            fingerprints (made by an earlier fusemix, or by
+            :class:`~fusemix.store.LatentStoreWriter`): it is reused as
+            before, unchecked.
 
     Example:
         >>> import tempfile
@@ -557,6 +843,8 @@ def extract_latents(
         )
     if not isinstance(modality, str) or not modality:
         raise ValueError(f"modality: expected a non-empty string, got {modality!r}")
+    if items_id is not None and (not isinstance(items_id, str) or not items_id):
+        raise ValueError(f"items_id: expected a non-empty string naming the items, got {items_id!r}")
     check_positive_int("batch_size", batch_size)
     check_positive_int("shard_size", shard_size)
     dtype_name = storage_dtype(dtype).name
@@ -582,42 +870,23 @@ def extract_latents(
     root = Path(out_dir)
     if root.exists() and not root.is_dir():
         raise NotADirectoryError(f"out_dir: {root} exists and is not a directory")
-    store = _existing_store(root, settings, overwrite)
-    if store is not None:
-        return store
-    spec = _claim(root, settings, overwrite)
-
-    if count is not None:
-        shards = range(worker_index, math.ceil(count / shard_size), num_workers)
-        total = sum(min(shard_size, count - k * shard_size) for k in shards)
-    else:
-        total = None
-    description = f"extract {modality}" if num_workers == 1 else f"extract {modality} [{worker_index}/{num_workers}]"
-    with progress_bar(progress, user="extract_latents", total=total, unit="item", desc=description) as bar:
-        run = _Extraction(
-            encoder,
-            root,
-            spec,
-            batch_size=batch_size,
-            num_workers=num_workers,
-            worker_index=worker_index,
-            progress=_Progress(bar),
-        )
-        if count is not None:
-            run.run_sequence(items, count)  # type: ignore[arg-type]
-        else:
-            count = run.run_iterable(items)
-    if count == 0:
-        raise ValueError("items: is empty; nothing to extract")
-    if spec["count"] is None:
-        spec = {**spec, "count": count}
-        write_json_atomic(root / SPEC, spec, "write the extraction settings")
-    elif spec["count"] != count:
-        raise ValueError(
-            f"items: yielded {count} items, but an earlier run over the same out_dir saw {spec['count']}; "
-            "the iterable must yield the same items on every run"
-        )
-    store, _ = _try_finalize(root, spec)
+    share = _Share(batch_size=batch_size, num_workers=num_workers, worker_index=worker_index, items_id=items_id)
+    run = _Run(encoder, root, settings, share, progress=progress, overwrite=overwrite)
+    with _worker_lock(root, num_workers, worker_index, overwrite):
+        try:
+            store = run.extract(items)
+        except _ItemsChanged as change:
+            if not overwrite:
+                raise ValueError(change.message(root)) from None
+            _clear(root)
+            if not sequence and iter(items) is items:
+                raise ValueError(
+                    f"{change.message(root)}. out_dir was cleared, as overwrite=True asks, but items is a one-shot "
+                    "iterator that is partly read already: call extract_latents again with the items"
+                ) from None
+            store = run.extract(items)
+    if (warning := run.warning()) is not None:
+        warnings.warn(warning, UserWarning, stacklevel=2)
     return store
 
 

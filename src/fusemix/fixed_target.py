@@ -256,8 +256,8 @@ class FixedTargetLoss(nn.Module):
             config["target"],
             regression_weight=config["regression_weight"],
             contrastive_weight=config["contrastive_weight"],
-            contrastive=build_part("loss", config["contrastive"], where="FixedTargetLoss: contrastive"),
-            regression=build_part("regression", config["regression"], where="FixedTargetLoss: regression"),
+            contrastive=build_part("loss", config["contrastive"], where="contrastive"),
+            regression=build_part("regression", config["regression"], where="regression"),
         )
 
     def extra_repr(self) -> str:

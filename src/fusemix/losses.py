@@ -26,12 +26,24 @@ get zero gradient. Under ``torch.distributed`` the masks are gathered with the
 features and every pair keeps its meaning on the global batch (with
 ``local_loss`` each rank's share is scaled by its count of present rows, so
 the mean over ranks is still the global loss).
+
+Dtypes: features of different floating dtypes are scored in the wider one
+(``torch.promote_types``: float16 with float32 gives float32, float16 with
+bfloat16 gives float32), so a fixed float16 target space can meet float32
+adapter outputs; gradients flow back in each input's own dtype.
+
+Zero vectors: a feature row whose L2 norm is below ``MIN_NORM`` (1e-6)
+has no direction, and normalising it would give gradients of about
+``1 / norm`` (around 1e12 for an exact zero), so such a row raises a
+``ValueError`` naming the modality and the row. Rows marked absent with
+``masks=`` are exempt: they may hold zeros.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from functools import reduce
 from itertools import combinations
 from typing import Any, Literal, Union
 
@@ -40,9 +52,19 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from fusemix._checks import check_choice, check_features, check_positive, check_positive_int, check_same_rows
+from fusemix._checks import (
+    check_bool,
+    check_choice,
+    check_features,
+    check_positive,
+    check_positive_int,
+    check_same_rows,
+)
 from fusemix._registry import register_part
 from fusemix.distributed import check_equal_batch_sizes, gather_with_grad, get_rank, get_world_size
+
+MIN_NORM = 1e-6
+"""Feature rows whose L2 norm is below this are refused (absent rows aside): they have no direction."""
 
 FeatureInputs = Union[Tensor, Sequence[Tensor], Mapping[str, Tensor]]  # noqa: UP007 (runtime alias, Python 3.10)
 MaskInputs = Union[Sequence[Union[Tensor, None]], Mapping[str, Tensor]]  # noqa: UP007 (runtime alias, Python 3.10)
@@ -60,7 +82,29 @@ def _named_features(inputs: tuple[FeatureInputs, ...]) -> list[tuple[str, Tensor
         raise ValueError(f"features: a contrastive loss needs at least 2 modalities, got {len(items)}")
     named = [(name, check_features(f"features[{name!r}]", x, min_rows=2)) for name, x in items]
     check_same_rows([(f"features[{name!r}]", x) for name, x in named])
-    return named
+    common = reduce(torch.promote_types, [x.dtype for _, x in named])
+    return [(name, x.to(common)) for name, x in named]
+
+
+def _check_directions(named: list[tuple[str, Tensor]], masks: list[Tensor | None]) -> None:
+    """Refuse feature rows too short to have a direction (norm below ``MIN_NORM``), absent rows aside.
+
+    One host sync for all modalities; the offending row is looked up only when there is one.
+    """
+    short = []
+    for (_, x), mask in zip(named, masks):
+        flags = torch.linalg.vector_norm(x.detach(), dim=-1) < MIN_NORM
+        short.append(flags if mask is None else flags & mask.to(flags.device))
+    if not bool(torch.stack([flags.any().cpu() for flags in short]).any()):
+        return
+    for (name, _), flags in zip(named, short):
+        rows = torch.nonzero(flags).flatten()
+        if rows.numel():
+            raise ValueError(
+                f"features[{name!r}]: row {int(rows[0])} has an L2 norm below {MIN_NORM} ({rows.numel()} such "
+                "row(s)); a zero vector has no direction to compare, and normalising it would give gradients of "
+                "about 1 / norm; drop such rows, or mark them absent with masks="
+            )
 
 
 def _named_masks(
@@ -108,6 +152,28 @@ def _both(a: Tensor | None, b: Tensor | None, rows: int, device: torch.device) -
     return (full if a is None else a.to(device)) & (full if b is None else b.to(device))
 
 
+def _check_anchor(anchor: object) -> str | None:
+    """The anchor as its name (a position becomes its string), or an error naming ``anchor``."""
+    if anchor is None:
+        return None
+    if isinstance(anchor, bool) or not isinstance(anchor, (str, int)):
+        raise TypeError(f"anchor: expected a modality name or position, got {type(anchor).__name__}")
+    return str(anchor)
+
+
+def _check_temperature_range(value: object) -> tuple[float, float]:
+    """``(low, high)``, two numbers with ``0 < low <= high``, or an error naming ``temperature_range``."""
+    wanted = "temperature_range: expected (low, high), two numbers with 0 < low <= high"
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+        raise TypeError(f"{wanted}, got {type(value).__name__}")
+    if len(value) != 2:
+        raise ValueError(f"{wanted}, got {len(value)} values")
+    low, high = (check_positive("temperature_range", v) for v in value)
+    if low > high:
+        raise ValueError(f"temperature_range: low {low} > high {high}")
+    return low, high
+
+
 class PairwiseContrastiveLoss(nn.Module):
     """Base class: averages a two-modality loss over modality pairs.
 
@@ -138,7 +204,7 @@ class PairwiseContrastiveLoss(nn.Module):
         self.pairs = check_choice("pairs", pairs, ("all", "anchor"))
         if pairs == "anchor" and anchor is None:
             raise ValueError("anchor: pairs='anchor' needs the anchor modality's name or position")
-        self.anchor = None if anchor is None else str(anchor)
+        self.anchor = _check_anchor(anchor)
         self.gather_distributed = bool(gather_distributed)
         self.local_loss = bool(local_loss)
 
@@ -176,7 +242,8 @@ class PairwiseContrastiveLoss(nn.Module):
                 tuple/list, or as one dict of modality name to tensor); row
                 ``i`` of every tensor is one positive tuple. Shape of each:
                 ``(B, D_m)``, ``B >= 2``; two modalities in a pair need the
-                same ``D``.
+                same ``D``. Any floating dtypes: all are scored in the widest
+                (see the module docstring).
             return_dict: Return ``{"loss": total, "<a>-<b>": pair loss, ...}``
                 instead of the scalar.
             masks: Optional boolean presence flags per row, shape ``(B,)``: a
@@ -192,6 +259,12 @@ class PairwiseContrastiveLoss(nn.Module):
             loss is a zero that still depends on every input and parameter,
             so ``backward`` works.
 
+        Raises:
+            ValueError: If a present row's L2 norm is below ``MIN_NORM``
+                (a zero vector: the message names the modality and the
+                row), or the inputs' shapes do not fit.
+            TypeError: If a feature tensor is not floating, or a mask is not boolean.
+
         Example:
             >>> loss_fn = ContrastiveLoss()
             >>> feats = {"image": torch.randn(6, 4), "text": torch.randn(6, 4), "audio": torch.randn(6, 4)}
@@ -204,6 +277,7 @@ class PairwiseContrastiveLoss(nn.Module):
         named = _named_features(features)
         names = [n for n, _ in named]
         mask_list = [None] * len(named) if masks is None else _named_masks(masks, features, named)
+        _check_directions(named, mask_list)
         normed = [F.normalize(x, dim=-1) for _, x in named]
         pairs = self._pairs(names)
         for i, j in pairs:
@@ -340,7 +414,7 @@ class ContrastiveLoss(PairwiseContrastiveLoss):
         super().__init__(pairs=pairs, anchor=anchor, gather_distributed=gather_distributed, local_loss=local_loss)
         temperature_init = check_positive("temperature_init", temperature_init)
         self.parameterization = check_choice("parameterization", parameterization, ("temperature", "logit_scale"))
-        low, high = (check_positive("temperature_range", float(v)) for v in temperature_range)
+        low, high = _check_temperature_range(temperature_range)
         if not low <= temperature_init <= high and parameterization == "temperature":
             raise ValueError(f"temperature_range: ({low}, {high}) does not contain temperature_init={temperature_init}")
         self.temperature_range = (low, high)
@@ -352,7 +426,7 @@ class ContrastiveLoss(PairwiseContrastiveLoss):
             init = torch.tensor(math.log(1.0 / temperature_init))
             self._clamp = (0.0, math.log(self.max_logit_scale))
         name = parameterization
-        if learnable:
+        if check_bool("learnable", learnable):
             self.register_parameter(name, nn.Parameter(init))
         else:
             self.register_buffer(name, init)
@@ -415,7 +489,7 @@ class ContrastiveLoss(PairwiseContrastiveLoss):
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> ContrastiveLoss:
         """A loss from :meth:`to_config`'s settings; its temperature starts in range until weights are loaded."""
-        low, high = config["temperature_range"]
+        low, high = _check_temperature_range(config["temperature_range"])
         return cls(
             temperature_init=low if config["parameterization"] == "temperature" else 0.07,
             learnable=config["learnable"],
@@ -478,11 +552,13 @@ class SigLIPLoss(PairwiseContrastiveLoss):
     ) -> None:
         super().__init__(pairs=pairs, anchor=anchor, gather_distributed=gather_distributed, local_loss=local_loss)
         scale = torch.tensor(math.log(check_positive("logit_scale_init", logit_scale_init)))
+        if isinstance(logit_bias_init, bool) or not isinstance(logit_bias_init, (int, float)):
+            raise TypeError(f"logit_bias_init: expected a number, got {type(logit_bias_init).__name__}")
         if not math.isfinite(logit_bias_init):
             raise ValueError(f"logit_bias_init: expected a finite number, got {logit_bias_init}")
         bias = torch.tensor(float(logit_bias_init))
         self.chunk_size = None if chunk_size is None else check_positive_int("chunk_size", chunk_size)
-        if learnable:
+        if check_bool("learnable", learnable):
             self.logit_scale = nn.Parameter(scale)
             self.logit_bias = nn.Parameter(bias)
         else:

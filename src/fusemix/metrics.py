@@ -15,6 +15,13 @@ Conventions (the same as LAVIS's ``_report_metrics`` for COCO / Flickr30K):
   a negative tied with the positive is counted as ahead of it, while another
   positive tied with it is not. Without ties the ranks equal LAVIS's exactly
   (LAVIS breaks ties by the order ``argsort`` happens to return).
+- **Identical texts** (the same caption for several images) are, by default,
+  distinct candidates like any others: one image's caption and its identical
+  copy under another image tie, and the copy counts against the image.
+  ``text_groups`` (one label per text, e.g. the caption string) makes the
+  texts of a group interchangeable: every text of a group is a positive of
+  every image of any text in the group, in both directions. With all labels
+  distinct the ranks are the plain ones; grouping never makes a rank worse.
 
 Nothing here builds the full similarity matrix: queries are processed in
 chunks of ``chunk_size`` rows against all candidates, so memory is
@@ -23,7 +30,8 @@ chunks of ``chunk_size`` rows against all candidates, so memory is
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -33,6 +41,9 @@ from fusemix._checks import check_features, check_finite, check_positive_int
 
 DEFAULT_CHUNK_ELEMENTS = 2**25
 """Scores held at once when ``chunk_size`` is not given (128 MiB in float32)."""
+
+TextGroups = Tensor | np.ndarray | Sequence[Hashable]
+"""``text_groups``: one label per text (ints, strings, ...); texts with equal labels are interchangeable."""
 
 
 def _as_index(text_to_image: Tensor | Sequence[int] | np.ndarray, num_texts: int, num_images: int) -> Tensor:
@@ -65,14 +76,52 @@ def _chunk_rows(chunk_size: int | None, num_candidates: int) -> int:
     return max(1, DEFAULT_CHUNK_ELEMENTS // max(1, num_candidates))
 
 
-def _texts_by_image(text_to_image: Tensor, num_images: int) -> tuple[Tensor, Tensor]:
-    """Caption indices grouped by image, and the start of each image's group (CSR layout).
+def _group_ids(text_groups: TextGroups, num_texts: int) -> Tensor:
+    """``text_groups`` as group indices ``0 .. G - 1`` (equal labels, equal index). Shape: ``(T,)``, int64."""
+    labels = np.asarray(text_groups.detach().cpu() if isinstance(text_groups, Tensor) else text_groups)
+    if labels.ndim != 1:
+        raise ValueError(f"text_groups: expected one label per text (a 1-D sequence), got shape {labels.shape}")
+    if labels.shape[0] != num_texts:
+        raise ValueError(
+            f"text_groups: has {labels.shape[0]} labels but there are {num_texts} texts; need one label per text"
+        )
+    _, ids = np.unique(labels, return_inverse=True)
+    return torch.from_numpy(ids.reshape(-1).astype(np.int64))
 
-    Captions of image ``i`` are ``order[starts[i]:starts[i + 1]]``.
+
+@dataclass(frozen=True)
+class _Positives:
+    """The positive (image, text) pairs, sorted by image: image ``i``'s are entries ``starts[i]:starts[i + 1]``.
+
+    Shapes: ``image`` and ``text`` ``(E,)``, ``starts`` ``(I + 1,)``; all int64 on the CPU.
     """
-    order = torch.argsort(text_to_image, stable=True)
-    starts = torch.searchsorted(text_to_image[order], torch.arange(num_images + 1))
-    return order, starts
+
+    image: Tensor
+    text: Tensor
+    starts: Tensor
+
+
+def _group_pairs(text_to_image: Tensor, groups: Tensor, num_images: int) -> tuple[Tensor, Tensor]:
+    """Every ``(image, text)`` whose image is the image of some text in the text's group (each pair once)."""
+    keys = torch.unique(groups * num_images + text_to_image)  # distinct (group, image), sorted by group
+    key_group, key_image = keys // num_images, keys % num_images
+    counts = torch.bincount(key_group, minlength=int(groups.max()) + 1)
+    first = torch.cumsum(counts, 0) - counts  # where each group's images start in ``keys``
+    per_text = counts[groups]
+    text = torch.repeat_interleave(torch.arange(groups.numel()), per_text)
+    within = torch.arange(text.numel()) - torch.repeat_interleave(torch.cumsum(per_text, 0) - per_text, per_text)
+    return key_image[first[groups][text] + within], text
+
+
+def _positives(text_to_image: Tensor, groups: Tensor | None, num_images: int) -> _Positives:
+    """The positives of every image and text: each text's own image, or with ``groups`` its whole group's images."""
+    if groups is None:
+        image, text = text_to_image, torch.arange(text_to_image.numel())
+    else:
+        image, text = _group_pairs(text_to_image, groups, num_images)
+    order = torch.argsort(image, stable=True)
+    image, text = image[order], text[order]
+    return _Positives(image, text, torch.searchsorted(image, torch.arange(num_images + 1)))
 
 
 def _at_least(values: Tensor, dtype: torch.dtype) -> Tensor:
@@ -105,25 +154,27 @@ def _count_rows_and_columns(block: Tensor, row_threshold: Tensor, column_thresho
 class _RankSweep:
     """Ranks of both directions from one pass over image-row blocks of the similarity matrix.
 
-    Given every positive pair's score (``positive[t]`` for caption ``t`` and
-    its image), a block of image rows gives each of its images the count of
-    captions scoring at least the image's best positive, and each caption the
-    count of the block's images scoring at least the caption's positive. The
-    positives themselves are subtracted by position, so a rank counts only
+    Given every positive pair's score (``positive[e]`` for the pair
+    ``(positives.image[e], positives.text[e])``), each image's and each
+    text's best positive score is its threshold. A block of image rows gives
+    each of its images the count of texts scoring at least its threshold, and
+    each text the count of the block's images scoring at least its threshold.
+    The positives themselves are subtracted by position, so a rank counts only
     negatives, and each count compares entries of the block with thresholds
     only: no block is ever compared with another, and one pass suffices.
     """
 
-    def __init__(self, text_to_image: Tensor, positive: Tensor, num_images: int, dtype: torch.dtype) -> None:
+    def __init__(
+        self, positives: _Positives, positive: Tensor, num_images: int, num_texts: int, dtype: torch.dtype
+    ) -> None:
         device = positive.device
-        self.index = text_to_image
-        self.order, self.starts = _texts_by_image(text_to_image, num_images)
-        best = torch.full((num_images,), float("-inf"), dtype=positive.dtype, device=device)
-        best = best.scatter_reduce(0, text_to_image.to(device), positive, reduce="amax")
-        self.image_threshold = _at_least(best, dtype)
-        self.text_threshold = _at_least(positive, dtype)
+        self.image, self.text, self.starts = positives.image.to(device), positives.text.to(device), positives.starts
+        best_image = torch.full((num_images,), float("-inf"), dtype=positive.dtype, device=device)
+        best_text = torch.full((num_texts,), float("-inf"), dtype=positive.dtype, device=device)
+        self.image_threshold = _at_least(best_image.scatter_reduce(0, self.image, positive, reduce="amax"), dtype)
+        self.text_threshold = _at_least(best_text.scatter_reduce(0, self.text, positive, reduce="amax"), dtype)
         self.i2t = torch.zeros(num_images, dtype=torch.int64, device=device)
-        self.t2i = torch.zeros(text_to_image.numel(), dtype=torch.int64, device=device)
+        self.t2i = torch.zeros(num_texts, dtype=torch.int64, device=device)
 
     def add(self, first_image: int, block: Tensor) -> None:
         """Count a block of image rows ``[first_image, first_image + rows)``. Shape: ``(rows, T)``."""
@@ -133,16 +184,15 @@ class _RankSweep:
             block, self.image_threshold[first_image:stop], self.text_threshold
         )
         lo, hi = int(self.starts[first_image]), int(self.starts[stop])
-        texts = self.order[lo:hi]
-        owner = (self.index[texts] - first_image).to(block.device)
-        texts = texts.to(block.device)
+        owner = (self.image[lo:hi] - first_image).to(block.device)
+        texts = self.text[lo:hi].to(block.device)
         at_positions = block[owner, texts]
         # The positives' own entries are not negatives: take them out of both counts.
         positive_rows = (at_positions >= self.image_threshold[first_image:stop][owner]).to(torch.int64)
         positive_rows = torch.zeros(rows, dtype=torch.int64, device=block.device).scatter_add(0, owner, positive_rows)
         self.i2t[first_image:stop] += row_counts.to(block.device) - positive_rows
         self.t2i += column_counts.to(block.device)
-        self.t2i[texts] -= (at_positions >= self.text_threshold[texts]).to(torch.int64)
+        self.t2i.scatter_add_(0, texts, -(at_positions >= self.text_threshold[texts]).to(torch.int64))
 
 
 def _check_ranks_inputs(image_emb: Tensor, text_emb: Tensor) -> None:
@@ -157,13 +207,21 @@ def _check_ranks_inputs(image_emb: Tensor, text_emb: Tensor) -> None:
     check_finite("text_emb", text_emb)
 
 
-def _positive_scores(image_emb: Tensor, text_emb: Tensor, text_to_image: Tensor, step: int) -> Tensor:
-    """``<image of t, t>`` for every caption ``t``, ``step`` captions at a time."""
-    out = torch.empty(text_emb.shape[0], dtype=image_emb.dtype, device=image_emb.device)
-    index = text_to_image.to(image_emb.device)
-    for s in range(0, text_emb.shape[0], step):
-        out[s : s + step] = (image_emb[index[s : s + step]] * text_emb[s : s + step]).sum(dim=1)
+def _positive_scores(image_emb: Tensor, text_emb: Tensor, positives: _Positives, step: int) -> Tensor:
+    """``<image, text>`` for every positive pair, ``step`` pairs at a time. Shape: ``(E,)``."""
+    out = torch.empty(positives.image.numel(), dtype=image_emb.dtype, device=image_emb.device)
+    image, text = positives.image.to(image_emb.device), positives.text.to(image_emb.device)
+    for s in range(0, out.numel(), step):
+        out[s : s + step] = (image_emb[image[s : s + step]] * text_emb[text[s : s + step]]).sum(dim=1)
     return out
+
+
+def _checked_positives(
+    text_to_image: Tensor | Sequence[int] | np.ndarray, text_groups: TextGroups | None, num_texts: int, num_images: int
+) -> _Positives:
+    index = _as_index(text_to_image, num_texts, num_images).cpu()
+    groups = None if text_groups is None else _group_ids(text_groups, num_texts)
+    return _positives(index, groups, num_images)
 
 
 @torch.no_grad()
@@ -173,6 +231,7 @@ def retrieval_ranks(
     text_to_image: Tensor | Sequence[int] | np.ndarray,
     *,
     chunk_size: int | None = None,
+    text_groups: TextGroups | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Ranks of the positives for image→text and text→image retrieval.
 
@@ -192,6 +251,10 @@ def retrieval_ranks(
             needs at least one text.
         chunk_size: Image rows scored at once; by default as many as fit in
             ``2**25`` scores.
+        text_groups: One label per text (e.g. the caption string); texts with
+            equal labels are interchangeable: each is a positive of every
+            image of any text of its group (see the module docstring).
+            ``None``: every text is its own group. Shape: ``(T,)``.
 
     Returns:
         ``(i2t_ranks, t2i_ranks)``: 0-based ranks, int64, on the embeddings'
@@ -204,14 +267,23 @@ def retrieval_ranks(
         >>> i2t.tolist(), t2i.tolist()
         ([0, 0, 0], [0, 0, 0, 1])
 
+        Two images with the same caption: its two copies tie, and by default
+        each copy counts against the image it does not belong to.
+
+        >>> txt = torch.tensor([[0.7, 0.7, 0], [0.7, 0.7, 0], [0, 0, 1]])
+        >>> [r.tolist() for r in retrieval_ranks(img, txt, [0, 1, 2])]
+        [[1, 1, 0], [1, 1, 0]]
+        >>> [r.tolist() for r in retrieval_ranks(img, txt, [0, 1, 2], text_groups=["dog", "dog", "cat"])]
+        [[0, 0, 0], [0, 0, 0]]
+
     """
     _check_ranks_inputs(image_emb, text_emb)
     num_images, num_texts = image_emb.shape[0], text_emb.shape[0]
-    index = _as_index(text_to_image, num_texts, num_images)
+    positives = _checked_positives(text_to_image, text_groups, num_texts, num_images)
     text_emb = text_emb.to(image_emb.dtype)
     step = _chunk_rows(chunk_size, num_texts)
-    positive = _positive_scores(image_emb, text_emb, index, max(step, 1024))
-    sweep = _RankSweep(index, positive, num_images, image_emb.dtype)
+    positive = _positive_scores(image_emb, text_emb, positives, max(step, 1024))
+    sweep = _RankSweep(positives, positive, num_images, num_texts, image_emb.dtype)
     for s in range(0, num_images, step):
         sweep.add(s, image_emb[s : s + step] @ text_emb.T)
     return sweep.i2t, sweep.t2i
@@ -223,6 +295,7 @@ def similarity_ranks(
     text_to_image: Tensor | Sequence[int] | np.ndarray,
     *,
     chunk_size: int | None = None,
+    text_groups: TextGroups | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Ranks from a precomputed image-by-text similarity matrix.
 
@@ -234,6 +307,8 @@ def similarity_ranks(
         similarity: Scores, image rows and text columns. Shape: ``(I, T)``.
         text_to_image: Image index of each text. Shape: ``(T,)``.
         chunk_size: Image rows compared at once.
+        text_groups: One label per text; texts with equal labels are
+            interchangeable (see :func:`retrieval_ranks`). Shape: ``(T,)``.
 
     Returns:
         ``(i2t_ranks, t2i_ranks)`` of shapes ``(I,)`` and ``(T,)``.
@@ -242,9 +317,9 @@ def similarity_ranks(
     check_features("similarity", similarity)
     check_finite("similarity", similarity)
     num_images, num_texts = similarity.shape
-    index = _as_index(text_to_image, num_texts, num_images)
-    positive = similarity[index.to(similarity.device), torch.arange(num_texts, device=similarity.device)]
-    sweep = _RankSweep(index, positive, num_images, similarity.dtype)
+    positives = _checked_positives(text_to_image, text_groups, num_texts, num_images)
+    positive = similarity[positives.image.to(similarity.device), positives.text.to(similarity.device)]
+    sweep = _RankSweep(positives, positive, num_images, num_texts, similarity.dtype)
     step = _chunk_rows(chunk_size, num_texts)
     for s in range(0, num_images, step):
         sweep.add(s, similarity[s : s + step])
@@ -273,12 +348,25 @@ def recall_at_k(ranks: Tensor, ks: Sequence[int] = (1, 5, 10)) -> dict[int, floa
 
 
 def _check_ks(ks: Sequence[int]) -> tuple[int, ...]:
+    """``ks`` as a tuple of ints >= 1, or an error naming ``ks``."""
+    if isinstance(ks, (str, bytes)) or not isinstance(ks, Sequence):
+        raise TypeError(f"ks: expected a sequence of ints >= 1, e.g. (1, 5, 10), got {type(ks).__name__}")
     ks = tuple(ks)
     if not ks:
         raise ValueError("ks: expected at least one cut-off")
     for k in ks:
         check_positive_int("ks", k)
     return ks
+
+
+def _check_names(names: tuple[str, str]) -> tuple[str, str]:
+    """``names`` if it is two different non-empty strings (the keys of the two directions), else an error."""
+    wanted = f"names: expected two different short names, e.g. ('i', 't'), got {names!r}"
+    if not isinstance(names, (tuple, list)) or not all(isinstance(n, str) and n for n in names):
+        raise TypeError(wanted)
+    if len(names) != 2 or names[0] == names[1]:
+        raise ValueError(wanted)
+    return names[0], names[1]
 
 
 def metrics_from_ranks(
@@ -290,8 +378,13 @@ def metrics_from_ranks(
         i2t_ranks: Ranks of the first modality's queries. Shape: ``(I,)``.
         t2i_ranks: Ranks of the second modality's queries. Shape: ``(T,)``.
         ks: Cut-offs.
-        names: Short names of the two modalities for the keys, e.g.
-            ``("a", "t")`` gives ``a2t_R@1`` and ``t2a_R@1``.
+        names: Two different short names of the two modalities for the
+            keys, e.g. ``("a", "t")`` gives ``a2t_R@1`` and ``t2a_R@1``.
+
+    Raises:
+        TypeError, ValueError: If ``ks`` is not a sequence of ints >= 1, or
+            ``names`` is not two different non-empty strings (one name twice
+            would give both directions the same keys).
 
     Returns:
         ``{"i2t_R@1": ..., "i2t_R@5": ..., "t2i_R@1": ..., "i2t_mean": ...,
@@ -300,7 +393,7 @@ def metrics_from_ranks(
 
     """
     ks = _check_ks(ks)
-    a, b = names
+    a, b = _check_names(names)
     out: dict[str, float] = {}
     means = []
     for direction, ranks in ((f"{a}2{b}", i2t_ranks), (f"{b}2{a}", t2i_ranks)):
@@ -320,6 +413,7 @@ def retrieval_metrics(
     *,
     chunk_size: int | None = None,
     names: tuple[str, str] = ("i", "t"),
+    text_groups: TextGroups | None = None,
 ) -> dict[str, float]:
     """Recall@K in both directions for multi-caption retrieval (COCO / Flickr30K protocol).
 
@@ -335,11 +429,19 @@ def retrieval_metrics(
         text_to_image: Image index of each text. Shape: ``(T,)``.
         ks: Cut-offs.
         chunk_size: Queries scored at once (see :func:`retrieval_ranks`).
-        names: Short modality names used in the keys.
+        names: Two different short modality names used in the keys.
+        text_groups: One label per text (e.g. the caption string): identical
+            captions of different images count as hits for each other's
+            images, in both directions, instead of tying against the query
+            (see :func:`retrieval_ranks`). Shape: ``(T,)``.
 
     Returns:
         ``{"i2t_R@1", ..., "t2i_R@10", "i2t_mean", "t2i_mean", "mean"}``, in
         percent.
+
+    Raises:
+        TypeError, ValueError: As :func:`retrieval_ranks`, and for ``ks`` and
+            ``names`` as :func:`metrics_from_ranks` (checked before scoring).
 
     Example:
         >>> img = torch.eye(2)
@@ -349,5 +451,6 @@ def retrieval_metrics(
         (100.0, 100.0)
 
     """
-    i2t, t2i = retrieval_ranks(image_emb, text_emb, text_to_image, chunk_size=chunk_size)
+    ks, names = _check_ks(ks), _check_names(names)
+    i2t, t2i = retrieval_ranks(image_emb, text_emb, text_to_image, chunk_size=chunk_size, text_groups=text_groups)
     return metrics_from_ranks(i2t, t2i, ks, names=names)

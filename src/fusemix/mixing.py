@@ -329,14 +329,39 @@ def _mix_named(named: Sequence[tuple[str, Tensor]], params: MixParams) -> list[T
     contiguous = _is_contiguous_halves(params)
     out = []
     for m, (_, x) in enumerate(named):
-        lam = params.lam[0 if groups == 1 else m].to(device=x.device, dtype=x.dtype)
-        lam = lam.reshape((-1,) + (1,) * (x.ndim - 1))
+        weight_a, weight_b = _mix_weights(params.lam[0 if groups == 1 else m], x)
         if contiguous:
             xa, xb = x[:half], x[half : 2 * half]
         else:
             xa, xb = x[params.index_a.to(x.device)], x[params.index_b.to(x.device)]
-        out.append(lam * xa + (1 - lam) * xb)
+        out.append(weight_a * xa + weight_b * xb)
     return out
+
+
+def _mix_weights(lam: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
+    """The weights ``(lam, 1 - lam)`` of one lambda group, ready to multiply the rows of ``x``.
+
+    ``1 - lam`` is computed in float64 before both are cast to ``x``'s dtype,
+    as the authors' code does (a float64 ``lam`` times a tensor), so float32
+    mixing is bit-equal to theirs; ``1 - float32(lam)`` would differ in the
+    last bit for some draws.
+
+    Args:
+        lam: One group of :attr:`MixParams.lam`: float64 (another floating dtype is widened first).
+            Shape: ``(rows,)``.
+        x: The latents to mix. Shape: ``(B, *)``.
+
+    Returns:
+        The two weights in ``x``'s dtype and on its device. Shape of each: ``(rows, 1, ...)``, broadcastable
+        against ``(rows, *)``.
+
+    """
+    shape = (-1,) + (1,) * (x.ndim - 1)
+    lam = lam.to(torch.float64)
+    return (
+        lam.to(dtype=x.dtype).to(x.device).reshape(shape),
+        (1 - lam).to(dtype=x.dtype).to(x.device).reshape(shape),
+    )
 
 
 def _unpack(
@@ -633,7 +658,8 @@ class LatentNoise(nn.Module):
             ``None``.
 
     Shape:
-        - Input: tensors of shape ``(B, *)``.
+        - Input: tensors of shape ``(B, *)`` with at least one dim after
+          the batch dim (a 1-D tensor is refused: it has no row to scale).
         - Output: same shapes.
 
     Example:
@@ -670,6 +696,12 @@ class LatentNoise(nn.Module):
         """
         named, rebuild = _unpack(inputs)
         _check_batch(named)
+        for name, x in named:
+            if x.ndim < 2:
+                raise ValueError(
+                    f"{name}: expected shape (B, *) with at least one feature dim after the batch dim, got shape "
+                    f"{tuple(x.shape)}; add one with x.unsqueeze(-1)"
+                )
         mask_list = None if masks is None else _unpack_masks(masks, inputs, named)
         out = []
         for _, x in named:

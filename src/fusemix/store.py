@@ -20,6 +20,10 @@ Layout of a store directory::
      "created": "2024-01-01T00:00:00+00:00"}
 
 ``sha256`` and ``bytes`` are those of the whole ``.npy`` file, header included.
+A shard written by :func:`~fusemix.extract.extract_latents` also records
+``"items"``, the fingerprint of the items its rows were computed from
+(``"sha256:<hex>"`` of their content, or ``"id:<items_id>"``), which a rerun
+checks its items against; readers ignore it.
 
 While a store is being written (by :class:`LatentStoreWriter`), every file is
 written atomically: to a temporary file ``shards/.<name>.<random>.tmp`` in the

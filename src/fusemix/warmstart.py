@@ -24,17 +24,30 @@ How each adapter is set:
   refused. The zeroed ``fc2`` layers get gradients from the first step on
   (``fc1`` from the second), as in zero-initialised residual networks.
 
-Dimensions: the aligner's ``out_dim`` must equal the model's shared
-dimension (fit ``CCAAligner(dim=shared_dim)``). It is refused otherwise
-rather than padded or cut: zero-padded dimensions are a stationary point of
-the loss (their gradient is exactly zero, so they would never train) and
-cutting a Procrustes map changes its rotation. CCA's dimension is at most
-``min(d_x, d_y, N - 1)``, so with ``N`` training pairs the shared dimension
-can be at most ``N - 1``.
+Dimensions: CCA finds at most ``min(d_x, d_y, N - 1)`` directions, so an
+aligner fitted with ``dim=shared_dim`` can have fewer (``CCAAligner(dim=512)``
+on 384-d text latents keeps 384, with a warning). When the aligner's
+``out_dim`` ``k`` is smaller than the model's shared dimension, its ``k``
+directions become the first ``k`` outputs of every warm-started adapter, and
+the other outputs start at **zero** (zero rows of the last ``nn.Linear``,
+weight and bias), with a ``UserWarning`` that names both numbers. Those rows
+then stay zero in training: the loss compares the embeddings only through
+dot products, so as long as every modality an output is compared with is
+zero there too (all the warm-started ones), its gradient is exactly zero.
+The model trains a ``k``-dimensional space, with the aligner's embeddings at
+step 0. When ``k`` is the smaller latent dimension, that gives up little: an
+adapter maps into at most as many directions as its input has (its
+embeddings span at most ``d`` of the shared dimensions), so the wider
+modality's further directions could only scale its embeddings, never match
+the narrower one's. Random rows instead would add noise the aligner does not
+have. For the same model with fewer weights, use ``shared_dim = k``. An
+aligner with more dimensions than the model is refused (cutting a Procrustes
+map would change its rotation).
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -69,11 +82,13 @@ def aligner_input_norm(model: FusionModel) -> dict[str, str | None]:
 
 
 def _set_linear(layer: nn.Linear, mean: Tensor, projection: Tensor) -> None:
-    """Make ``layer(x) == (x - mean) @ projection`` (bias computed in float64 before casting)."""
-    dtype, device = layer.weight.dtype, layer.weight.device
-    layer.weight.copy_(projection.T.to(device=device, dtype=dtype))
+    """Make ``layer(x)[..., :k] == (x - mean) @ projection`` and the other outputs zero (bias in float64 first)."""
+    dtype, device, k = layer.weight.dtype, layer.weight.device, projection.shape[1]
+    layer.weight.zero_()
+    layer.weight[:k].copy_(projection.T.to(device=device, dtype=dtype))
     if layer.bias is not None:
-        layer.bias.copy_((-(mean.double() @ projection.double())).to(device=device, dtype=dtype))
+        layer.bias.zero_()
+        layer.bias[:k].copy_((-(mean.double() @ projection.double())).to(device=device, dtype=dtype))
 
 
 def _warm_start_adapter(name: str, adapter: nn.Module, mean: Tensor, projection: Tensor, eps: float | None) -> None:
@@ -124,17 +139,19 @@ def warm_start(
 
     After the call, ``model.embed(m, x)`` equals ``aligner.embed(m, x)`` for
     every warm-started modality ``m`` (to float rounding: about ``1e-6`` in
-    float32), in eval and in train mode. Other modalities and the loss
-    (e.g. its temperature) are left as they are. See the module docstring for
-    how each adapter is set and what the aligner must satisfy.
+    float32), in eval and in train mode; when the aligner has fewer
+    dimensions ``k`` than the model, the first ``k`` outputs equal it and the
+    others are zero. Other modalities and the loss (e.g. its temperature)
+    are left as they are. See the module docstring for how each adapter is
+    set and what the aligner must satisfy.
 
     Args:
         model: The model whose adapters to set; a
             :class:`~fusemix.FusionAdapter` or :class:`~fusemix.LinearAdapter`
             for each warm-started modality.
         aligner: A fitted :class:`~fusemix.CCAAligner` or
-            :class:`~fusemix.ProcrustesAligner` whose ``out_dim`` is the
-            model's shared dimension, fitted with
+            :class:`~fusemix.ProcrustesAligner` whose ``out_dim`` is at most
+            the model's shared dimension, fitted with
             ``input_norm=aligner_input_norm(model)`` (``"layer_norm"`` for the
             modalities with a FusionAdapter).
         modalities: Modalities to warm-start; every modality of the aligner
@@ -147,8 +164,13 @@ def warm_start(
         TypeError: If ``model`` or ``aligner`` has the wrong type, or an
             adapter cannot be warm-started.
         ValueError: If the aligner is not fitted, a modality is missing from
-            either side, dimensions differ, or the aligner's input
-            normalisation does not match the adapter.
+            either side, the latent dimensions differ, the aligner has more
+            dimensions than the model, or the aligner's input normalisation
+            does not match the adapter.
+
+    Warns:
+        UserWarning: If the aligner has fewer dimensions than the model's
+            shared dimension; the message names both and the zero outputs.
 
     Example:
         >>> from fusemix import CCAAligner
@@ -176,17 +198,35 @@ def warm_start(
         if name not in model.adapters:
             raise ValueError(f"aligner: modality {name!r} has no adapter in the model ({model.modalities})")
     means, projections, norms = aligner.means_, aligner.projections_, aligner.input_norms_
-    for name in names:
-        adapter = model.adapters[name]
-        in_dim, out_dim = getattr(adapter, "in_dim", None), getattr(adapter, "out_dim", None)
-        d, k = projections[name].shape
-        if out_dim is not None and out_dim != k:
-            raise ValueError(
-                f"aligner: maps {name!r} to {k} dims but the model's shared dimension is {out_dim}; fit the aligner "
-                f"with dim={out_dim} (CCA allows at most min(d_x, d_y, N - 1)) or build the model with shared_dim={k}"
-            )
-        if in_dim is not None and in_dim != d:
-            raise ValueError(f"aligner: expects {d}-d latents for {name!r}, but the model's adapter takes {in_dim}")
+    widths = {name: _check_dims(name, model.adapters[name], projections[name]) for name in names}
     for name in names:
         _warm_start_adapter(name, model.adapters[name], means[name], projections[name], norms[name])
+    wider = {width for width in widths.values() if width > aligner.out_dim}
+    if wider:
+        _warn_zero_outputs(aligner.out_dim, max(wider), names)
     return model
+
+
+def _check_dims(name: str, adapter: nn.Module, projection: Tensor) -> int:
+    """The adapter's output width, after checking that the aligner's map of ``name`` fits into the adapter."""
+    d, k = projection.shape
+    in_dim, out_dim = getattr(adapter, "in_dim", None), getattr(adapter, "out_dim", None)
+    if out_dim is not None and out_dim < k:
+        raise ValueError(
+            f"aligner: maps {name!r} to {k} dims but the model's shared dimension is {out_dim}; fit the aligner "
+            f"with dim={out_dim} or build the model with shared_dim={k}"
+        )
+    if in_dim is not None and in_dim != d:
+        raise ValueError(f"aligner: expects {d}-d latents for {name!r}, but the model's adapter takes {in_dim}")
+    return k if out_dim is None else out_dim
+
+
+def _warn_zero_outputs(k: int, shared_dim: int, names: Sequence[str]) -> None:
+    warnings.warn(
+        f"shared_dim: the model's shared dimension is {shared_dim} but the aligner has {k} (CCA finds at most "
+        f"min(d_x, d_y, N - 1)); outputs {k}..{shared_dim - 1} of the adapters of {list(names)} start at zero and "
+        f"stay zero while every modality they are compared with is zero there too, so the model trains a {k}-d "
+        f"space (shared_dim={k} gives the same model with fewer weights)",
+        UserWarning,
+        stacklevel=4,  # the caller of warm_start (under torch.no_grad's wrapper)
+    )

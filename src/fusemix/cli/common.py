@@ -16,6 +16,8 @@ import contextlib
 import csv
 import json
 import os
+import zipfile
+import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -163,25 +165,48 @@ def open_all(flag: str, paths: Mapping[str, Path]) -> dict[str, Latents]:
     return {modality: open_latents(flag, modality, path) for modality, path in paths.items()}
 
 
+_INT64_MAX = int(np.iinfo(np.int64).max)
+
+
+def _read_npz_pairs(flag: str, path: Path) -> dict[str, np.ndarray]:
+    """Row indices per modality from an ``.npz`` of 1-D int arrays; an unreadable archive is a user error."""
+    if not zipfile.is_zipfile(path):
+        raise CommandError(f"{flag}: {path}: not a readable .npz archive (not a zip file)")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            arrays = {name: archive[name] for name in archive.files}
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as err:
+        raise CommandError(f"{flag}: {path}: not a readable .npz archive ({err})") from err
+    if not arrays:
+        raise CommandError(f"{flag}: {path}: holds no arrays")
+    for name, array in arrays.items():
+        if array.ndim != 1 or array.dtype.kind not in "iu":
+            raise CommandError(
+                f"{flag}: {path}: array {name!r} must be 1-D integer row indices, got {array.dtype} {array.shape}"
+            )
+        if array.dtype.kind == "u" and array.size and int(array.max()) > _INT64_MAX:
+            raise CommandError(f"{flag}: {path}: array {name!r} holds row index {int(array.max())}, beyond any store")
+    return {name: array.astype(np.int64) for name, array in arrays.items()}
+
+
+def _row_index(flag: str, where: str, name: str, cell: str) -> int:
+    """One CSV cell as a row index; text and numbers beyond 64 bits are user errors naming the cell."""
+    try:
+        value = int(cell)
+    except ValueError:
+        raise CommandError(f"{flag}: {where}: column {name!r}: expected a row index, got {cell!r}") from None
+    if abs(value) > _INT64_MAX:
+        raise CommandError(f"{flag}: {where}: column {name!r}: row index {cell.strip()} is beyond any store")
+    return value
+
+
 def read_pairs(flag: str, path: Path) -> dict[str, np.ndarray]:
     """Row indices per modality from a CSV (header of modality names) or an ``.npz`` of int arrays."""
     if not path.is_file():
         raise CommandError(f"{flag}: {path}: no such file")
     suffix = path.suffix.lower()
     if suffix == ".npz":
-        try:
-            with np.load(path, allow_pickle=False) as archive:
-                arrays = {name: archive[name] for name in archive.files}
-        except (ValueError, OSError) as err:
-            raise CommandError(f"{flag}: {path}: not a readable .npz archive ({err})") from err
-        if not arrays:
-            raise CommandError(f"{flag}: {path}: holds no arrays")
-        for name, array in arrays.items():
-            if array.ndim != 1 or array.dtype.kind not in "iu":
-                raise CommandError(
-                    f"{flag}: {path}: array {name!r} must be 1-D integer row indices, got {array.dtype} {array.shape}"
-                )
-        return {name: array.astype(np.int64) for name, array in arrays.items()}
+        return _read_npz_pairs(flag, path)
     if suffix != ".csv":
         raise CommandError(f"{flag}: {path}: expected a .csv or .npz file")
     with open_text(flag, path) as file:
@@ -199,15 +224,35 @@ def read_pairs(flag: str, path: Path) -> dict[str, np.ndarray]:
             if len(row) != len(names):
                 raise CommandError(f"{flag}: {path}:{reader.line_num}: expected {len(names)} values, got {len(row)}")
             for column, name, cell in zip(columns, names, row):
-                try:
-                    column.append(int(cell))
-                except ValueError:
-                    raise CommandError(
-                        f"{flag}: {path}:{reader.line_num}: column {name!r}: expected a row index, got {cell!r}"
-                    ) from None
+                column.append(_row_index(flag, f"{path}:{reader.line_num}", name, cell))
     if not columns[0]:
         raise CommandError(f"{flag}: {path}: holds no pairs")
     return {name: np.asarray(column, dtype=np.int64) for name, column in zip(names, columns)}
+
+
+def _check_parent_folders(flag: str, path: Path) -> None:
+    """Refuse ``path`` when its nearest existing ancestor is a file (nothing can be created below it)."""
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise CommandError(f"{flag}: {parent} is not a folder, so {path} cannot be created")
+            return
+
+
+def check_output_folder(flag: str, path: Path) -> Path:
+    """``path`` if it is a folder or can become one; a user error naming ``flag`` (a file in the way) otherwise."""
+    if path.exists() and not path.is_dir():
+        raise CommandError(f"{flag}: {path} exists and is not a folder")
+    _check_parent_folders(flag, path)
+    return path
+
+
+def check_output_file(flag: str, path: Path) -> Path:
+    """``path`` if a file can be written there; a user error naming ``flag`` (a folder in the way) otherwise."""
+    if path.is_dir():
+        raise CommandError(f"{flag}: {path} is a folder; give the path of the file to write")
+    _check_parent_folders(flag, path)
+    return path
 
 
 def paired_latents(what: str, latents: Mapping[str, Latents], rows: Mapping[str, np.ndarray] | None) -> PairedLatents:
@@ -264,8 +309,9 @@ def read_latents_record(path: Path) -> dict[str, Any] | None:
         record = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         return None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise CommandError(f"{path}: unreadable ({err})") from err
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
+        reason = "nested too deeply" if isinstance(err, RecursionError) else err
+        raise CommandError(f"{path}: unreadable ({reason})") from err
     if not isinstance(record, dict) or record.get("format") != "fusemix-cli-latents":
         raise CommandError(f"{path}: not a fusemix latents record")
     return record

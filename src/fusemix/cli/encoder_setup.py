@@ -150,7 +150,7 @@ def build_encoder(args: argparse.Namespace, options: dict[str, Any], input_type:
         "sentence-transformers": SentenceTransformerEncoder,
     }
     try:
-        return classes[args.encoder](args.model, **kwargs)
+        return classes[args.encoder](args.model, progress=not args.no_progress, **kwargs)
     except OSError as err:  # transformers / sentence-transformers: the model cannot be found or loaded
         raise CommandError(f"--model: cannot load {args.model!r}: {err}") from err
 

@@ -15,11 +15,13 @@ import numpy as np
 import torch
 
 from fusemix._fileio import write_json_atomic
+from fusemix._run_files import MODEL_DIR
 from fusemix.checkpoint import MODEL_CONFIG, describe_model, load_model
 from fusemix.cli.common import (
     LATENTS_FILE,
     CommandError,
     add_latents_arguments,
+    check_output_file,
     check_same_latents,
     latents_map,
     metrics_table,
@@ -30,7 +32,7 @@ from fusemix.cli.common import (
     read_latents_record,
     read_pairs,
 )
-from fusemix.train import MODEL_DIR, evaluate_retrieval
+from fusemix.evaluation import evaluate_retrieval
 
 SUMMARY = "score retrieval with a trained model"
 
@@ -99,6 +101,8 @@ def _model_folder(path: Path) -> Path:
 def run(args: argparse.Namespace) -> int:
     """Run ``fusemix evaluate``; the exit status."""
     folder = _model_folder(args.model)
+    if args.json is not None:
+        check_output_file("--json", args.json)
     if args.device == "auto":
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     else:

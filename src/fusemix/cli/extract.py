@@ -21,7 +21,16 @@ from typing import Any
 import torch
 
 from fusemix._fileio import write_text_atomic
-from fusemix.cli.common import ITEMS_FILE, PROG, CommandError, flag, positive_int, positive_int_or_none, workers
+from fusemix.cli.common import (
+    ITEMS_FILE,
+    PROG,
+    CommandError,
+    check_output_folder,
+    flag,
+    positive_int,
+    positive_int_or_none,
+    workers,
+)
 from fusemix.cli.encoder_setup import (
     ADAPTER_OPTIONS,
     ENCODER_INPUT,
@@ -277,9 +286,7 @@ def run(args: argparse.Namespace) -> int:
             "--overwrite: not with several workers (each would clear the others' shards); delete --out first"
         )
     inputs = read_inputs(args.input, input_type, column=args.column, extensions=args.extensions)
-    root: Path = args.out
-    if root.exists() and not root.is_dir():
-        raise CommandError(f"--out: {root} exists and is not a folder")
+    root: Path = check_output_folder("--out", args.out)
     items_text = _items_text(inputs.items)
     _check_items_file(root, items_text, args.overwrite)
     stamp_before = _manifest_stamp(root)
@@ -324,6 +331,25 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+_PACKAGE = Path(__file__).resolve().parents[1]
+
+
+def _raised_by_fusemix(err: BaseException) -> bool:
+    """Whether ``err`` was raised in fusemix's own code (a check refusing what the encoder returned).
+
+    A ``TypeError`` raised inside the user's encoder (its innermost frame is
+    the encoder's code) is a bug there, and keeps its traceback.
+    """
+    trace = err.__traceback__
+    while trace is not None and trace.tb_next is not None:
+        trace = trace.tb_next
+    return trace is not None and Path(trace.tb_frame.f_code.co_filename).resolve().is_relative_to(_PACKAGE)
+
+
+def _encoder_flag(args: argparse.Namespace) -> str:
+    return f"--callable {args.callable}" if args.encoder == "python" else f"--encoder {args.encoder}"
+
+
 def _manifest_stamp(root: Path) -> tuple[int, int] | None:
     """Inode and modification time of ``root``'s manifest (a rewrite changes them), ``None`` without one."""
     try:
@@ -344,7 +370,12 @@ def _extract(
     worker_index: int,
     num_workers: int,
 ) -> LatentStore | None:
-    """Run :func:`extract_latents` for this worker; the complete store, or ``None`` while shards are missing."""
+    """Run :func:`extract_latents` for this worker; the complete store, or ``None`` while shards are missing.
+
+    An encoder output of the wrong type (a list, integers), refused by
+    fusemix, is a user error naming the encoder; an exception from inside the
+    encoder keeps its traceback.
+    """
     try:
         store = extract_latents(
             encoder,
@@ -361,6 +392,10 @@ def _extract(
             metadata=metadata,
             overwrite=args.overwrite,
         )
+    except TypeError as err:
+        if not _raised_by_fusemix(err):
+            raise
+        raise CommandError(f"{_encoder_flag(args)}: {err}") from err
     except StoreError:
         # Two workers finishing together may both finalize; the one that loses the race finds the manifest written.
         if num_workers == 1 or not (root / MANIFEST).exists():

@@ -9,6 +9,7 @@ it), logs, curves and ``latents.json`` (what the model was trained on).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import difflib
 import json
 import sys
@@ -16,16 +17,19 @@ import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from fusemix._fileio import write_json_atomic
+from fusemix._fileio import directory_lock, write_json_atomic
+from fusemix._latent_identity import describe_identity, latent_identity
 from fusemix._optional import require
+from fusemix._run_files import CHECKPOINT_DIR, MODEL_DIR, RUN_LOCK
 from fusemix.cli.common import (
     LATENTS_FILE,
     PROG,
     CommandError,
     Latents,
     add_latents_arguments,
+    check_output_folder,
     check_same_latents,
     latents_map,
     latents_spec,
@@ -38,7 +42,11 @@ from fusemix.cli.common import (
     workers,
 )
 from fusemix.cli.config_flags import add_config_flags, config_fields, field_default, value_from_native
-from fusemix.train import CHECKPOINT_DIR, MODEL_DIR, TrainConfig, fit
+from fusemix.data import PairedLatents
+from fusemix.train_config import TrainConfig
+
+if TYPE_CHECKING:
+    from fusemix.train import FitResult
 
 SUMMARY = "train fusion adapters on stored latents"
 DATA_KEYS: tuple[str, ...] = ("latents", "pairs", "val_latents", "val_pairs", "val_pair", "out")
@@ -276,67 +284,122 @@ def _check_validation(train: Mapping[str, Latents], val: Mapping[str, Latents]) 
 
 
 def _latents_record(settings: TrainSettings, train: Mapping[str, Latents]) -> dict[str, Any]:
+    """The ``latents.json`` of a run: per modality its description and content identity, and the data's paths."""
     return {
         "format": "fusemix-cli-latents",
         "version": 1,
-        "modalities": {modality: item.describe() for modality, item in train.items()},
+        "modalities": {
+            modality: {**item.describe(), "content": latent_identity(item.array)} for modality, item in train.items()
+        },
         "pairs": None if settings.pairs is None else str(settings.pairs),
         "val_latents": None if settings.val_latents is None else {m: str(p) for m, p in settings.val_latents.items()},
         "val_pairs": None if settings.val_pairs is None else str(settings.val_pairs),
     }
 
 
-def run(args: argparse.Namespace) -> int:
-    """Run ``fusemix train``; the exit status (1 when training diverges)."""
-    settings = train_settings(args)
+def _check_same_content(out: Path, previous: Mapping[str, Any], record: Mapping[str, Any]) -> None:
+    """Refuse to resume on latents whose content differs from what ``latents.json`` of ``out`` records.
+
+    A record from before content identities were kept is not compared on them.
+    """
+    trained = previous.get("modalities", {})
+    for modality, entry in record["modalities"].items():
+        before = trained.get(modality, {}).get("content")
+        if before is not None and before != entry["content"]:
+            raise CommandError(
+                f"--latents {modality}: other latents than the run in {out} was trained on "
+                f"({describe_identity(entry['content'])} now, {describe_identity(before)} there: same dim and "
+                "encoder, other values, e.g. a shuffled or re-extracted store); give the same latents, or another --out"
+            )
+
+
+def _open_data(settings: TrainSettings) -> tuple[dict[str, Latents], PairedLatents, PairedLatents | None]:
+    """The training latents as opened, the training pairs and the validation pairs (``None`` without them)."""
     train_latents = open_all("--latents", settings.latents)
     train_rows = read_pairs("--pairs", settings.pairs) if settings.pairs is not None else None
     train = paired_latents("training data (--latents, --pairs)", train_latents, train_rows)
-    val = None
-    if settings.val_latents is not None:
-        val_latents = open_all("--val-latents", settings.val_latents)
-        _check_validation(train_latents, val_latents)
-        val_rows = read_pairs("--val-pairs", settings.val_pairs) if settings.val_pairs is not None else None
-        val = paired_latents("validation data (--val-latents, --val-pairs)", val_latents, val_rows)
-        if settings.val_pair is not None:
-            missing = [m for m in settings.val_pair if m not in val_latents]
-            if missing:
-                raise CommandError(f"--val-pair: {missing[0]!r} is not one of {list(val_latents)}")
-    out = settings.out
-    record = _latents_record(settings, train_latents)
+    if settings.val_latents is None:
+        return train_latents, train, None
+    val_latents = open_all("--val-latents", settings.val_latents)
+    _check_validation(train_latents, val_latents)
+    val_rows = read_pairs("--val-pairs", settings.val_pairs) if settings.val_pairs is not None else None
+    val = paired_latents("validation data (--val-latents, --val-pairs)", val_latents, val_rows)
+    if settings.val_pair is not None:
+        missing = [m for m in settings.val_pair if m not in val_latents]
+        if missing:
+            raise CommandError(f"--val-pair: {missing[0]!r} is not one of {list(val_latents)}")
+    return train_latents, train, val
+
+
+def _out_held(out: Path, main_process: bool) -> contextlib.AbstractContextManager[Any]:
+    """The lock on ``--out`` that rank 0 holds for the whole command (``fit`` takes the same lock inside it)."""
+    if not main_process:
+        return contextlib.nullcontext()
+    out.mkdir(parents=True, exist_ok=True)
+    return directory_lock(out, RUN_LOCK, argument="--out", activity="training run")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``fusemix train``; the exit status (1 when training diverges)."""
+    from fusemix.train import fit  # here, so that the parser (and 'fusemix evaluate') does not load the trainer
+
+    settings = train_settings(args)
+    train_latents, train, val = _open_data(settings)
+    out = check_output_folder("--out", settings.out)
     main_process = workers()[0] == 0  # under torchrun, rank 0 alone writes and reports (as fit does)
     checkpoint = out / CHECKPOINT_DIR
-    if checkpoint.is_dir():
-        if not args.resume:
-            raise CommandError(
-                f"--no-resume: {out} holds a training checkpoint; pick another --out, or drop --no-resume to "
-                "continue it"
-            )
-        previous = read_latents_record(out / LATENTS_FILE)
-        if previous is not None:
-            check_same_latents("--latents", previous, train_latents)
+    with _out_held(out, main_process):
+        record = _latents_record(settings, train_latents)
+        if checkpoint.is_dir():
+            if not args.resume:
+                raise CommandError(
+                    f"--no-resume: {out} holds a training checkpoint; pick another --out, or drop --no-resume to "
+                    "continue it"
+                )
+            previous = read_latents_record(out / LATENTS_FILE)
+            if previous is not None:
+                check_same_latents("--latents", previous, train_latents)
+                _check_same_content(out, previous, record)
+            if main_process:
+                print(f"{PROG} train: resuming from {checkpoint}", file=sys.stderr)
         if main_process:
-            print(f"{PROG} train: resuming from {checkpoint}", file=sys.stderr)
+            write_json_atomic(out / LATENTS_FILE, record)
+        result = fit(
+            train,
+            settings.config,
+            val=val,
+            val_pair=settings.val_pair,
+            out_dir=out,
+            resume=args.resume,
+            progress=not args.no_progress,
+        )
+        if main_process:
+            write_json_atomic(out / MODEL_DIR / LATENTS_FILE, record)
     if main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(out / LATENTS_FILE, record)
-    result = fit(
-        train,
-        settings.config,
-        val=val,
-        val_pair=settings.val_pair,
-        out_dir=out,
-        resume=args.resume,
-        progress=not args.no_progress,
-    )
-    if not main_process:
-        return 0
-    model_dir = out / MODEL_DIR
-    write_json_atomic(model_dir / LATENTS_FILE, record)
+        _report(settings, train, result)
+    return 0
+
+
+def _report(settings: TrainSettings, train: PairedLatents, result: FitResult) -> None:
+    """Print what was trained (as trained: after an early stop or a batch cut), where it went, and the metrics."""
+    out, config = settings.out, result.config
     epochs = [r for r in result.history if r.get("kind") == "epoch"]
-    print(f"trained {len(train)} pairs of {', '.join(train.modalities)} for {settings.config.epochs} epochs")
-    print(f"model:      {model_dir}")
-    print(f"checkpoint: {checkpoint}")
+    batch = f"batches of {config.batch_size} pairs"
+    if config.batch_size != settings.config.batch_size:
+        batch += f" (--batch-size {settings.config.batch_size} cut to the {len(train)} training pairs)"
+    stopped = f", stopped early by --patience {config.patience}" if result.stopped_early else ""
+    print(
+        f"trained {len(train)} pairs of {', '.join(train.modalities)} for {len(epochs)} of {config.epochs} epochs "
+        f"({result.steps} steps, {batch}){stopped}"
+    )
+    if result.selected is not None:
+        chosen = result.selected
+        print(
+            f"selected:   epoch {chosen.epoch + 1} (step {chosen.step}), the best {chosen.metric} on the validation "
+            f"data: {chosen.value:.2f}"
+        )
+    print(f"model:      {out / MODEL_DIR}")
+    print(f"checkpoint: {out / CHECKPOINT_DIR}")
     print(f"logs:       {out / 'log.jsonl'}, {out / 'log.csv'}")
     if (out / "curves.png").is_file():
         print(f"curves:     {out / 'curves.png'}")
@@ -347,4 +410,3 @@ def run(args: argparse.Namespace) -> int:
     else:
         print()
         print(metrics_table(result.metrics))
-    return 0

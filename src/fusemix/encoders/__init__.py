@@ -13,6 +13,14 @@ recorded in the latent store) and ``dim``, run in micro-batches of
 - :class:`SentenceTransformerEncoder`: ``sentence-transformers`` models
   (``pip install "fusemix[sentence-transformers]"``).
 
+The Hugging Face and sentence-transformers adapters take ``progress=False``
+to load their model without the libraries' progress bars and INFO logs.
+``HFImageEncoder(transform=...)`` and ``HFTextEncoder(preprocess=...)`` /
+``SentenceTransformerEncoder(preprocess=...)`` prepare the inputs the way
+another codebase does (e.g. the FuseMix authors':
+:data:`fusemix.preprocess.DINOV2_EVAL_TRANSFORM`,
+:func:`fusemix.preprocess.blip_caption`), recorded in the identity.
+
 The optional dependencies are imported only when an adapter is built.
 """
 

@@ -18,8 +18,9 @@ accelerator and is what the latent store writes anyway.
 from __future__ import annotations
 
 import json
+import types
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -186,6 +187,95 @@ def json_identity(name: str, identity: Mapping[str, Any]) -> dict[str, Any]:
         raise TypeError(
             f"{name}: must be JSON-serialisable (str keys; str, number, bool, None, list, dict values): {err}"
         ) from err
+
+
+def callable_identity(name: str, fn: object) -> str | dict[str, Any]:
+    """What a preprocessing callable is, stably, for an encoder's identity.
+
+    - An ``identity`` attribute (a non-empty ``str`` or a JSON-serialisable
+      mapping, e.g. :attr:`fusemix.preprocess.ResizeCenterCrop.identity`)
+      is the answer; give one to anything whose output depends on settings.
+    - Otherwise a function defined at the top level of a module (or in a
+      class body) is named ``"module.qualname"``. The name stands for the
+      code: rename the function (or give it an ``identity``) when what it
+      returns changes.
+    - Anything else (a lambda, a nested function, a ``functools.partial``, a
+      bound method or another callable object without ``identity``) has no
+      stable name, and is refused.
+
+    Args:
+        name: Argument name used in error messages.
+        fn: The callable.
+
+    Returns:
+        Its ``identity`` (a str, or a JSON dict), or ``"module.qualname"``.
+
+    Raises:
+        TypeError: If ``fn`` is not callable, or its ``identity`` is neither a
+            non-empty str nor a JSON-serialisable mapping.
+        ValueError: If ``fn`` has no ``identity`` and no stable name.
+
+    Example:
+        >>> from fusemix.preprocess import DINOV2_EVAL_TRANSFORM, blip_caption
+        >>> callable_identity("preprocess", blip_caption)
+        'fusemix.preprocess.blip_caption'
+        >>> callable_identity("transform", DINOV2_EVAL_TRANSFORM)["resize"]
+        224
+
+    """
+    if not callable(fn):
+        raise TypeError(f"{name}: expected a callable, got {type(fn).__name__}")
+    described = getattr(fn, "identity", None)
+    if isinstance(described, str) and described:
+        return described
+    if isinstance(described, Mapping):
+        return json_identity(f"{name}.identity", described)
+    if described is not None:
+        raise TypeError(f"{name}.identity: expected a non-empty str or a mapping, got {described!r}")
+    if isinstance(fn, (types.FunctionType, types.BuiltinFunctionType)) and "<" not in fn.__qualname__:
+        return f"{fn.__module__}.{fn.__qualname__}"
+    raise ValueError(
+        f"{name}: {fn!r} has no stable name (a lambda, nested function, partial or callable object); define it as a "
+        "function at the top level of a module, or give it an `identity` attribute (a str or a JSON dict naming "
+        "everything that changes its output)"
+    )
+
+
+def preprocessed_texts(batch: list[Any], offset: int, preprocess: Callable[[str], str] | None) -> list[str]:
+    """Check that every item of ``batch`` is a ``str`` and pass it through ``preprocess`` (when given).
+
+    Args:
+        batch: One micro-batch of items.
+        offset: Index of ``batch[0]`` in the caller's list, for error messages.
+        preprocess: ``str -> str`` applied to every text, or ``None``.
+
+    Returns:
+        The texts the tokenizer gets.
+
+    Raises:
+        TypeError: If an item, or what ``preprocess`` returns for it, is not a ``str``.
+
+    Example:
+        >>> preprocessed_texts(["A Dog.", "Two cats"], 0, str.lower)
+        ['a dog.', 'two cats']
+
+    """
+    texts = []
+    for index, item in enumerate(batch, start=offset):
+        if not isinstance(item, str):
+            raise TypeError(f"items[{index}]: expected a str, got {type(item).__name__}")
+        text = item if preprocess is None else preprocess(item)
+        if not isinstance(text, str):
+            raise TypeError(f"preprocess: returned a {type(text).__name__} for items[{index}]; expected a str")
+        texts.append(text)
+    return texts
+
+
+def check_bool(name: str, value: object) -> bool:
+    """Return ``value`` if it is a ``bool``, else raise ``TypeError`` naming ``name``."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name}: expected a bool, got {type(value).__name__}")
+    return value
 
 
 def check_max_batch_size(max_batch_size: int | None) -> int | None:

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from fusemix._checks import check_choice, check_positive_int
 from fusemix.encoders._hf import HFEncoder
+from fusemix.encoders.base import check_bool
 
 AudioKind = Literal["whisper", "clap", "auto"]
 AUDIO_KINDS: tuple[str, ...] = ("whisper", "clap", "auto")
@@ -75,6 +76,8 @@ class HFAudioEncoder(HFEncoder):
         dtype: Weights' dtype: ``"float32"``, ``"float16"`` or ``"bfloat16"``;
             pooling runs in float32 either way.
         max_batch_size: Clips per forward pass (``None``: the whole list at once).
+        progress: Show the libraries' progress bars and INFO logs while the
+            model loads; ``False`` silences them.
 
     Attributes:
         kind: ``"whisper"`` or ``"clap"``.
@@ -107,6 +110,7 @@ class HFAudioEncoder(HFEncoder):
         device: str | torch.device | None = None,
         dtype: str | torch.dtype = "float32",
         max_batch_size: int | None = 32,
+        progress: bool = True,
     ) -> None:
         check_choice("kind", kind, AUDIO_KINDS)
         if sampling_rate is not None:
@@ -117,11 +121,9 @@ class HFAudioEncoder(HFEncoder):
             isinstance(crop_seed, bool) or not isinstance(crop_seed, int) or not 0 <= crop_seed < 2**32
         ):
             raise ValueError(f"crop_seed: expected an int in [0, 2**32), got {crop_seed!r}")
-        if not isinstance(normalize, bool):
-            raise TypeError(f"normalize: expected a bool, got {type(normalize).__name__}")
-        super().__init__(name_or_path, device=device, dtype=dtype, max_batch_size=max_batch_size)
-        transformers = self.transformers
-        model_type = transformers.AutoConfig.from_pretrained(self.source.location).model_type
+        check_bool("normalize", normalize)
+        super().__init__(name_or_path, device=device, dtype=dtype, max_batch_size=max_batch_size, progress=progress)
+        model_type = self._from_pretrained(self.transformers.AutoConfig).model_type
         if kind == "auto":
             if model_type not in ("whisper", "clap"):
                 raise ValueError(f"kind: {self!r} has model_type {model_type!r}; supported: Whisper and CLAP")
@@ -132,7 +134,7 @@ class HFAudioEncoder(HFEncoder):
             raise ValueError("clap_output, crop_seed: only apply to CLAP models; this is a Whisper model")
         self.kind: str = kind
         self.normalize = normalize
-        self.feature_extractor = transformers.AutoFeatureExtractor.from_pretrained(self.source.location)
+        self.feature_extractor = self._from_pretrained(self.transformers.AutoFeatureExtractor)
         self.sampling_rate = int(self.feature_extractor.sampling_rate)
         if sampling_rate is not None and sampling_rate != self.sampling_rate:
             raise ValueError(
@@ -141,7 +143,7 @@ class HFAudioEncoder(HFEncoder):
             )
         identity = {**self._base_identity(), "kind": kind, "sampling_rate": self.sampling_rate}
         if kind == "whisper":
-            whisper = transformers.WhisperModel.from_pretrained(self.source.location)
+            whisper = self._from_pretrained(self.transformers.WhisperModel)
             self.model = self._prepare_model(whisper.get_encoder())
             self.frame_stride = int(self.model.conv1.stride[0] * self.model.conv2.stride[0])
             self.dim: int | None = int(self.model.config.d_model)
@@ -149,7 +151,7 @@ class HFAudioEncoder(HFEncoder):
         else:
             self.clap_output: str = clap_output or "projection"
             self.crop_seed: int = 0 if crop_seed is None else crop_seed
-            clap = transformers.ClapModel.from_pretrained(self.source.location)
+            clap = self._from_pretrained(self.transformers.ClapModel)
             # keep the audio tower and its projection; the text tower is dropped
             self.model = self._prepare_model(
                 nn.ModuleDict({"audio_model": clap.audio_model, "audio_projection": clap.audio_projection})

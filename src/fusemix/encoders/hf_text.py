@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any, Literal
 
 import torch
@@ -11,6 +12,7 @@ from torch import Tensor
 
 from fusemix._checks import check_choice, check_positive_int
 from fusemix.encoders._hf import HFEncoder
+from fusemix.encoders.base import callable_identity, check_bool, preprocessed_texts
 
 TextPooling = Literal["cls", "mean", "pooler"]
 TEXT_POOLINGS: tuple[str, ...] = ("cls", "mean", "pooler")
@@ -19,7 +21,9 @@ TEXT_POOLINGS: tuple[str, ...] = ("cls", "mean", "pooler")
 class HFTextEncoder(HFEncoder):
     """Frozen ``transformers`` text encoder with the model's own tokenizer.
 
-    Texts are prefixed with ``prefix``, tokenized (padded to the longest text
+    Texts are cleaned by ``preprocess`` when one is given (e.g. the FuseMix
+    authors' :func:`fusemix.preprocess.blip_caption`), prefixed with
+    ``prefix``, tokenized (padded to the longest text
     of the micro-batch, truncated to ``max_length`` tokens), run through
     ``AutoModel`` and pooled from ``last_hidden_state``:
 
@@ -48,10 +52,21 @@ class HFTextEncoder(HFEncoder):
         dtype: Weights' dtype: ``"float32"``, ``"float16"`` or ``"bfloat16"``;
             pooling runs in float32 either way.
         max_batch_size: Texts per forward pass (``None``: the whole list at once).
+        preprocess: Applied to every text before ``prefix`` and tokenization,
+            ``str -> str``, e.g. :func:`fusemix.preprocess.blip_caption`;
+            ``None``: texts as given. It enters the identity: a function
+            defined at the top level of a module by its qualified name,
+            anything else by its ``identity`` attribute (a str or a JSON
+            dict); a lambda, nested function or ``functools.partial``
+            without one is refused.
+        progress: Show the libraries' progress bars and INFO logs while the
+            model loads; ``False`` silences them.
 
     Attributes:
         identity: Class, model (directory name and fingerprint, or Hub id and
-            revision), pooling, prefix, max_length, normalize and dtype.
+            revision), pooling, prefix, max_length, normalize and dtype; and
+            ``preprocess``'s identity when one is given.
+        preprocess: As given.
         dim: The model's ``hidden_size``.
 
     Shape:
@@ -62,6 +77,10 @@ class HFTextEncoder(HFEncoder):
         >>> bge = HFTextEncoder("BAAI/bge-large-en-v1.5", pooling="cls", normalize=True)  # doctest: +SKIP
         >>> bge(["a dog on a beach", "a spreadsheet"]).shape  # doctest: +SKIP
         torch.Size([2, 1024])
+        >>> from fusemix.preprocess import blip_caption
+        >>> e5 = HFTextEncoder(  # doctest: +SKIP
+        ...     "intfloat/e5-large-v2", pooling="mean", prefix="query: ", preprocess=blip_caption
+        ... )
 
     """
 
@@ -76,22 +95,25 @@ class HFTextEncoder(HFEncoder):
         device: str | torch.device | None = None,
         dtype: str | torch.dtype = "float32",
         max_batch_size: int | None = 32,
+        preprocess: Callable[[str], str] | None = None,
+        progress: bool = True,
     ) -> None:
         check_choice("pooling", pooling, TEXT_POOLINGS)
         if not isinstance(prefix, str):
             raise TypeError(f"prefix: expected a str, got {type(prefix).__name__}")
         if max_length is not None:
             check_positive_int("max_length", max_length)
-        if not isinstance(normalize, bool):
-            raise TypeError(f"normalize: expected a bool, got {type(normalize).__name__}")
-        super().__init__(name_or_path, device=device, dtype=dtype, max_batch_size=max_batch_size)
+        check_bool("normalize", normalize)
+        preprocess_identity = None if preprocess is None else callable_identity("preprocess", preprocess)
+        super().__init__(name_or_path, device=device, dtype=dtype, max_batch_size=max_batch_size, progress=progress)
         self.pooling = pooling
         self.prefix = prefix
         self.max_length = max_length
         self.normalize = normalize
-        self.tokenizer = self.transformers.AutoTokenizer.from_pretrained(self.source.location)
+        self.preprocess = preprocess
+        self.tokenizer = self._from_pretrained(self.transformers.AutoTokenizer)
+        self.model = self._prepare_model(self._from_pretrained(self.transformers.AutoModel))
         self.tokenizer.padding_side = "right"
-        self.model = self._prepare_model(self.transformers.AutoModel.from_pretrained(self.source.location))
         self.dim: int | None = int(self.model.config.hidden_size)
         self.identity: dict[str, Any] = {
             **self._base_identity(),
@@ -100,13 +122,13 @@ class HFTextEncoder(HFEncoder):
             "max_length": max_length,
             "normalize": normalize,
         }
+        if preprocess_identity is not None:
+            self.identity["preprocess"] = preprocess_identity
 
     def _encode_batch(self, batch: list[Any], offset: int) -> Tensor:
-        for index, item in enumerate(batch, start=offset):
-            if not isinstance(item, str):
-                raise TypeError(f"items[{index}]: expected a str, got {type(item).__name__}")
+        texts = preprocessed_texts(batch, offset, self.preprocess)
         tokens = self.tokenizer(
-            [self.prefix + text for text in batch],
+            [self.prefix + text for text in texts],
             padding=True,
             truncation=self.max_length is not None,
             max_length=self.max_length,

@@ -1,0 +1,335 @@
+"""Describe the frozen encoders of a trained model in ``encoders.json``, and rebuild them from it.
+
+Adapters only accept latents of the encoder they were trained on, so a model
+directory is only usable from raw inputs if it says which encoders those
+were. :func:`save_encoder_descriptions` writes ``encoders.json`` next to
+``model.safetensors`` and ``fusemix.json``; :func:`build_encoder` gets the
+same encoder back; :func:`identity_differences` checks that an encoder is the
+one a model was trained on.
+
+``encoders.json``::
+
+    {"format": "fusemix-encoders", "format_version": 1,
+     "encoders": {
+       "text": {"kind": "sentence-transformers", "location": "sentence-transformers/all-MiniLM-L6-v2",
+                "local": false, "options": {"normalize": false, "prefix": "", "dtype": "float32",
+                "max_batch_size": 32}, "identity": {...}},
+       "image": {"kind": "custom", "class": "my_code.MyEncoder", "identity": {...}}}}
+
+Kinds (the names of ``fusemix extract --encoder``):
+
+- ``"hf-text"``, ``"hf-image"``, ``"hf-audio"``, ``"sentence-transformers"``:
+  the adapters of :mod:`fusemix.encoders`. ``location`` is the Hub id or the
+  absolute local directory, ``options`` the constructor arguments; such an
+  encoder is rebuilt from the description alone (a local directory that has
+  moved is given as a new ``location``).
+- ``"custom"``: any other encoder (a :class:`~fusemix.encoders.CallableEncoder`,
+  your own class). Its code cannot be stored in JSON (and running code named
+  by a downloaded file would be unsafe), so only its ``identity`` is kept: the
+  user passes the encoder again and the identity is checked.
+
+``identity`` is what :func:`fusemix.extract.encoder_identity_of` returns, the
+record latent stores keep too. The device is never stored: it belongs to the
+machine, not to the model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fusemix.encoders import HFAudioEncoder, HFImageEncoder, HFTextEncoder, SentenceTransformerEncoder
+from fusemix.encoders.base import dtype_name
+from fusemix.extract import encoder_identity_of
+
+ENCODERS_FILE = "encoders.json"
+"""Name of the encoder descriptions file in a model directory."""
+FORMAT = "fusemix-encoders"
+FORMAT_VERSION = 1
+
+_CLASSES: dict[str, type] = {
+    "hf-text": HFTextEncoder,
+    "hf-image": HFImageEncoder,
+    "hf-audio": HFAudioEncoder,
+    "sentence-transformers": SentenceTransformerEncoder,
+}
+REBUILDABLE_KINDS: tuple[str, ...] = tuple(_CLASSES)
+"""Kinds that :func:`build_encoder` rebuilds from the description alone."""
+
+
+def _common_options(encoder: Any) -> dict[str, Any]:
+    return {"dtype": dtype_name(encoder.dtype), "max_batch_size": encoder.max_batch_size}
+
+
+def _hf_text_options(encoder: HFTextEncoder) -> dict[str, Any]:
+    return {
+        "pooling": encoder.pooling,
+        "prefix": encoder.prefix,
+        "max_length": encoder.max_length,
+        "normalize": encoder.normalize,
+        **_common_options(encoder),
+    }
+
+
+def _hf_image_options(encoder: HFImageEncoder) -> dict[str, Any]:
+    return {"pooling": encoder.pooling, "normalize": encoder.normalize, **_common_options(encoder)}
+
+
+def _hf_audio_options(encoder: HFAudioEncoder) -> dict[str, Any]:
+    options: dict[str, Any] = {"kind": encoder.kind, "normalize": encoder.normalize, **_common_options(encoder)}
+    if encoder.kind == "clap":
+        options.update(clap_output=encoder.clap_output, crop_seed=encoder.crop_seed)
+    return options
+
+
+def _sentence_transformer_options(encoder: SentenceTransformerEncoder) -> dict[str, Any]:
+    return {"normalize": encoder.normalize, "prefix": encoder.prefix, **_common_options(encoder)}
+
+
+_OPTIONS: dict[type, tuple[str, Callable[[Any], dict[str, Any]]]] = {
+    HFTextEncoder: ("hf-text", _hf_text_options),
+    HFImageEncoder: ("hf-image", _hf_image_options),
+    HFAudioEncoder: ("hf-audio", _hf_audio_options),
+    SentenceTransformerEncoder: ("sentence-transformers", _sentence_transformer_options),
+}
+
+
+def describe_encoder(encoder: Callable[..., Any]) -> dict[str, Any]:
+    """The JSON description of ``encoder`` that :func:`build_encoder` reads back.
+
+    Only the exact classes of :mod:`fusemix.encoders`' model adapters are
+    rebuildable; everything else (subclasses included, whose behaviour may
+    differ) is described as ``"custom"`` by its identity.
+
+    Args:
+        encoder: A frozen encoder: a list of items in, ``(B, D)`` latents out.
+
+    Returns:
+        ``{"kind", "location", "local", "options", "identity"}`` for a
+        rebuildable encoder, ``{"kind": "custom", "class", "identity"}``
+        otherwise.
+
+    Raises:
+        TypeError: If ``encoder`` is not callable or its identity is not JSON.
+
+    Example:
+        >>> from fusemix.encoders import CallableEncoder
+        >>> describe_encoder(CallableEncoder(lambda x: x, identity="toy"))["kind"]
+        'custom'
+
+    """
+    if not callable(encoder):
+        raise TypeError(f"encoder: expected a callable encoder, got {type(encoder).__name__}")
+    identity = encoder_identity_of(encoder)
+    known = _OPTIONS.get(type(encoder))
+    if known is None:
+        cls = type(encoder)
+        return {"kind": "custom", "class": f"{cls.__module__}.{cls.__qualname__}", "identity": identity}
+    kind, options = known
+    source = encoder.source  # type: ignore[attr-defined]
+    return {
+        "kind": kind,
+        "location": source.location,
+        "local": source.is_local,
+        "options": options(encoder),
+        "identity": identity,
+    }
+
+
+def _check_description(name: str, description: object) -> dict[str, Any]:
+    if not isinstance(description, Mapping):
+        raise TypeError(f"{name}: expected an encoder description (a dict), got {type(description).__name__}")
+    kind = description.get("kind")
+    if kind == "custom":
+        required = ("identity",)
+    elif kind in _CLASSES:
+        required = ("location", "local", "options", "identity")
+    else:
+        raise ValueError(f"{name}: unknown encoder kind {kind!r}; expected 'custom' or one of {list(_CLASSES)}")
+    missing = [key for key in required if key not in description]
+    if missing:
+        raise ValueError(f"{name}: a {kind!r} description needs {missing}")
+    if not isinstance(description["identity"], Mapping):
+        raise ValueError(f"{name}: 'identity' must be a dict, got {type(description['identity']).__name__}")
+    return json.loads(json.dumps(dict(description), allow_nan=False))
+
+
+def build_encoder(
+    description: Mapping[str, Any],
+    *,
+    location: str | os.PathLike[str] | None = None,
+    device: str | torch.device | None = None,
+) -> Callable[..., Any]:
+    """Rebuild the encoder a :func:`describe_encoder` description stands for.
+
+    Args:
+        description: One entry of ``encoders.json``.
+        location: Where the model is now (a local directory or a Hub id),
+            for a local model directory that has moved; the description's
+            ``location`` when ``None``.
+        device: Where the encoder runs; ``None`` picks CUDA when available.
+
+    Returns:
+        The encoder, loaded (for Hugging Face models this may download them
+        unless ``HF_HUB_OFFLINE=1``).
+
+    Raises:
+        ValueError: If the description is malformed or of kind ``"custom"``
+            (those cannot be rebuilt: pass the encoder itself).
+        FileNotFoundError: If a local model directory is not there; the
+            message says how to give its new place.
+
+    """
+    spec = _check_description("description", description)
+    if spec["kind"] == "custom":
+        raise ValueError(
+            f"description: a custom encoder ({spec.get('class', 'unknown class')}) cannot be rebuilt from JSON; "
+            "build it yourself and pass it (its identity is checked against the description)"
+        )
+    target = spec["location"] if location is None else os.fspath(location)
+    if location is None and spec["local"] and not Path(target).is_dir():
+        raise FileNotFoundError(
+            f"description: the {spec['kind']} model directory {target} is not on this machine; pass its new place "
+            "as location= (for AlignedModel.from_pretrained: encoders={modality: '/new/place'})"
+        )
+    return _CLASSES[spec["kind"]](target, device=device, **spec["options"])
+
+
+def identity_differences(recorded: Mapping[str, Any], actual: Mapping[str, Any]) -> list[str]:
+    """What differs between the identity a model was trained with and an encoder's identity.
+
+    Equal identities give ``[]``. Two allowances keep a moved or re-downloaded
+    model usable: a local model's directory name (``"model"``) may change when
+    both identities carry the same ``"fingerprint"`` of the weights, and a Hub
+    ``"revision"`` that either side does not know (``None``) is not compared.
+    Nested dicts are compared key by key.
+
+    Args:
+        recorded: The identity in ``encoders.json`` (or a store manifest).
+        actual: The identity of the encoder at hand.
+
+    Returns:
+        One ``"key: recorded ..., now ..."`` line per difference.
+
+    Example:
+        >>> identity_differences({"model": "a", "fingerprint": "f", "pooling": "cls"},
+        ...                      {"model": "b", "fingerprint": "f", "pooling": "mean"})
+        ['pooling: recorded "cls", now "mean"']
+
+    """
+    return _differences(recorded, actual, "")
+
+
+def _differences(recorded: Mapping[str, Any], actual: Mapping[str, Any], prefix: str) -> list[str]:
+    same_weights = "fingerprint" in recorded and recorded.get("fingerprint") == actual.get("fingerprint")
+    problems = []
+    for key in sorted(set(recorded) | set(actual)):
+        old, new = recorded.get(key), actual.get(key)
+        if key == "model" and same_weights:
+            continue
+        if key == "revision" and (old is None or new is None):
+            continue
+        if isinstance(old, Mapping) and isinstance(new, Mapping):
+            problems.extend(_differences(old, new, f"{prefix}{key}."))
+        elif key not in recorded:
+            problems.append(f"{prefix}{key}: not recorded, now {json.dumps(new)}")
+        elif key not in actual:
+            problems.append(f"{prefix}{key}: recorded {json.dumps(old)}, now absent")
+        elif old != new:
+            problems.append(f"{prefix}{key}: recorded {json.dumps(old)}, now {json.dumps(new)}")
+    return problems
+
+
+def save_encoder_descriptions(
+    model_dir: str | os.PathLike[str], encoders: Mapping[str, Callable[..., Any] | Mapping[str, Any]]
+) -> Path:
+    """Write ``encoders.json`` into a model directory, atomically.
+
+    Args:
+        model_dir: An existing directory (a model directory, or the staging
+            directory it is written from).
+        encoders: Modality name to its frozen encoder, or to an
+            already-made description (e.g. from a store's metadata).
+
+    Returns:
+        The path of ``encoders.json``.
+
+    Raises:
+        FileNotFoundError: If ``model_dir`` is not a directory.
+        TypeError, ValueError: If an entry is neither an encoder nor a valid description.
+
+    Example:
+        >>> import tempfile
+        >>> from fusemix.encoders import CallableEncoder
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     _ = save_encoder_descriptions(tmp, {"image": CallableEncoder(lambda x: x, identity="toy")})
+        ...     read_encoder_descriptions(tmp)["image"]["identity"]["id"]
+        'toy'
+
+    """
+    from fusemix.checkpoint import write_json_atomic
+
+    root = Path(model_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"model_dir: {root} is not a directory")
+    if not isinstance(encoders, Mapping) or not encoders:
+        raise ValueError("encoders: expected a non-empty mapping of modality name to encoder or description")
+    described: dict[str, dict[str, Any]] = {}
+    for modality, encoder in encoders.items():
+        if not isinstance(modality, str) or not modality:
+            raise TypeError(f"encoders: modality names must be non-empty strings, got {modality!r}")
+        if isinstance(encoder, Mapping):
+            described[modality] = _check_description(f"encoders[{modality!r}]", encoder)
+        else:
+            described[modality] = describe_encoder(encoder)
+    path = root / ENCODERS_FILE
+    write_json_atomic(path, {"format": FORMAT, "format_version": FORMAT_VERSION, "encoders": described})
+    return path
+
+
+def read_encoder_descriptions(model_dir: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
+    """The encoder descriptions of a model directory; ``{}`` when it has no ``encoders.json``.
+
+    Args:
+        model_dir: The model directory.
+
+    Returns:
+        Modality name to description.
+
+    Raises:
+        ValueError: If ``encoders.json`` is unreadable, of another format or
+            newer than this fusemix reads.
+
+    """
+    path = Path(model_dir) / ENCODERS_FILE
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: unreadable encoder descriptions ({err})") from err
+    if not isinstance(record, dict) or record.get("format") != FORMAT or not isinstance(record.get("encoders"), dict):
+        raise ValueError(f"{path}: not a fusemix encoder descriptions file")
+    version = record.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise ValueError(f"{path}: format_version {version!r} is newer than this fusemix reads; upgrade fusemix")
+    return {
+        modality: _check_description(f"{path}: {modality}", description)
+        for modality, description in record["encoders"].items()
+    }
+
+
+__all__ = [
+    "ENCODERS_FILE",
+    "REBUILDABLE_KINDS",
+    "build_encoder",
+    "describe_encoder",
+    "identity_differences",
+    "read_encoder_descriptions",
+    "save_encoder_descriptions",
+]

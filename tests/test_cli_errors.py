@@ -1,0 +1,182 @@
+"""User errors the command line reports as one line (exit status 2, no traceback), found by trying it adversarially."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from fusemix import FusionModel
+from fusemix.checkpoint import MODEL_CONFIG, MODEL_WEIGHTS, save_model
+from fusemix.cli import LATENTS_FILE, main
+from fusemix.store import write_store
+
+pytest.importorskip("safetensors")
+
+ENCODERS = """
+import torch
+from fusemix.encoders import CallableEncoder
+
+
+def as_list(items):
+    return [[float(len(item)), 1.0] for item in items]
+
+
+def integers(items):
+    return torch.ones(len(items), 2, dtype=torch.int64)
+
+
+def build_list():
+    return as_list
+
+
+def build_integers():
+    return integers
+
+
+def build_identified_list():
+    return CallableEncoder(as_list, identity={"name": "as-list"})
+
+
+class ListWithIdentity:
+    identity = {"name": "plain-list"}
+
+    def __call__(self, items):
+        return as_list(items)
+
+
+def build_plain_identified_list():
+    return ListWithIdentity()
+
+
+def build_type_error_inside():
+    def broken(items):
+        return torch.ones(len(items), 2) + "a"  # a bug inside the user's encoder keeps its traceback
+
+    return broken
+"""
+
+
+def run(*args: object) -> tuple[int, str]:
+    """``fusemix ARGS`` in this process: (exit status, stderr)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main([str(arg) for arg in args])
+    return code, err.getvalue()
+
+
+def assert_one_line(result: tuple[int, str], command: str, *fragments: str) -> None:
+    code, err = result
+    assert code == 2, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert err.startswith(f"fusemix {command}: error: "), err
+    for fragment in fragments:
+        assert fragment in err, err
+
+
+@pytest.fixture
+def work(tmp_path: Path) -> Path:
+    """Two 4-row stores, a model directory that takes them, and a file of encoder factories."""
+    for modality, dim in (("image", 3), ("text", 2)):
+        write_store(tmp_path / modality, torch.randn(4, dim), modality=modality, encoder={"name": modality})
+    save_model(FusionModel.from_dims({"image": 3, "text": 2}, shared_dim=2, depth=1), tmp_path / "model")
+    (tmp_path / "encoders.py").write_text(ENCODERS)
+    (tmp_path / "items.txt").write_text("a cat\na dog\nbird\nfish\n")
+    return tmp_path
+
+
+def evaluate(work: Path, *extra: object) -> tuple[int, str]:
+    return run("evaluate", "--model", work / "model", "--latents", f"image={work / 'image'}",
+               "--latents", f"text={work / 'text'}", "--device", "cpu", *extra)  # fmt: skip
+
+
+def test_a_30_digit_row_index_names_the_file_line_and_column(work):
+    pairs = work / "pairs.csv"
+    pairs.write_text("image,text\n0,0\n1,1\n123456789012345678901234567890,2\n")
+    assert_one_line(evaluate(work, "--pairs", pairs), "evaluate", f"--pairs: {pairs}:4: column 'image'",
+                    "row index 123456789012345678901234567890 is beyond any store")  # fmt: skip
+
+
+def test_a_corrupt_npz_pairs_file_is_one_line(work):
+    good = work / "good.npz"
+    np.savez(good, image=np.arange(4), text=np.arange(4))
+    data = good.read_bytes()
+    flipped = bytearray(data)
+    flipped[60:70] = bytes(10)  # inside the first array: its CRC no longer matches
+    cases = {
+        "garbage.npz": b"not an archive at all",
+        "truncated.npz": data[: len(data) // 2],
+        "crc.npz": bytes(flipped),
+    }
+    for name, content in cases.items():
+        (work / name).write_bytes(content)
+        assert_one_line(evaluate(work, "--pairs", work / name), "evaluate", f"--pairs: {work / name}: not a readable")
+    huge = work / "huge.npz"
+    np.savez(huge, image=np.array([0, 1, 2, 2**64 - 1], dtype=np.uint64), text=np.arange(4))
+    assert zipfile.is_zipfile(huge)
+    assert_one_line(evaluate(work, "--pairs", huge), "evaluate", "array 'image' holds row index 18446744073709551615")
+
+
+def test_json_pointing_at_a_folder_names_the_flag(work):
+    assert_one_line(evaluate(work, "--json", work), "evaluate", f"--json: {work} is a folder")
+    (work / "file").write_text("")
+    assert_one_line(
+        evaluate(work, "--json", work / "file" / "m.json"), "evaluate", f"--json: {work / 'file'} is not a folder"
+    )
+
+
+def test_out_pointing_at_a_file_names_the_flag(work):
+    (work / "afile").write_text("")
+    result = run("train", "--latents", f"image={work / 'image'}", "--latents", f"text={work / 'text'}",
+                 "--out", work / "afile", "--epochs", 1, "--batch-size", 4, "--no-progress")  # fmt: skip
+    assert_one_line(result, "train", f"--out: {work / 'afile'} exists and is not a folder")
+    result = run("extract", "--encoder", "python", "--callable", f"{work / 'encoders.py'}:build_list",
+                 "--input-type", "text", "--input", work / "items.txt", "--out", work / "afile" / "store")  # fmt: skip
+    assert_one_line(result, "extract", f"--out: {work / 'afile'} is not a folder")
+
+
+@pytest.mark.parametrize(
+    ("factory", "fragment"),
+    [
+        ("build_list", "expected a torch.Tensor or numpy array, got list"),
+        ("build_integers", "expected floating values, got dtype torch.int64"),
+        ("build_identified_list", "expected a torch.Tensor or numpy array, got list"),
+        ("build_plain_identified_list", "expected a torch.Tensor or numpy array of shape (batch, dim), got <class"),
+    ],
+)
+def test_an_encoder_returning_the_wrong_type_is_one_line(work, factory, fragment):
+    spec = f"{work / 'encoders.py'}:{factory}"
+    result = run("extract", "--encoder", "python", "--callable", spec, "--input-type", "text",
+                 "--input", work / "items.txt", "--out", work / factory, "--no-progress")  # fmt: skip
+    assert_one_line(result, "extract", f"--callable {spec}: ", fragment)
+
+
+def test_a_type_error_inside_the_encoder_keeps_its_traceback(work):
+    spec = f"{work / 'encoders.py'}:build_type_error_inside"
+    with pytest.raises(TypeError, match="unsupported operand"):
+        run("extract", "--encoder", "python", "--callable", spec, "--input-type", "text",
+            "--input", work / "items.txt", "--out", work / "broken", "--no-progress")  # fmt: skip
+
+
+def test_a_crafted_or_corrupt_model_directory_is_one_line(work):
+    # Issue 13 item 5 as the command line meets it.
+    config = work / "model" / MODEL_CONFIG
+    description = json.loads(config.read_text())
+    for adapters, fragment in (([1, 2], "adapters: expected an object"), ({"image": {"type": "fusion"}}, "missing")):
+        config.write_text(json.dumps({**description, "adapters": adapters}))
+        assert_one_line(evaluate(work), "evaluate", f"{config}: ", fragment)
+    config.write_text(json.dumps(description))
+    weights = work / "model" / MODEL_WEIGHTS
+    weights.write_bytes(weights.read_bytes()[:-7])
+    assert_one_line(evaluate(work), "evaluate", f"{weights}: not a readable safetensors file")
+
+
+def test_a_deeply_nested_latents_record_is_one_line(work):
+    (work / "model" / LATENTS_FILE).write_text("[" * 100_000)
+    assert_one_line(evaluate(work), "evaluate", f"{work / 'model' / LATENTS_FILE}: unreadable (nested too deeply)")
