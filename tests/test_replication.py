@@ -110,6 +110,13 @@ def test_default_run_code_path_on_a_small_subset(tmp_path):
         if record["stopped_early"]:
             assert steps[-1] - record["selected_step"] == 2 * 3
     assert "How long each run trains: every trained method: full batches" in proc.stdout
+    # The runs on the largest training set are also classified zero-shot into Unicode's emoji groups (40 drawings).
+    for record in result["runs"]:
+        assert ("zeroshot" in record) == (record["train_size"] == 80), record["method"]
+    for scores in (r["zeroshot"] for r in result["runs"] if "zeroshot" in r):
+        assert sum(map(sum, scores["group_confusion"])) == 40 and 0 <= scores["subgroup"]["1"] <= scores["subgroup"]["5"]
+    assert "| chance (uniform) |" in result["tables"]["zeroshot"] and "| FuseMix |" in result["tables"]["zeroshot"]
+    assert (out / "offline" / "zeroshot_confusion.png").stat().st_size > 1000
     assert "| FuseMix | " in result["tables"]["difference_from_none"]
     # Real encoders: a closed-form fit on 80 real pairs beats chance (2.5% R@1 on 40 test pairs) by far.
     cca = next(r for r in result["runs"] if r["method"] == "cca" and r["train_size"] == 80)
@@ -120,7 +127,7 @@ def test_default_run_code_path_on_a_small_subset(tmp_path):
     assert (out / "offline" / "convergence.png").stat().st_size > 1000
     # A rerun reuses the cached latents: the stores are not rewritten.
     manifests = sorted(cache.rglob("manifest.json"))
-    assert len(manifests) == 2
+    assert len(manifests) == 3  # image, text, zero-shot prompts
     stamps = [m.stat().st_mtime_ns for m in manifests]
     proc = _run("--quick", "--cache-dir", str(cache), "--out-dir", str(out), "--no-progress", "--seeds", "1")
     assert proc.returncode == 0, proc.stderr[-3000:]

