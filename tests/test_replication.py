@@ -114,7 +114,8 @@ def test_default_run_code_path_on_a_small_subset(tmp_path):
     for record in result["runs"]:
         assert ("zeroshot" in record) == (record["train_size"] == 80), record["method"]
     for scores in (r["zeroshot"] for r in result["runs"] if "zeroshot" in r):
-        assert sum(map(sum, scores["group_confusion"])) == 40 and 0 <= scores["subgroup"]["1"] <= scores["subgroup"]["5"]
+        assert sum(map(sum, scores["group_confusion"])) == 40
+        assert 0 <= scores["subgroup"]["1"] <= scores["subgroup"]["5"] <= 100
     assert "| chance (uniform) |" in result["tables"]["zeroshot"] and "| FuseMix |" in result["tables"]["zeroshot"]
     assert (out / "offline" / "zeroshot_confusion.png").stat().st_size > 1000
     assert "| FuseMix | " in result["tables"]["difference_from_none"]
