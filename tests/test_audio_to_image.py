@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import string
@@ -20,6 +19,7 @@ pytest.importorskip("safetensors")
 soundfile = pytest.importorskip("soundfile")
 pytest.importorskip("scipy")
 
+from _examples import import_example  # noqa: E402
 from _tiny_models import build_whisper  # noqa: E402
 from fusemix.data import PairedLatents  # noqa: E402
 from fusemix.fixed_target import TargetRegressionLoss, TargetStandardizer, fixed_target_model  # noqa: E402
@@ -30,15 +30,7 @@ SCRIPT = ROOT / "examples" / "audio_to_image.py"
 MAX_TOKENS = 32
 
 
-def _example():
-    spec = importlib.util.spec_from_file_location("audio_to_image", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["audio_to_image"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-a2i = _example()
+a2i = import_example("audio_to_image")
 
 
 def _clip_tokenizer(directory: Path) -> transformers.CLIPTokenizer:

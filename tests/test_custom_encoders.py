@@ -18,11 +18,11 @@ pytest.importorskip("PIL")
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "examples" / "custom_encoders.py"
-sys.path.insert(0, str(REPO / "examples"))
 
-import custom_encoders as ce  # noqa: E402
-
+from _examples import import_example  # noqa: E402
 from fusemix.store import LatentStore  # noqa: E402
+
+ce = import_example("custom_encoders")
 
 RECALL_KEYS = ("i2t_R@1", "i2t_R@5", "i2t_R@10", "t2i_R@1", "t2i_R@5", "t2i_R@10")
 

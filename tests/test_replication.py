@@ -98,15 +98,37 @@ def test_default_run_code_path_on_a_small_subset(tmp_path):
     for record in result["runs"]:
         for key in ("i2t_R@1", "i2t_R@5", "i2t_R@10", "t2i_R@1", "t2i_R@5", "t2i_R@10", "mean"):
             assert 0.0 <= record["metrics"][key] <= 100.0
+    # Every trained run follows the budget rule: scored on validation every 3 steps, the best kept, stopped after
+    # 2 evaluations without a gain or at 12 steps; the kept step is the best of its curve.
+    assert result["split"] == {"pairs": 160, "train": 90, "val": 30, "test": 40, "seed": 0}
+    for record in (r for r in result["runs"] if r["method"] != "cca"):
+        steps = [step for step, _ in record["curve"]]
+        assert steps == list(range(3, record["steps"] + 1, 3)) and record["steps"] <= 12
+        best = max(record["curve"], key=lambda point: point[1])  # max() keeps the first of tied values
+        assert [record["selected_step"], record["val_mean"]] == best
+        assert record["stopped_early"] or record["steps"] == 12
+        if record["stopped_early"]:
+            assert steps[-1] - record["selected_step"] == 2 * 3
+    assert "How long each run trains: every trained method: full batches" in proc.stdout
+    # The runs on the largest training set are also classified zero-shot into Unicode's emoji groups (40 drawings).
+    for record in result["runs"]:
+        assert ("zeroshot" in record) == (record["train_size"] == 80), record["method"]
+    for scores in (r["zeroshot"] for r in result["runs"] if "zeroshot" in r):
+        assert sum(map(sum, scores["group_confusion"])) == 40
+        assert 0 <= scores["subgroup"]["1"] <= scores["subgroup"]["5"] <= 100
+    assert "| chance (uniform) |" in result["tables"]["zeroshot"] and "| FuseMix |" in result["tables"]["zeroshot"]
+    assert (out / "offline" / "zeroshot_confusion.png").stat().st_size > 1000
+    assert "| FuseMix | " in result["tables"]["difference_from_none"]
     # Real encoders: a closed-form fit on 80 real pairs beats chance (2.5% R@1 on 40 test pairs) by far.
     cca = next(r for r in result["runs"] if r["method"] == "cca" and r["train_size"] == 80)
     assert cca["metrics"]["mean"] > 20.0
     assert "| FuseMix |" in proc.stdout and "| no augmentation |" in proc.stdout
     assert (out / "offline" / "results.md").is_file()
     assert (out / "offline" / "recall_vs_size.png").stat().st_size > 1000
+    assert (out / "offline" / "convergence.png").stat().st_size > 1000
     # A rerun reuses the cached latents: the stores are not rewritten.
     manifests = sorted(cache.rglob("manifest.json"))
-    assert len(manifests) == 2
+    assert len(manifests) == 3  # image, text, zero-shot prompts
     stamps = [m.stat().st_mtime_ns for m in manifests]
     proc = _run("--quick", "--cache-dir", str(cache), "--out-dir", str(out), "--no-progress", "--seeds", "1")
     assert proc.returncode == 0, proc.stderr[-3000:]

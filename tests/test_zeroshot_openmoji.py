@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import doctest
-import json
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -19,9 +17,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "examples"))
 
 from replication import zeroshot  # noqa: E402
-from replication.offline import cpu_train_config  # noqa: E402
 
 from fusemix import FusionModel  # noqa: E402
+from fusemix.zeroshot import top_k_accuracy  # noqa: E402
 
 EMOJI_TEST = """\
 # emoji-test.txt (excerpt, same format as Unicode's)
@@ -101,48 +99,60 @@ def bag_of_letters(texts):
     return torch.tensor([[t.count(c) for c in "aeiourstlnm"] for t in texts], dtype=torch.float32)
 
 
-def test_table_logits_and_plot_on_stand_in_data(tmp_path, categories):
+CODEPOINTS = ["1F600", "1F436", "2764-FE0F", "1F408-200D-2B1B"] * 5
+
+
+@pytest.fixture
+def task(categories):
+    return zeroshot.zero_shot_task(CODEPOINTS, categories)
+
+
+def test_task_prompts_name_every_class_with_every_template(task):
+    assert task.labels["group"].class_names == ["Smileys & Emotion", "Animals & Nature"]
+    assert task.labels["subgroup"].class_names == ["face-smiling", "heart", "animal-mammal"]
+    assert task.labels["group"].indices[:4].tolist() == [0, 1, 0, 1]
+    prompts = task.prompts
+    assert len(prompts) == len(set(prompts)) == (2 + 3) * len(zeroshot.TEMPLATES)
+    assert prompts[: len(zeroshot.TEMPLATES)] == [t.format("smileys and emotion") for t in zeroshot.TEMPLATES]
+    assert "an emoji of animal mammal" in prompts
+
+
+def test_scores_from_prompt_latents_equal_the_classifier_on_the_text_encoder(task):
+    """Looking prompts up in precomputed latents gives what encoding them on the fly gives (catches a row mix-up)."""
     torch.manual_seed(0)
     model = FusionModel.from_dims({"image": 6, "text": 11}, shared_dim=4, depth=1).eval()
-    labels = zeroshot.labels_at("group", ["1F600", "1F436", "2764", "1F408-200D-2B1B"], categories)
-    logits = zeroshot.zero_shot_logits(model, torch.randn(4, 6), labels.class_names, bag_of_letters)
-    assert logits.shape == (4, 2)
-    rows, accuracies = zeroshot.zero_shot_table(
-        {"toy": [logits, logits]}, labels, labels.indices, labels.indices, ks=(1, 5)
-    )
-    assert [row[1] for row in rows] == ["chance (uniform)", "majority class ranking", "toy"]
-    assert rows[0] == ["Unicode groups (2)", "chance (uniform)", "50.0", "100.0"]
-    assert accuracies["toy"][5] == [100.0, 100.0]
-    matrix = torch.tensor([[3, 1], [0, 2]])
-    assert zeroshot.plot_confusion({"a": matrix, "b": matrix}, ["x", "y"], tmp_path / "c.png", title="t")
-    assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
+    test_idx = np.arange(8, 20)
+    test_images = torch.randn(len(test_idx), 6)
+    with torch.no_grad():
+        scores = zeroshot.score_zero_shot(model, test_images, test_idx, task, bag_of_letters(task.prompts))
+        for level in zeroshot.LEVELS:
+            classes = task.labels[level]
+            logits = zeroshot.zero_shot_logits(model, test_images, classes.class_names, bag_of_letters)
+            expected = top_k_accuracy(logits, classes.indices[test_idx], (1, 5))
+            assert scores[level] == {str(k): v for k, v in expected.items()}
+        truth = task.labels["group"].indices[test_idx]
+        predicted = zeroshot.zero_shot_logits(model, test_images, task.labels["group"].class_names, bag_of_letters)
+    confusion = torch.tensor(scores["group_confusion"])
+    assert confusion.sum() == len(test_idx) and confusion.trace() == int((predicted.argmax(1).numpy() == truth).sum())
+    reversed_prompts = bag_of_letters(task.prompts).flip(0)  # the wrong row for every prompt
+    with torch.no_grad():
+        wrong = zeroshot.score_zero_shot(model, test_images, test_idx, task, reversed_prompts)
+    assert wrong != scores
 
 
-def test_run_zero_shot_end_to_end_on_stand_in_latents(tmp_path, monkeypatch, one_thread):
-    """The whole report on random latents of real code points: files, table rows, classes (seconds, not minutes)."""
+def test_table_rows_and_confusion_plot(tmp_path, task):
     pytest.importorskip("matplotlib")
-    codepoints = ["1F600", "1F436", "2764-FE0F", "1F408-200D-2B1B"] * 10
-    table = {(0x1F600,): zeroshot.EmojiCategory("Smileys & Emotion", "face-smiling"),
-             (0x1F436,): zeroshot.EmojiCategory("Animals & Nature", "animal-mammal"),
-             (0x2764, 0xFE0F): zeroshot.EmojiCategory("Smileys & Emotion", "heart"),
-             (0x1F408, 0x200D, 0x2B1B): zeroshot.EmojiCategory("Animals & Nature", "animal-mammal")}  # fmt: skip
-    monkeypatch.setattr(zeroshot, "read_emoji_categories", lambda path: table)
-    monkeypatch.setattr(zeroshot, "emoji_test_path", lambda: Path("unused"))
-    rng = np.random.default_rng(0)
-    images = rng.standard_normal((40, 6)).astype(np.float32)
-    texts = rng.standard_normal((40, 11)).astype(np.float32)
-    train_idx, test_idx = np.arange(0, 32), np.arange(32, 40)
-    base = replace(cpu_train_config(), batch_size=8, shared_dim=4, hidden_dim=8, warmup_steps=1)
-    result = zeroshot.run_zero_shot(images, texts, codepoints, train_idx, test_idx, tmp_path, base=base, steps=2,
-                                    seeds=(0, 1), encode_text=bag_of_letters)  # fmt: skip
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["zeroshot.json", "zeroshot.md", "zeroshot_confusion.png"]
-    assert result["classes"]["group"] == ["Smileys & Emotion", "Animals & Nature"]
-    saved = json.loads((tmp_path / "zeroshot.json").read_text())
-    methods = list(saved["accuracies"]["subgroup"])
-    assert methods == ["chance (uniform)", "majority class ranking", "CCA (closed form)", "FuseMix",
-                       "CCA warm start + FuseMix + structure term"]  # fmt: skip
-    assert len(saved["accuracies"]["group"]["FuseMix"]["1"]) == 2  # one value per seed
-    assert "| Unicode subgroups (3) | chance (uniform) | 33.3 | 100.0 |" in (tmp_path / "zeroshot.md").read_text()
+    scores = {"subgroup": {"1": 10.0, "5": 90.0}, "group_confusion": [[3, 1], [0, 2]]}
+    runs = [{"method": "m", "seed": s, "zeroshot": {"group": {"1": 50.0 + s, "5": 100.0}, **scores}} for s in (1, 0)]
+    train_idx, test_idx = np.arange(0, 12), np.arange(12, 20)
+    table = zeroshot.zero_shot_table(runs, task, train_idx, test_idx, labels={"m": "M", "absent": "A"})
+    lines = table.splitlines()
+    assert lines[0] == "| method | groups (2) top-1 | groups (2) top-5 | subgroups (3) top-1 | subgroups (3) top-5 |"
+    assert lines[2] == "| chance (uniform) | 50.0 | 100.0 | 33.3 | 100.0 |"
+    assert lines[4] == "| M | 50.5 ± 0.7 | 100.0 ± 0.0 | 10.0 ± 0.0 | 90.0 ± 0.0 |" and len(lines) == 5
+    assert zeroshot.plot_group_confusions(runs, task, tmp_path / "c.png", labels={"m": "M"})
+    assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
+    assert not zeroshot.plot_group_confusions(runs, task, tmp_path / "none.png", labels={"other": "O"})
 
 
 def test_docstring_examples():

