@@ -95,11 +95,13 @@ def embed(
     modality: str = "text",
     source: Path | str | None = None,
     column: str | None = "caption",
+    device: str | None = "cpu",
 ) -> tuple[int, str, str]:
     """``fusemix embed FLAGS`` into ``out``: by default the captions, with the text encoder of the first run."""
-    column_flag = () if column is None else ("--column", column)
-    given = ("--model", model or ws["run"], "--modality", modality, "--input", source or ws["captions"], *column_flag)
-    return run("embed", *given, *flags, "--out", out, "--device", "cpu", "--no-progress")
+    optional = {"--column": column, "--device": device}
+    given = [arg for flag, value in optional.items() if value is not None for arg in (flag, value)]
+    return run("embed", "--model", model or ws["run"], "--modality", modality, "--input", source or ws["captions"],
+               *given, *flags, "--out", out, "--no-progress")  # fmt: skip
 
 
 def test_extract_records_the_encoder_it_ran_not_the_file_reader(ws):
@@ -184,6 +186,11 @@ def test_a_custom_encoder_is_given_with_callable(ws, tmp_path, one_thread):
     assert_user_error(embed(ws, tmp_path / "d", "--callable", impostor, "--input-type", "image", **colour), "embed",
                       f"--callable {impostor}: not the colour encoder the model was trained on",
                       "id.callable: recorded")  # fmt: skip
+    identified = ("--callable", HERE / "_cli_encoders.py:build_text_encoder", "--input-type", "image")
+    assert_user_error(embed(ws, tmp_path / "e", *identified, **colour), "embed",
+                      "--device: ", "returned an encoder with its own identity")  # fmt: skip
+    with_argument = embed(ws, tmp_path / "e", *identified, "--encoder-path", "v7", **{**colour, "device": None})
+    assert_user_error(with_argument, "embed", 'id.version: not recorded, now "v7"')  # FUNCTION(--encoder-path)
 
 
 def test_a_moved_encoder_model_is_given_with_encoder_path(ws, tmp_path, one_thread):
