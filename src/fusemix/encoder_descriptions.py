@@ -2,10 +2,13 @@
 
 Adapters only accept latents of the encoder they were trained on, so a model
 directory is only usable from raw inputs if it says which encoders those
-were. :func:`save_encoder_descriptions` writes ``encoders.json`` next to
-``model.safetensors`` and ``fusemix.json``; :func:`build_encoder` gets the
-same encoder back; :func:`identity_differences` checks that an encoder is the
-one a model was trained on.
+were. ``encoders.json`` lies next to ``model.safetensors`` and
+``fusemix.json``: :func:`fusemix.checkpoint.save_model` and
+:func:`fusemix.train.fit` write it when given ``encoders=``, ``fusemix train``
+from the descriptions its ``fusemix extract`` stores record, and
+:func:`save_encoder_descriptions` adds it to a model directory.
+:func:`build_encoder` gets the same encoder back; :func:`identity_differences`
+checks that an encoder is the one a model was trained on.
 
 ``encoders.json``::
 
