@@ -57,7 +57,7 @@ def items_text(items: Sequence[str]) -> str:
 
     Example:
         >>> items_text(["a dog", "images/1.png"])
-        '"a dog"\\n"images/1.png"\\n'
+        '"a dog"\n"images/1.png"\n'
 
     """
     return "".join(json.dumps(item, ensure_ascii=False) + "\n" for item in items)
