@@ -131,6 +131,22 @@ def test_a_trained_run_reopens_with_its_encoders_and_no_argument(ws, one_thread)
     assert list(AlignedModel.from_pretrained(ws["run-colour"], device="cpu").encoders) == ["text"]
 
 
+def test_train_refuses_a_store_whose_encoder_description_is_bad_before_training(tmp_path):
+    """Catches a hand-edited description found only when the model is saved, after the whole run."""
+    import numpy as np
+
+    from fusemix.store import write_store
+
+    rows = np.random.default_rng(0).standard_normal((16, 4)).astype(np.float32)
+    bad = {"encoder_description": {"kind": "magic", "identity": {"name": "toy"}}}
+    write_store(tmp_path / "image", rows, modality="image", encoder={"name": "toy"}, metadata=bad)
+    write_store(tmp_path / "text", rows, modality="text", encoder={"name": "toy"})
+    flags = ("--latents", f"image={tmp_path / 'image'}", "--latents", f"text={tmp_path / 'text'}")
+    message = f"--latents image: {tmp_path / 'image'} records a bad encoder description"
+    assert_user_error(run("train", *flags, "--out", tmp_path / "run", *TRAIN), "train", message, "'magic'")
+    assert not (tmp_path / "run" / "log.jsonl").exists()
+
+
 def test_embed_fills_a_store_of_the_shared_space_from_a_csv_column_and_a_folder(ws, tmp_path, one_thread):
     aligned = AlignedModel.from_pretrained(ws["run"], device="cpu")
     code, out, err = embed(ws, tmp_path / "text", "--dtype", "float32", "--batch-size", 5, "--shard-size", 7)
