@@ -229,7 +229,8 @@ def run(args: argparse.Namespace) -> int:
     )
     encoder = _encoder(args, to_rebuild, input_type)
     _check_identity(args, description, encoder)
-    aligned = AlignedEncoder(encoder, model.model.adapters[args.modality], modality=args.modality)
+    adapter = model.model.adapters[args.modality]
+    aligned = AlignedEncoder(encoder, adapter, modality=args.modality, batch_size=args.batch_size)
     try:
         store = embed_store(
             aligned,
