@@ -20,7 +20,6 @@ from fusemix.aligned import (
     model_directory,
 )
 from fusemix.checkpoint import save_model
-from fusemix.encoder_descriptions import save_encoder_descriptions
 from fusemix.encoders import CallableEncoder, HFTextEncoder
 from fusemix.store import LatentStore
 
@@ -181,9 +180,19 @@ def trained_run(tmp_path, bert_dir, pixels):
     data = PairedLatents({"image": pixels(images).numpy(), "text": text(captions).numpy()})
     config = TrainConfig(epochs=2, batch_size=8, shared_dim=4, depth=1, dropout=0.0, warmup_steps=1, device="cpu")
     run = tmp_path / "run"
-    fit(data, config, out_dir=run, progress=False)
-    save_encoder_descriptions(run / "model", {"image": pixels, "text": text})  # what save_model will do
+    fit(data, config, out_dir=run, progress=False, encoders={"image": pixels, "text": text})
     return run, text, captions, images
+
+
+def test_fit_refuses_encoders_of_other_modalities_before_training(tmp_path, words):
+    """Catches encoders checked only when the model is saved, after the whole run."""
+    from fusemix.data import PairedLatents
+    from fusemix.train import TrainConfig, fit
+
+    data = PairedLatents({"image": np.ones((8, 5), np.float32), "text": np.ones((8, 4), np.float32)})
+    with pytest.raises(ValueError, match=r"encoders: \['audio'\] are not among the model's modalities"):
+        fit(data, TrainConfig(epochs=1, batch_size=8), out_dir=tmp_path / "run", encoders={"audio": words})
+    assert not (tmp_path / "run").exists()
 
 
 def test_a_run_reopens_with_its_text_encoder_rebuilt(trained_run, pixels, one_thread):

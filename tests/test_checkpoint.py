@@ -246,3 +246,37 @@ def test_weights_that_do_not_fit_name_the_tensors(tmp_path):
     save_file(state, str(folder / MODEL_WEIGHTS))
     with pytest.raises(ValueError, match=r"adapters\.a\.proj\.bias has dtype I64, expected a floating dtype"):
         load_model(folder)
+
+
+# -- the encoders of a model directory (issue 16) ---------------------------------------------------------------------
+
+
+def test_save_model_writes_the_encoder_descriptions_with_the_model(tmp_path):
+    """Catches ``encoders=`` not reaching ``encoders.json``, or the file left over from a save without it."""
+    from fusemix.encoder_descriptions import ENCODERS_FILE, describe_encoder, read_encoder_descriptions
+    from fusemix.encoders import CallableEncoder
+
+    encoder = CallableEncoder(len, identity={"name": "length"})
+    save_model(_model(), tmp_path / "m", encoders={"b": encoder})
+    assert read_encoder_descriptions(tmp_path / "m") == {"b": describe_encoder(encoder)}
+    assert _same(load_model(tmp_path / "m"), _model())
+    save_model(_model(), tmp_path / "m")  # the directory is replaced whole
+    assert not (tmp_path / "m" / ENCODERS_FILE).exists()
+
+
+@pytest.mark.parametrize(
+    ("encoders", "error", "match"),
+    [
+        ({"c": {"kind": "custom", "identity": {}}}, ValueError, r"encoders: \['c'\] are not among the model's"),
+        ({"b": {"kind": "magic", "identity": {}}}, ValueError, "unknown encoder kind 'magic'"),
+        ({"b": 3}, TypeError, "expected a callable encoder"),
+        ({}, ValueError, "non-empty mapping"),
+    ],
+)
+def test_bad_encoders_are_refused_and_leave_the_model_directory_as_it_was(tmp_path, encoders, error, match):
+    """Catches encoders of another model (or no encoders at all) saved silently, or a half-replaced directory."""
+    save_model(_model(seed=1), tmp_path / "m")
+    with pytest.raises(error, match=match):
+        save_model(_model(seed=2), tmp_path / "m", encoders=encoders)
+    assert _same(load_model(tmp_path / "m"), _model(seed=1))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import dataclasses
-import io
 import json
 import os
 import shutil
@@ -18,6 +16,7 @@ import pytest
 
 import fusemix
 from _cli_encoders import colour_statistics, letter_counts
+from _cli_run import assert_user_error, run
 from _tiny_models import build_bert, build_dinov2
 from fusemix.checkpoint import load_model
 from fusemix.cli import ITEMS_FILE, LATENTS_FILE, build_parser, main
@@ -35,25 +34,6 @@ COLOURS = {"red": (210, 40, 40), "blue": (40, 70, 210)}
 SUBJECTS = ("dog", "puppy", "cat", "kitten")
 PLACES = {"table": 60, "beach": 120, "spreadsheet": 180, "photo": 240}
 NUM_IMAGES = 64  # 2 colours x 4 subjects x 4 places x 2 sizes; two captions each
-
-
-def run(*args: object) -> tuple[int, str, str]:
-    """``fusemix ARGS`` in this process: (exit status, stdout, stderr)."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main([str(arg) for arg in args])
-    return code, out.getvalue(), err.getvalue()
-
-
-def assert_user_error(result: tuple[int, str, str], command: str, *fragments: str) -> None:
-    code, _, err = result
-    assert code == 2, err
-    assert "Traceback" not in err
-    *notes, line = err.strip().splitlines()
-    assert line.startswith(f"fusemix {command}: error: "), err
-    assert all(note.startswith(f"fusemix {command}: ") and "error" not in note for note in notes), err
-    for fragment in fragments:
-        assert fragment in line, line
 
 
 def draw(index: int) -> tuple[Image.Image, str, str]:

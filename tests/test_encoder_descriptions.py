@@ -24,6 +24,20 @@ from fusemix.encoders import (
     HFTextEncoder,
     SentenceTransformerEncoder,
 )
+from fusemix.preprocess import ResizeCenterCrop, blip_caption
+
+
+def _identified_transform():
+    """A callable transform with an identity of its own: recorded in the encoder's identity, but not rebuildable."""
+    crop = ResizeCenterCrop(28)
+
+    class Identified:
+        identity = {"name": "my-transform"}
+
+        def __call__(self, image):
+            return crop(image)
+
+    return Identified()
 
 
 @pytest.fixture(scope="module")
@@ -48,18 +62,32 @@ def _inputs(kind):
         return [rng.integers(0, 256, (30, 34, 3), dtype=np.uint8) for _ in range(2)]
     if kind == "audio":
         return [rng.standard_normal(8000).astype(np.float32) * 0.1, rng.standard_normal(4000).astype(np.float32) * 0.1]
-    return ["a dog on the table", "the red cat"]
+    return ["A dog (on) the table.", "the red cat"]  # blip_caption drops the brackets and the full stop
 
 
+def shout(text: str) -> str:
+    """A preprocess function of the user's: it has a stable name, but no description can rebuild it."""
+    return text.upper()
+
+
+class Smaller(ResizeCenterCrop):
+    """A subclass of the rebuildable transform: its behaviour may differ, so it is not rebuilt as the base class."""
+
+
+SMALL_CROP = ResizeCenterCrop(28, resize=32, interpolation="bilinear")
 CASES = [
     ("bert", HFTextEncoder, {"pooling": "mean", "prefix": "query: ", "max_length": 16, "normalize": True}, "text"),
+    ("bert", HFTextEncoder, {"pooling": "cls", "preprocess": blip_caption}, "text"),
     ("st", SentenceTransformerEncoder, {"normalize": True, "prefix": "passage: "}, "text"),
+    ("st", SentenceTransformerEncoder, {"preprocess": blip_caption}, "text"),
     ("dinov2", HFImageEncoder, {"pooling": "cls+patch_mean"}, "image"),
+    ("dinov2", HFImageEncoder, {"pooling": "patch_mean", "transform": SMALL_CROP}, "image"),
     ("whisper", HFAudioEncoder, {"sampling_rate": 16000}, "audio"),
 ]
+CASE_IDS = ["bert", "bert-blip-caption", "st", "st-blip-caption", "dinov2", "dinov2-transform", "whisper"]
 
 
-@pytest.mark.parametrize(("model", "cls", "options", "kind"), CASES, ids=[c[0] for c in CASES])
+@pytest.mark.parametrize(("model", "cls", "options", "kind"), CASES, ids=CASE_IDS)
 def test_every_model_adapter_is_rebuilt_with_its_options(tiny, one_thread, model, cls, options, kind):
     """Catches an option that is not described (the rebuilt encoder would compute other latents)."""
     if cls is SentenceTransformerEncoder:
@@ -69,11 +97,71 @@ def test_every_model_adapter_is_rebuilt_with_its_options(tiny, one_thread, model
     assert description["kind"] in ("hf-text", "sentence-transformers", "hf-image", "hf-audio")
     assert description["local"] is True and description["options"]["max_batch_size"] == 3
     json.dumps(description)  # plain JSON
-    rebuilt = build_encoder(description, device="cpu")
+    rebuilt = build_encoder(json.loads(json.dumps(description)), device="cpu")
     assert type(rebuilt) is cls
     assert identity_differences(description["identity"], rebuilt.identity) == []
     assert rebuilt.max_batch_size == 3
     torch.testing.assert_close(rebuilt(_inputs(kind)), original(_inputs(kind)))
+
+
+def test_preprocessing_is_described_and_rebuilt(tiny, one_thread):
+    """Catches a transform or preprocess function left out of the description (a silently different encoder)."""
+    text = describe_encoder(HFTextEncoder(tiny["bert"], preprocess=blip_caption, device="cpu"))
+    assert text["options"]["preprocess"] == "fusemix.preprocess.blip_caption"
+    assert build_encoder(text, device="cpu").preprocess is blip_caption
+    image = describe_encoder(HFImageEncoder(tiny["dinov2"], transform=SMALL_CROP, device="cpu"))
+    assert image["options"]["transform"] == SMALL_CROP.identity
+    rebuilt = build_encoder(image, device="cpu")
+    assert type(rebuilt.transform) is ResizeCenterCrop and rebuilt.transform.identity == SMALL_CROP.identity
+    assert rebuilt.processor is None  # the transform replaces the checkpoint's image processor
+    plain = HFTextEncoder(tiny["bert"], device="cpu")
+    assert not torch.allclose(plain(_inputs("text")), build_encoder(text, device="cpu")(_inputs("text")))
+
+
+@pytest.mark.parametrize(
+    ("model", "cls", "options"),
+    [
+        ("bert", HFTextEncoder, {"preprocess": shout}),
+        ("st", SentenceTransformerEncoder, {"preprocess": shout}),
+        ("dinov2", HFImageEncoder, {"transform": Smaller(28)}),
+        ("dinov2", HFImageEncoder, {"transform": _identified_transform()}),
+    ],
+    ids=["hf-text-own-function", "st-own-function", "transform-subclass", "transform-with-an-identity"],
+)
+def test_preprocessing_fusemix_cannot_rebuild_makes_a_custom_encoder(tiny, model, cls, options):
+    """Catches an adapter described as rebuildable without what prepares its inputs."""
+    if cls is SentenceTransformerEncoder:
+        pytest.importorskip("sentence_transformers")
+    encoder = cls(tiny[model], device="cpu", **options)
+    description = describe_encoder(encoder)
+    assert description == {"kind": "custom", "class": f"{cls.__module__}.{cls.__qualname__}",
+                           "identity": encoder.identity}  # fmt: skip
+    with pytest.raises(ValueError, match="cannot be rebuilt from JSON"):
+        build_encoder(description)
+
+
+def test_rebuilt_encoders_load_as_quietly_as_asked(tiny):
+    """Catches build_encoder dropping ``progress`` (the command line's --no-progress would not silence loading)."""
+    description = describe_encoder(HFTextEncoder(tiny["bert"], device="cpu"))
+    assert build_encoder(description, device="cpu", progress=False).progress is False
+    assert build_encoder(description, device="cpu").progress is True
+
+
+@pytest.mark.parametrize(
+    ("options", "match"),
+    [
+        ({"preprocess": "os.system"}, r"options.preprocess 'os.system' is not one of \['fusemix.preprocess"),
+        ({"transform": {"transform": "random-crop"}}, "is not a resize-center-crop transform"),
+        ({"transform": {"transform": "resize-center-crop", "size": 28}}, "is not a valid transform"),
+        ({"transform": {**SMALL_CROP.identity, "antialias": False}}, "has settings this fusemix does not know"),
+        ({"transform": {**SMALL_CROP.identity, "size": -1}}, "is not a valid transform"),
+    ],
+)
+def test_unknown_preprocessing_in_a_description_is_refused(tiny, options, match):
+    """Catches a description whose preprocessing this fusemix would drop or run from an arbitrary name."""
+    description = describe_encoder(HFImageEncoder(tiny["dinov2"], device="cpu"))
+    with pytest.raises(ValueError, match=match):
+        build_encoder({**description, "options": {**description["options"], **options}}, device="cpu")
 
 
 def test_a_moved_local_model_is_found_at_its_new_place(tiny, tmp_path):

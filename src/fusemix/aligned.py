@@ -264,8 +264,8 @@ def model_directory(path: str | os.PathLike[str]) -> Path:
         FileNotFoundError: If neither holds a model.
 
     """
+    from fusemix._run_files import MODEL_DIR
     from fusemix.checkpoint import MODEL_CONFIG
-    from fusemix.train import MODEL_DIR
 
     root = Path(path)
     if (root / MODEL_CONFIG).is_file():

@@ -3,7 +3,10 @@
 A *model directory* (:func:`save_model` / :func:`load_model`) holds
 ``model.safetensors`` (the state dict) and ``fusemix.json`` (modalities,
 latent dims, adapter and loss settings, fusemix version): enough to rebuild a
-:class:`~fusemix.FusionModel` anywhere.
+:class:`~fusemix.FusionModel` anywhere. Saved with ``encoders=``, it also
+holds ``encoders.json``, which frozen encoder feeds each adapter
+(:mod:`fusemix.encoder_descriptions`), for
+:meth:`fusemix.aligned.AlignedModel.from_pretrained`.
 
 A *training checkpoint* (:func:`save_training_checkpoint` /
 :func:`load_training_checkpoint`) adds ``optimizer.pt`` and ``rng.pt``
@@ -206,8 +209,14 @@ def _config_dict(config: object) -> dict[str, Any] | None:
     raise TypeError(f"config: expected a TrainConfig, a mapping or None, got {type(config).__name__}")
 
 
-def save_model(model: FusionModel, path: str | Path, *, config: object = None) -> Path:
-    """Save ``model`` as a model directory: ``model.safetensors`` + ``fusemix.json``.
+def save_model(
+    model: FusionModel,
+    path: str | Path,
+    *,
+    config: object = None,
+    encoders: Mapping[str, Callable[..., Any] | Mapping[str, Any]] | None = None,
+) -> Path:
+    """Save ``model`` as a model directory: ``model.safetensors`` + ``fusemix.json`` (+ ``encoders.json``).
 
     The directory is written whole (see :func:`atomic_directory`); an
     existing one at ``path`` is replaced.
@@ -217,6 +226,13 @@ def save_model(model: FusionModel, path: str | Path, *, config: object = None) -
         path: The directory to write.
         config: The :class:`~fusemix.train.TrainConfig` (or a dict) the model
             was trained with, stored for reference under ``"train_config"``.
+        encoders: Modality name to the frozen encoder its adapter was
+            trained on, or to a description of it
+            (:func:`fusemix.encoder_descriptions.describe_encoder`), written
+            to ``encoders.json`` so that
+            :meth:`fusemix.aligned.AlignedModel.from_pretrained` gets the
+            encoders back; some modalities may be left out. ``None`` writes
+            no ``encoders.json``.
 
     Returns:
         ``path`` as a :class:`~pathlib.Path`.
@@ -224,6 +240,9 @@ def save_model(model: FusionModel, path: str | Path, *, config: object = None) -
     Raises:
         ImportError: If safetensors is not installed.
         TypeError: If the model holds a custom adapter or loss.
+        ValueError: If ``encoders`` names a modality the model lacks or
+            holds something that is neither an encoder nor a description
+            (checked before anything is written).
 
     Example:
         >>> import tempfile, pathlib
@@ -238,10 +257,17 @@ def save_model(model: FusionModel, path: str | Path, *, config: object = None) -
     st = require_safetensors()
     description = describe_model(model)
     description["train_config"] = _config_dict(config)
+    described = None
+    if encoders is not None:
+        from fusemix.encoder_descriptions import describe_encoders, save_encoder_descriptions
+
+        described = describe_encoders(encoders, modalities=model.modalities)
     path = Path(path)
     with atomic_directory(path) as tmp:
         st.save_file(_state_to_save(model), str(tmp / MODEL_WEIGHTS), metadata={"format": "pt"})
         write_json_atomic(tmp / MODEL_CONFIG, description)
+        if described is not None:
+            save_encoder_descriptions(tmp, described)
     return path
 
 

@@ -2,10 +2,13 @@
 
 Adapters only accept latents of the encoder they were trained on, so a model
 directory is only usable from raw inputs if it says which encoders those
-were. :func:`save_encoder_descriptions` writes ``encoders.json`` next to
-``model.safetensors`` and ``fusemix.json``; :func:`build_encoder` gets the
-same encoder back; :func:`identity_differences` checks that an encoder is the
-one a model was trained on.
+were. ``encoders.json`` lies next to ``model.safetensors`` and
+``fusemix.json``: :func:`fusemix.checkpoint.save_model` and
+:func:`fusemix.train.fit` write it when given ``encoders=``, ``fusemix train``
+from the descriptions its ``fusemix extract`` stores record, and
+:func:`save_encoder_descriptions` adds it to a model directory.
+:func:`build_encoder` gets the same encoder back; :func:`identity_differences`
+checks that an encoder is the one a model was trained on.
 
 ``encoders.json``::
 
@@ -13,7 +16,7 @@ one a model was trained on.
      "encoders": {
        "text": {"kind": "sentence-transformers", "location": "sentence-transformers/all-MiniLM-L6-v2",
                 "local": false, "options": {"normalize": false, "prefix": "", "dtype": "float32",
-                "max_batch_size": 32}, "identity": {...}},
+                "max_batch_size": 32, "preprocess": "fusemix.preprocess.blip_caption"}, "identity": {...}},
        "image": {"kind": "custom", "class": "my_code.MyEncoder", "identity": {...}}}}
 
 Kinds (the names of ``fusemix extract --encoder``):
@@ -22,11 +25,17 @@ Kinds (the names of ``fusemix extract --encoder``):
   the adapters of :mod:`fusemix.encoders`. ``location`` is the Hub id or the
   absolute local directory, ``options`` the constructor arguments; such an
   encoder is rebuilt from the description alone (a local directory that has
-  moved is given as a new ``location``).
+  moved is given as a new ``location``). Input preparation is an option too
+  when fusemix can rebuild it: ``"transform"``, the identity of a
+  :class:`~fusemix.preprocess.ResizeCenterCrop` (e.g.
+  :data:`~fusemix.preprocess.DINOV2_EVAL_TRANSFORM`), and ``"preprocess"``,
+  the qualified name of a function of :mod:`fusemix.preprocess` (e.g.
+  ``"fusemix.preprocess.blip_caption"``).
 - ``"custom"``: any other encoder (a :class:`~fusemix.encoders.CallableEncoder`,
-  your own class). Its code cannot be stored in JSON (and running code named
-  by a downloaded file would be unsafe), so only its ``identity`` is kept: the
-  user passes the encoder again and the identity is checked.
+  your own class, or one of the adapters above with a transform or preprocess
+  function of your own). Its code cannot be stored in JSON (and running code
+  named by a downloaded file would be unsafe), so only its ``identity`` is
+  kept: the user passes the encoder again and the identity is checked.
 
 ``identity`` is what :func:`fusemix.extract.encoder_identity_of` returns, the
 record latent stores keep too. The device is never stored: it belongs to the
@@ -37,15 +46,17 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from fusemix._fileio import write_json_atomic
 from fusemix.encoders import HFAudioEncoder, HFImageEncoder, HFTextEncoder, SentenceTransformerEncoder
 from fusemix.encoders.base import dtype_name
 from fusemix.extract import encoder_identity_of
+from fusemix.preprocess import ResizeCenterCrop, blip_caption
 
 ENCODERS_FILE = "encoders.json"
 """Name of the encoder descriptions file in a model directory."""
@@ -61,6 +72,34 @@ _CLASSES: dict[str, type] = {
 REBUILDABLE_KINDS: tuple[str, ...] = tuple(_CLASSES)
 """Kinds that :func:`build_encoder` rebuilds from the description alone."""
 
+PREPROCESSORS: dict[str, Callable[[str], str]] = {
+    f"{function.__module__}.{function.__qualname__}": function for function in (blip_caption,)
+}
+"""The text ``preprocess`` functions a description names (by qualified name) and :func:`build_encoder` rebuilds."""
+
+
+class _NotRebuildable(Exception):
+    """An encoder's options include an object that a description cannot name (it is described as custom)."""
+
+
+def _transform_option(transform: Callable[..., Any] | None) -> dict[str, Any]:
+    """``{"transform": identity}`` for a :class:`ResizeCenterCrop`, ``{}`` without a transform."""
+    if transform is None:
+        return {}
+    if type(transform) is not ResizeCenterCrop:
+        raise _NotRebuildable
+    return {"transform": transform.identity}
+
+
+def _preprocess_option(preprocess: Callable[[str], str] | None) -> dict[str, Any]:
+    """``{"preprocess": qualified name}`` for a function of :data:`PREPROCESSORS`, ``{}`` without one."""
+    if preprocess is None:
+        return {}
+    name = f"{getattr(preprocess, '__module__', '')}.{getattr(preprocess, '__qualname__', '')}"
+    if PREPROCESSORS.get(name) is not preprocess:
+        raise _NotRebuildable
+    return {"preprocess": name}
+
 
 def _common_options(encoder: Any) -> dict[str, Any]:
     return {"dtype": dtype_name(encoder.dtype), "max_batch_size": encoder.max_batch_size}
@@ -73,11 +112,17 @@ def _hf_text_options(encoder: HFTextEncoder) -> dict[str, Any]:
         "max_length": encoder.max_length,
         "normalize": encoder.normalize,
         **_common_options(encoder),
+        **_preprocess_option(encoder.preprocess),
     }
 
 
 def _hf_image_options(encoder: HFImageEncoder) -> dict[str, Any]:
-    return {"pooling": encoder.pooling, "normalize": encoder.normalize, **_common_options(encoder)}
+    return {
+        "pooling": encoder.pooling,
+        "normalize": encoder.normalize,
+        **_common_options(encoder),
+        **_transform_option(encoder.transform),
+    }
 
 
 def _hf_audio_options(encoder: HFAudioEncoder) -> dict[str, Any]:
@@ -88,7 +133,12 @@ def _hf_audio_options(encoder: HFAudioEncoder) -> dict[str, Any]:
 
 
 def _sentence_transformer_options(encoder: SentenceTransformerEncoder) -> dict[str, Any]:
-    return {"normalize": encoder.normalize, "prefix": encoder.prefix, **_common_options(encoder)}
+    return {
+        "normalize": encoder.normalize,
+        "prefix": encoder.prefix,
+        **_common_options(encoder),
+        **_preprocess_option(encoder.preprocess),
+    }
 
 
 _OPTIONS: dict[type, tuple[str, Callable[[Any], dict[str, Any]]]] = {
@@ -103,8 +153,13 @@ def describe_encoder(encoder: Callable[..., Any]) -> dict[str, Any]:
     """The JSON description of ``encoder`` that :func:`build_encoder` reads back.
 
     Only the exact classes of :mod:`fusemix.encoders`' model adapters are
-    rebuildable; everything else (subclasses included, whose behaviour may
-    differ) is described as ``"custom"`` by its identity.
+    rebuildable, and only with no input preparation or one fusemix can
+    rebuild: a ``transform`` that is exactly a
+    :class:`~fusemix.preprocess.ResizeCenterCrop`, a ``preprocess`` function
+    of :data:`PREPROCESSORS`. Everything else (subclasses included, whose
+    behaviour may differ, and adapters with a transform or preprocess
+    function of your own) is described as ``"custom"`` by its identity, so
+    that it is never rebuilt without what prepares its inputs.
 
     Args:
         encoder: A frozen encoder: a list of items in, ``(B, D)`` latents out.
@@ -126,19 +181,19 @@ def describe_encoder(encoder: Callable[..., Any]) -> dict[str, Any]:
     if not callable(encoder):
         raise TypeError(f"encoder: expected a callable encoder, got {type(encoder).__name__}")
     identity = encoder_identity_of(encoder)
-    known = _OPTIONS.get(type(encoder))
+    cls = type(encoder)
+    custom = {"kind": "custom", "class": f"{cls.__module__}.{cls.__qualname__}", "identity": identity}
+    known = _OPTIONS.get(cls)
     if known is None:
-        cls = type(encoder)
-        return {"kind": "custom", "class": f"{cls.__module__}.{cls.__qualname__}", "identity": identity}
-    kind, options = known
+        return custom
+    kind, options_of = known
+    try:
+        options = options_of(encoder)
+    except _NotRebuildable:
+        return custom
     source = encoder.source  # type: ignore[attr-defined]
-    return {
-        "kind": kind,
-        "location": source.location,
-        "local": source.is_local,
-        "options": options(encoder),
-        "identity": identity,
-    }
+    location = {"location": source.location, "local": source.is_local}
+    return {"kind": kind, **location, "options": options, "identity": identity}
 
 
 def _check_description(name: str, description: object) -> dict[str, Any]:
@@ -156,7 +211,46 @@ def _check_description(name: str, description: object) -> dict[str, Any]:
         raise ValueError(f"{name}: a {kind!r} description needs {missing}")
     if not isinstance(description["identity"], Mapping):
         raise ValueError(f"{name}: 'identity' must be a dict, got {type(description['identity']).__name__}")
+    if kind != "custom" and not isinstance(description["options"], Mapping):
+        raise ValueError(f"{name}: 'options' must be a dict, got {type(description['options']).__name__}")
     return json.loads(json.dumps(dict(description), allow_nan=False))
+
+
+def _rebuilt_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    """The constructor arguments of a description's ``options``: a ``transform`` and a ``preprocess`` rebuilt.
+
+    Raises:
+        ValueError: If the transform or the preprocess function is not one fusemix rebuilds.
+
+    """
+    rebuilt = dict(options)
+    if "transform" in rebuilt:
+        rebuilt["transform"] = _rebuilt_transform(rebuilt["transform"])
+    if "preprocess" in rebuilt:
+        name = rebuilt["preprocess"]
+        if not isinstance(name, str) or name not in PREPROCESSORS:
+            raise ValueError(f"description: options.preprocess {name!r} is not one of {sorted(PREPROCESSORS)}")
+        rebuilt["preprocess"] = PREPROCESSORS[name]
+    return rebuilt
+
+
+def _rebuilt_transform(identity: object) -> ResizeCenterCrop:
+    """The :class:`ResizeCenterCrop` whose ``identity`` is ``identity``."""
+    if not isinstance(identity, Mapping) or identity.get("transform") != "resize-center-crop":
+        raise ValueError(f"description: options.transform {identity!r} is not a resize-center-crop transform")
+    try:
+        transform = ResizeCenterCrop(
+            size=identity["size"],
+            resize=identity["resize"],
+            interpolation=identity["interpolation"],
+            mean=tuple(identity["mean"]),
+            std=tuple(identity["std"]),
+        )
+    except (KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"description: options.transform {identity!r} is not a valid transform ({err!r})") from None
+    if transform.identity != identity:  # e.g. a setting of a newer fusemix, which this one would ignore
+        raise ValueError(f"description: options.transform {identity!r} has settings this fusemix does not know")
+    return transform
 
 
 def build_encoder(
@@ -164,6 +258,7 @@ def build_encoder(
     *,
     location: str | os.PathLike[str] | None = None,
     device: str | torch.device | None = None,
+    progress: bool = True,
 ) -> Callable[..., Any]:
     """Rebuild the encoder a :func:`describe_encoder` description stands for.
 
@@ -173,14 +268,17 @@ def build_encoder(
             for a local model directory that has moved; the description's
             ``location`` when ``None``.
         device: Where the encoder runs; ``None`` picks CUDA when available.
+        progress: Show the libraries' progress bars and INFO logs while the
+            model loads (the adapters' ``progress``).
 
     Returns:
         The encoder, loaded (for Hugging Face models this may download them
         unless ``HF_HUB_OFFLINE=1``).
 
     Raises:
-        ValueError: If the description is malformed or of kind ``"custom"``
-            (those cannot be rebuilt: pass the encoder itself).
+        ValueError: If the description is malformed, names a transform or
+            preprocess function fusemix does not rebuild, or is of kind
+            ``"custom"`` (those cannot be rebuilt: pass the encoder itself).
         FileNotFoundError: If a local model directory is not there; the
             message says how to give its new place.
 
@@ -197,7 +295,8 @@ def build_encoder(
             f"description: the {spec['kind']} model directory {target} is not on this machine; pass its new place "
             "as location= (for AlignedModel.from_pretrained: encoders={modality: '/new/place'})"
         )
-    return _CLASSES[spec["kind"]](target, device=device, **spec["options"])
+    options = _rebuilt_options(spec["options"])
+    return _CLASSES[spec["kind"]](target, device=device, progress=progress, **options)
 
 
 def identity_differences(recorded: Mapping[str, Any], actual: Mapping[str, Any]) -> list[str]:
@@ -245,9 +344,54 @@ def _differences(recorded: Mapping[str, Any], actual: Mapping[str, Any], prefix:
     return problems
 
 
-def save_encoder_descriptions(
-    model_dir: str | os.PathLike[str], encoders: Mapping[str, Callable[..., Any] | Mapping[str, Any]]
-) -> Path:
+EncoderOrDescription = Callable[..., Any] | Mapping[str, Any]
+"""A frozen encoder, or a :func:`describe_encoder` description of one."""
+
+
+def describe_encoders(
+    encoders: Mapping[str, EncoderOrDescription], *, modalities: Sequence[str] | None = None
+) -> dict[str, dict[str, Any]]:
+    """The descriptions of several encoders, checked: what ``encoders.json`` holds.
+
+    Args:
+        encoders: Modality name to its frozen encoder, or to an
+            already-made description (e.g. from a store's metadata).
+        modalities: The model's modalities; an encoder of another modality
+            is refused. ``None`` accepts any name.
+
+    Returns:
+        Modality name to description, in the order of ``encoders``.
+
+    Raises:
+        TypeError, ValueError: If ``encoders`` is empty, names a modality
+            not in ``modalities``, or an entry is neither an encoder nor a
+            valid description.
+
+    Example:
+        >>> from fusemix.encoders import CallableEncoder
+        >>> described = describe_encoders({"image": CallableEncoder(len, identity="toy")}, modalities=["image", "text"])
+        >>> described["image"]["kind"], described["image"]["identity"]["id"]
+        ('custom', 'toy')
+
+    """
+    if not isinstance(encoders, Mapping) or not encoders:
+        raise ValueError("encoders: expected a non-empty mapping of modality name to encoder or description")
+    if modalities is not None:
+        unknown = [m for m in encoders if m not in modalities]
+        if unknown:
+            raise ValueError(f"encoders: {unknown} are not among the model's modalities {list(modalities)}")
+    described: dict[str, dict[str, Any]] = {}
+    for modality, encoder in encoders.items():
+        if not isinstance(modality, str) or not modality:
+            raise TypeError(f"encoders: modality names must be non-empty strings, got {modality!r}")
+        if isinstance(encoder, Mapping):
+            described[modality] = _check_description(f"encoders[{modality!r}]", encoder)
+        else:
+            described[modality] = describe_encoder(encoder)
+    return described
+
+
+def save_encoder_descriptions(model_dir: str | os.PathLike[str], encoders: Mapping[str, EncoderOrDescription]) -> Path:
     """Write ``encoders.json`` into a model directory, atomically.
 
     Args:
@@ -272,21 +416,10 @@ def save_encoder_descriptions(
         'toy'
 
     """
-    from fusemix.checkpoint import write_json_atomic
-
     root = Path(model_dir)
     if not root.is_dir():
         raise FileNotFoundError(f"model_dir: {root} is not a directory")
-    if not isinstance(encoders, Mapping) or not encoders:
-        raise ValueError("encoders: expected a non-empty mapping of modality name to encoder or description")
-    described: dict[str, dict[str, Any]] = {}
-    for modality, encoder in encoders.items():
-        if not isinstance(modality, str) or not modality:
-            raise TypeError(f"encoders: modality names must be non-empty strings, got {modality!r}")
-        if isinstance(encoder, Mapping):
-            described[modality] = _check_description(f"encoders[{modality!r}]", encoder)
-        else:
-            described[modality] = describe_encoder(encoder)
+    described = describe_encoders(encoders)
     path = root / ENCODERS_FILE
     write_json_atomic(path, {"format": FORMAT, "format_version": FORMAT_VERSION, "encoders": described})
     return path
@@ -326,9 +459,11 @@ def read_encoder_descriptions(model_dir: str | os.PathLike[str]) -> dict[str, di
 
 __all__ = [
     "ENCODERS_FILE",
+    "PREPROCESSORS",
     "REBUILDABLE_KINDS",
     "build_encoder",
     "describe_encoder",
+    "describe_encoders",
     "identity_differences",
     "read_encoder_descriptions",
     "save_encoder_descriptions",

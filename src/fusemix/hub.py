@@ -35,7 +35,7 @@ from typing import Any, Protocol
 
 from fusemix._optional import require
 from fusemix._version import fusemix_version
-from fusemix.encoder_descriptions import ENCODERS_FILE, describe_encoder, save_encoder_descriptions
+from fusemix.encoder_descriptions import ENCODERS_FILE, describe_encoder
 from fusemix.model import FusionModel
 
 CARD_FILE = "README.md"
@@ -244,9 +244,7 @@ def save_pretrained(
     )
     descriptions = _descriptions(aligned)
     with atomic_directory(path) as staging:
-        save_model(aligned.model, staging, config=aligned.train_config)
-        if descriptions:
-            save_encoder_descriptions(staging, descriptions)
+        save_model(aligned.model, staging, config=aligned.train_config, encoders=descriptions or None)
         write_text_atomic(staging / CARD_FILE, card)
     return path
 

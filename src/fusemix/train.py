@@ -75,7 +75,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -249,6 +249,7 @@ def fit(
     resume: bool = True,
     progress: bool = True,
     callbacks: Sequence[Callable[[TrainState], None]] = (),
+    encoders: Mapping[str, Callable[..., Any] | Mapping[str, Any]] | None = None,
 ) -> FitResult:
     """Train fusion adapters on paired latents with FuseMix.
 
@@ -320,6 +321,11 @@ def fit(
             checkpoint there is an error rather than silently overwritten.
         progress: Show a tqdm progress bar (when tqdm is installed).
         callbacks: Called after every optimizer step with a :class:`TrainState`.
+        encoders: Modality name to the frozen encoder that made its latents
+            (or its description), saved as ``out_dir/model/encoders.json``
+            (:func:`fusemix.checkpoint.save_model`) so that
+            :meth:`fusemix.aligned.AlignedModel.from_pretrained` gets them
+            back; described and checked before training.
 
     Returns:
         A :class:`FitResult`.
@@ -371,8 +377,13 @@ def fit(
         raise TypeError(f"config: expected a TrainConfig or None, got {type(config).__name__}")
     if model is not None and not isinstance(model, FusionModel):
         raise TypeError(f"model: expected a FusionModel or None, got {type(model).__name__}")
+    described = None
+    if encoders is not None:
+        from fusemix.encoder_descriptions import describe_encoders
+
+        described = describe_encoders(encoders, modalities=train.modalities)
     with _torch_threads(config.threads):
-        return _fit(train, config, val, val_pair, out_dir, model, resume, progress, callbacks)
+        return _fit(train, config, val, val_pair, out_dir, model, resume, progress, callbacks, described)
 
 
 def _fit(
@@ -385,6 +396,7 @@ def _fit(
     resume: bool,
     progress: bool,
     callbacks: Sequence[Callable[[TrainState], None]],
+    encoders: dict[str, dict[str, Any]] | None,
 ) -> FitResult:
     """:func:`fit` once its arguments' types are checked and its thread count is set."""
     place = launch_environment()
@@ -432,7 +444,7 @@ def _fit(
                     log.close()
             run.model.eval()
             if run_dir is not None and place.is_main:
-                save_model(run.model, run_dir / MODEL_DIR, config=config)
+                save_model(run.model, run_dir / MODEL_DIR, config=config, encoders=encoders)
                 plot_curves(run.history, run_dir / CURVES_PNG)
             barrier(device)
     except Exception as err:

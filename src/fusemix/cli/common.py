@@ -35,6 +35,9 @@ ITEMS_FILE = "items.jsonl"
 """Written by ``fusemix extract`` next to the store: line ``i`` is the item (JSON string) of row ``i``."""
 LATENTS_FILE = "latents.json"
 """Written by ``fusemix train`` into ``--out`` and the model directory: modalities, dims, encoder identities."""
+ENCODER_DESCRIPTION = "encoder_description"
+"""Key of a store's metadata under which ``fusemix extract`` records its encoder's description
+(:func:`fusemix.encoder_descriptions.describe_encoder`); ``fusemix train`` writes it to ``model/encoders.json``."""
 
 
 class CommandError(Exception):
@@ -110,6 +113,11 @@ class Latents:
     @property
     def dim(self) -> int:
         return int(self.array.shape[1])
+
+    @property
+    def encoder_description(self) -> Any:
+        """The encoder description the store records (``fusemix extract`` writes one); ``None`` if none."""
+        return self.array.metadata.get(ENCODER_DESCRIPTION) if isinstance(self.array, LatentStore) else None
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -261,6 +269,21 @@ def paired_latents(what: str, latents: Mapping[str, Latents], rows: Mapping[str,
         return PairedLatents({modality: item.array for modality, item in latents.items()}, rows)
     except (ValueError, TypeError) as err:
         raise CommandError(f"{what}: {err}") from err
+
+
+_PACKAGE = Path(__file__).resolve().parents[1]
+
+
+def raised_by_fusemix(err: BaseException) -> bool:
+    """Whether ``err`` was raised in fusemix's own code (a check refusing what an encoder returned).
+
+    A ``TypeError`` raised inside the user's encoder (its innermost frame is
+    the encoder's code) is a bug there, and keeps its traceback.
+    """
+    trace = err.__traceback__
+    while trace is not None and trace.tb_next is not None:
+        trace = trace.tb_next
+    return trace is not None and Path(trace.tb_frame.f_code.co_filename).resolve().is_relative_to(_PACKAGE)
 
 
 @contextlib.contextmanager

@@ -98,26 +98,44 @@ class _ListEncoder:
         return self.fn(items)
 
 
-def _build_python_encoder(args: argparse.Namespace, options: Mapping[str, Any], input_type: str) -> Any:
+def python_encoder(spec: str, argument: str | None, options: Mapping[str, Any], input_type: str) -> Any:
+    """The encoder that ``--callable MODULE:FUNCTION`` builds: ``FUNCTION()``, or ``FUNCTION(argument)``.
+
+    An encoder with an ``identity`` dict is used as it is; a plain function
+    or module is wrapped with the identity ``{"callable": "MODULE:FUNCTION",
+    "model": argument}`` (in a :class:`~fusemix.encoders.CallableEncoder`
+    configured by ``options``, except for audio).
+
+    Args:
+        spec: ``MODULE:FUNCTION``.
+        argument: What ``FUNCTION`` is called with (``fusemix extract
+            --model``, ``fusemix embed --encoder-path``); ``None`` calls it
+            without an argument.
+        options: ``device``, ``model_dtype`` and ``max_batch_size`` when given.
+        input_type: What the items are (``"audio"`` items go to a plain function as they are).
+
+    Raises:
+        CommandError: If ``spec`` cannot be imported or does not return an
+            encoder, or ``options`` are given for an encoder with its own identity.
+
+    """
     from fusemix.encoders import CallableEncoder
 
-    if not args.callable:
-        raise CommandError("--callable: --encoder python needs --callable MODULE:FUNCTION")
-    factory = _load_callable(args.callable)
-    encoder = factory() if args.model is None else factory(args.model)
+    factory = _load_callable(spec)
+    encoder = factory() if argument is None else factory(argument)
     if isinstance(encoder, (str, bytes, Mapping)) or not callable(encoder):
         raise CommandError(
-            f"--callable: {args.callable} returned a {type(encoder).__name__}; it must return the encoder, a callable "
+            f"--callable: {spec} returned a {type(encoder).__name__}; it must return the encoder, a callable "
             "mapping a list of items to a (len(items), dim) tensor"
         )
     if isinstance(getattr(encoder, "identity", None), Mapping):
         if options:
             raise CommandError(
-                f"{flag(sorted(options)[0])}: {args.callable} returned an encoder with its own identity; set the "
+                f"{flag(sorted(options)[0])}: {spec} returned an encoder with its own identity; set the "
                 "device, dtype and batch size there (these flags only configure a plain function or module)"
             )
         return encoder
-    identity = {"callable": _callable_name(args.callable), "model": args.model}
+    identity = {"callable": _callable_name(spec), "model": argument}
     if input_type == "audio":  # CallableEncoder would stack the waveforms, which differ in length
         if options:
             raise CommandError(
@@ -137,7 +155,9 @@ def _build_python_encoder(args: argparse.Namespace, options: Mapping[str, Any], 
 def build_encoder(args: argparse.Namespace, options: dict[str, Any], input_type: str) -> Any:
     """The encoder ``--encoder`` and the adapter options describe (loads the model)."""
     if args.encoder == "python":
-        return _build_python_encoder(args, options, input_type)
+        if not args.callable:
+            raise CommandError("--callable: --encoder python needs --callable MODULE:FUNCTION")
+        return python_encoder(args.callable, args.model, options, input_type)
     if not args.model:
         raise CommandError(f"--model: --encoder {args.encoder} needs the Hub id or local folder of the model")
     from fusemix.encoders import HFAudioEncoder, HFImageEncoder, HFTextEncoder, SentenceTransformerEncoder

@@ -9,19 +9,17 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
-import shutil
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from fusemix._fileio import write_text_atomic
 from fusemix.cli.common import (
+    ENCODER_DESCRIPTION,
     ITEMS_FILE,
     PROG,
     CommandError,
@@ -29,6 +27,7 @@ from fusemix.cli.common import (
     flag,
     positive_int,
     positive_int_or_none,
+    raised_by_fusemix,
     workers,
 )
 from fusemix.cli.encoder_setup import (
@@ -44,12 +43,14 @@ from fusemix.cli.inputs import (
     IMAGE_EXTENSIONS,
     INPUT_TYPES,
     FileEncoder,
-    audio_reader,
-    image_reader,
+    add_input_arguments,
+    file_reader,
     read_inputs,
 )
-from fusemix.extract import SPEC, encoder_identity_of, extract_latents, finalize_store
-from fusemix.store import MANIFEST, SHARD_DIR, LatentStore, StoreError
+from fusemix.cli.store_output import StoreOutput, add_output_arguments
+from fusemix.encoder_descriptions import describe_encoder
+from fusemix.extract import encoder_identity_of, extract_latents, finalize_store
+from fusemix.store import MANIFEST, LatentStore, StoreError
 
 SUMMARY = "encode a dataset once into a latent store"
 
@@ -117,26 +118,10 @@ torchrun: each process (RANK of WORLD_SIZE) encodes the shards k with
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the options of ``fusemix extract`` to its parser."""
     source = parser.add_argument_group("input")
-    source.add_argument(
-        "--input",
-        type=Path,
-        required=True,
-        metavar="PATH",
-        help="text file (one item per line), folder of image/audio files, or CSV/TSV/JSONL manifest (with --column)",
-    )
-    source.add_argument("--column", metavar="NAME", help="manifest column holding the texts or the file paths")
-    source.add_argument(
-        "--input-type",
-        choices=INPUT_TYPES,
-        help="what the items are; implied by --encoder except 'python', which needs it. 'path' hands the encoder "
-        "the file paths themselves",
-    )
-    source.add_argument(
-        "--extensions",
-        nargs="+",
-        metavar="EXT",
-        help="file extensions to take from a folder (default: the image or audio ones listed below; every file "
-        "for --input-type path)",
+    add_input_arguments(
+        source,
+        input_type_help="what the items are; implied by --encoder except 'python', which needs it. 'path' hands the "
+        "encoder the file paths themselves",
     )
     source.add_argument(
         "--read-threads",
@@ -203,61 +188,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
     out = parser.add_argument_group("output")
-    out.add_argument("--out", type=Path, required=True, metavar="DIR", help="store folder (created if needed)")
+    add_output_arguments(out, what="latents")
     out.add_argument(
         "--modality", metavar="NAME", help="modality name recorded in the store (default: the --input-type)"
-    )
-    out.add_argument(
-        "--batch-size", type=positive_int, default=256, metavar="N", help="items per encoder call (default: 256)"
-    )
-    out.add_argument(
-        "--shard-size", type=positive_int, default=65536, metavar="N", help="rows per shard file (default: 65536)"
-    )
-    out.add_argument(
-        "--dtype",
-        choices=("float16", "float32"),
-        default="float16",
-        help="storage dtype of the latents (default: float16)",
-    )
-    out.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="replace a store (or unfinished run) in --out made from other items or settings",
-    )
-    out.add_argument("--no-progress", action="store_true", help="no progress bar")
-
-
-def _items_text(items: Sequence[str]) -> str:
-    return "".join(json.dumps(item, ensure_ascii=False) + "\n" for item in items)
-
-
-def _remove_store(root: Path) -> None:
-    """Delete what a store or an extraction keeps in ``root`` (manifest first, so it stops counting as complete)."""
-    for name in (MANIFEST, SPEC, ITEMS_FILE):
-        with contextlib.suppress(FileNotFoundError):
-            (root / name).unlink()
-    shutil.rmtree(root / SHARD_DIR, ignore_errors=True)
-
-
-def _check_items_file(root: Path, text: str, overwrite: bool) -> None:
-    """Refuse (or with ``overwrite`` clear) a store in ``root`` whose ``items.jsonl`` lists other items."""
-    file = root / ITEMS_FILE
-    try:
-        old = file.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return
-    if old == text:
-        return
-    if overwrite:
-        _remove_store(root)
-        return
-    old_lines, new_lines = old.splitlines(), text.splitlines()
-    row = next((i for i, (a, b) in enumerate(zip(old_lines, new_lines)) if a != b), min(len(old_lines), len(new_lines)))
-    there = old_lines[row] if row < len(old_lines) else "(no row)"
-    now = new_lines[row] if row < len(new_lines) else "(no row)"
-    raise CommandError(
-        f"--out: {root} holds latents of other items ({len(old_lines)} there, {len(new_lines)} now; row {row}: "
-        f"{there} there, {now} now); pass --overwrite to replace them, or pick another --out"
     )
 
 
@@ -278,21 +211,15 @@ def run(args: argparse.Namespace) -> int:
     modality = args.modality or (None if input_type == "path" else input_type)
     if not modality:
         raise CommandError("--modality: name the modality of the latents (--input-type path implies none)")
-    if args.extensions and not args.input.is_dir():
-        raise CommandError("--extensions: applies to a folder --input only")
     worker_index, num_workers = workers()
     if args.overwrite and num_workers > 1:
         raise CommandError(
             "--overwrite: not with several workers (each would clear the others' shards); delete --out first"
         )
     inputs = read_inputs(args.input, input_type, column=args.column, extensions=args.extensions)
-    root: Path = check_output_folder("--out", args.out)
-    items_text = _items_text(inputs.items)
-    _check_items_file(root, items_text, args.overwrite)
-    stamp_before = _manifest_stamp(root)
-    if worker_index == 0 and stamp_before is None:  # record the items before any shard, to catch changed inputs
-        root.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(root / ITEMS_FILE, items_text)
+    output = StoreOutput.start(
+        check_output_folder("--out", args.out), inputs.items, overwrite=args.overwrite, write_items=worker_index == 0
+    )
 
     if "device" not in options and args.encoder != "python":
         device = default_device(num_workers)
@@ -300,21 +227,17 @@ def run(args: argparse.Namespace) -> int:
             options["device"] = device
     encoder = build_encoder(args, options, input_type)
     identity = encoder_identity_of(encoder)
-    metadata = {**inputs.source, "items_file": ITEMS_FILE}
+    metadata = {**inputs.source, "items_file": ITEMS_FILE, ENCODER_DESCRIPTION: describe_encoder(encoder)}
     with contextlib.ExitStack() as stack:
         if inputs.base is None:
             run_encoder: Callable[[list[Any]], Any] = encoder
         else:
-            read: Callable[[Path], Any] = str
-            if input_type == "image":
-                read = image_reader()
-            elif input_type == "audio":
-                rate = getattr(encoder, "sampling_rate", None)
-                read = audio_reader(rate if isinstance(rate, int) else None)
             threads = 1 if input_type == "path" else args.read_threads
             pool = stack.enter_context(ThreadPoolExecutor(threads)) if threads > 1 else None
-            run_encoder = FileEncoder(encoder, read, inputs.base, pool)
-        store = _extract(args, root, run_encoder, inputs.items, modality, identity, metadata, worker_index, num_workers)
+            run_encoder = FileEncoder(encoder, file_reader(input_type, encoder), inputs.base, pool)
+        store = _extract(
+            args, output.root, run_encoder, inputs.items, modality, identity, metadata, worker_index, num_workers
+        )
     if store is None:
         print(
             f"{PROG} extract: worker {worker_index} of {num_workers} finished its shards; the last worker to finish "
@@ -322,41 +245,12 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 0
-    if worker_index == 0 and not (root / ITEMS_FILE).is_file():
-        write_text_atomic(root / ITEMS_FILE, items_text)
-    unchanged = stamp_before is not None and stamp_before == _manifest_stamp(root)
-    note = " (already complete: nothing to do)" if unchanged else ""
-    print(f"{len(store)} {store.modality} latents of dim {store.dim} ({store.dtype.name}) in {root}{note}")
-    print(f"row i of the store is line i + 1 of {root / ITEMS_FILE}")
+    output.finish(store, "latents")
     return 0
-
-
-_PACKAGE = Path(__file__).resolve().parents[1]
-
-
-def _raised_by_fusemix(err: BaseException) -> bool:
-    """Whether ``err`` was raised in fusemix's own code (a check refusing what the encoder returned).
-
-    A ``TypeError`` raised inside the user's encoder (its innermost frame is
-    the encoder's code) is a bug there, and keeps its traceback.
-    """
-    trace = err.__traceback__
-    while trace is not None and trace.tb_next is not None:
-        trace = trace.tb_next
-    return trace is not None and Path(trace.tb_frame.f_code.co_filename).resolve().is_relative_to(_PACKAGE)
 
 
 def _encoder_flag(args: argparse.Namespace) -> str:
     return f"--callable {args.callable}" if args.encoder == "python" else f"--encoder {args.encoder}"
-
-
-def _manifest_stamp(root: Path) -> tuple[int, int] | None:
-    """Inode and modification time of ``root``'s manifest (a rewrite changes them), ``None`` without one."""
-    try:
-        info = (root / MANIFEST).stat()
-    except FileNotFoundError:
-        return None
-    return info.st_ino, info.st_mtime_ns
 
 
 def _extract(
@@ -393,7 +287,7 @@ def _extract(
             overwrite=args.overwrite,
         )
     except TypeError as err:
-        if not _raised_by_fusemix(err):
+        if not raised_by_fusemix(err):
             raise
         raise CommandError(f"{_encoder_flag(args)}: {err}") from err
     except StoreError:

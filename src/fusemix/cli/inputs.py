@@ -1,4 +1,4 @@
-"""What ``fusemix extract --input`` lists, and reading the image and audio files it names.
+"""What ``--input`` lists (``fusemix extract``, ``fusemix embed``), and reading the image and audio files it names.
 
 ``--input`` is a text file (one item per line: texts, or file paths relative
 to it), a folder of image or audio files (searched recursively, sorted by
@@ -8,6 +8,7 @@ or the file paths.
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import os
@@ -25,6 +26,26 @@ INPUT_TYPES: tuple[str, ...] = ("text", "image", "audio", "path")
 IMAGE_EXTENSIONS: tuple[str, ...] = (".bmp", ".gif", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp")
 AUDIO_EXTENSIONS: tuple[str, ...] = (".aif", ".aiff", ".flac", ".mp3", ".ogg", ".wav")
 MANIFEST_SUFFIXES: tuple[str, ...] = (".csv", ".tsv", ".jsonl")
+
+
+def add_input_arguments(group: argparse._ActionsContainer, *, input_type_help: str) -> None:
+    """Add ``--input``, ``--column``, ``--input-type`` (with ``input_type_help``) and ``--extensions``."""
+    group.add_argument(
+        "--input",
+        type=Path,
+        required=True,
+        metavar="PATH",
+        help="text file (one item per line), folder of image/audio files, or CSV/TSV/JSONL manifest (with --column)",
+    )
+    group.add_argument("--column", metavar="NAME", help="manifest column holding the texts or the file paths")
+    group.add_argument("--input-type", choices=INPUT_TYPES, help=input_type_help)
+    group.add_argument(
+        "--extensions",
+        nargs="+",
+        metavar="EXT",
+        help="file extensions to take from a folder (default: the image or audio ones listed below; every file "
+        "for --input-type path)",
+    )
 
 
 @dataclass(frozen=True)
@@ -114,12 +135,15 @@ def read_inputs(
 
     Raises:
         CommandError: If the input cannot be read, lists nothing, has empty
-            items, or names files that do not exist (the message names them).
+            items, or names files that do not exist (the message names them),
+            or ``extensions`` are given for an input that is not a folder.
 
     """
     source: dict[str, Any] = {"input": str(path.resolve()), "input_type": input_type, "column": column}
     if not path.exists():
         raise CommandError(f"--input: {path}: no such file or folder")
+    if extensions and not path.is_dir():
+        raise CommandError("--extensions: applies to a folder --input only")
     if path.is_dir():
         if column is not None:
             raise CommandError("--column: applies to a CSV/TSV/JSONL manifest, not to a folder")
@@ -160,6 +184,23 @@ def read_inputs(
             f"(first: {base / missing[0]}); paths are relative to the folder of {path.name}"
         )
     return Inputs(items, base, source)
+
+
+def file_reader(input_type: str, encoder: object) -> Callable[[Path], Any]:
+    """How the files of ``input_type`` are read for ``encoder``: images, audio at its ``sampling_rate``, or paths.
+
+    Args:
+        input_type: ``"image"``, ``"audio"`` or ``"path"`` (the absolute path, as a ``str``).
+        encoder: The encoder the items go to; an ``int`` ``sampling_rate``
+            attribute makes audio be read at that rate (else at the file's own).
+
+    """
+    if input_type == "image":
+        return image_reader()
+    if input_type == "audio":
+        rate = getattr(encoder, "sampling_rate", None)
+        return audio_reader(rate if isinstance(rate, int) else None)
+    return str
 
 
 def image_reader() -> Callable[[Path], Any]:

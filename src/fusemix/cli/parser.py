@@ -9,20 +9,22 @@ from collections.abc import Sequence
 from types import ModuleType
 
 from fusemix._version import fusemix_version
-from fusemix.cli import evaluate, extract, train
+from fusemix.cli import embed, evaluate, extract, train
 from fusemix.cli.common import PROG, CommandError
 
-COMMANDS: dict[str, ModuleType] = {"extract": extract, "train": train, "evaluate": evaluate}
+COMMANDS: dict[str, ModuleType] = {"extract": extract, "train": train, "evaluate": evaluate, "embed": embed}
 """Command name to its module: ``SUMMARY``, ``DESCRIPTION``, ``EPILOG``, ``add_arguments(parser)``, ``run(args)``."""
 
 TOP_DESCRIPTION = """\
 Align frozen unimodal encoders with FuseMix (latent mixup), from the command line.
 
-A run has three steps:
+A run has three steps, and a fourth to use the model:
   1. fusemix extract    encode every item of a dataset once with a frozen encoder
                         (Hugging Face, sentence-transformers or your own) into a latent store
   2. fusemix train      train one fusion adapter per modality on the stored latents
   3. fusemix evaluate   score cross-modal retrieval (Recall@K) with the trained model
+  4. fusemix embed      embed a dataset into the trained model's shared space, from the raw
+                        items, into a store to search
 """
 
 TOP_EPILOG = """\
@@ -52,7 +54,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as stop:  # --help, --version and argument errors exit through argparse
         return stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 2)
     if args.command is None:
-        print(f"{PROG}: error: choose a command: extract, train or evaluate (see '{PROG} --help')", file=sys.stderr)
+        commands = f"{', '.join(list(COMMANDS)[:-1])} or {list(COMMANDS)[-1]}"
+        print(f"{PROG}: error: choose a command: {commands} (see '{PROG} --help')", file=sys.stderr)
         return 2
     prog = f"{PROG} {args.command}"
     try:

@@ -2,8 +2,9 @@
 
 Settings come from the :class:`~fusemix.train.TrainConfig` defaults, then a
 TOML/YAML ``--config`` file (``[train]`` and ``[data]`` tables), then the
-flags. The run folder gets the model, a checkpoint (rerunning resumes from
-it), logs, curves and ``latents.json`` (what the model was trained on).
+flags. The run folder gets the model (with ``encoders.json``, the encoders
+that the training stores record), a checkpoint (rerunning resumes from it),
+logs, curves and ``latents.json`` (what the model was trained on).
 """
 
 from __future__ import annotations
@@ -331,6 +332,26 @@ def _open_data(settings: TrainSettings) -> tuple[dict[str, Latents], PairedLaten
     return train_latents, train, val
 
 
+def _encoder_descriptions(latents: Mapping[str, Latents]) -> dict[str, dict[str, Any]] | None:
+    """The encoder descriptions the training stores record (``fusemix extract`` writes one), checked; ``None`` if none.
+
+    ``fit`` writes them to ``model/encoders.json``, so that
+    ``AlignedModel.from_pretrained(run)`` rebuilds the encoders.
+    """
+    from fusemix.encoder_descriptions import describe_encoders
+
+    described: dict[str, dict[str, Any]] = {}
+    for modality, item in latents.items():
+        description = item.encoder_description
+        if description is None:
+            continue
+        try:
+            described.update(describe_encoders({modality: description}))
+        except (TypeError, ValueError) as err:
+            raise CommandError(f"--latents {modality}: {item.path} records a bad encoder description ({err})") from err
+    return described or None
+
+
 def _out_held(out: Path, main_process: bool) -> contextlib.AbstractContextManager[Any]:
     """The lock on ``--out`` that rank 0 holds for the whole command (``fit`` takes the same lock inside it)."""
     if not main_process:
@@ -345,6 +366,7 @@ def run(args: argparse.Namespace) -> int:
 
     settings = train_settings(args)
     train_latents, train, val = _open_data(settings)
+    encoders = _encoder_descriptions(train_latents)
     out = check_output_folder("--out", settings.out)
     main_process = workers()[0] == 0  # under torchrun, rank 0 alone writes and reports (as fit does)
     checkpoint = out / CHECKPOINT_DIR
@@ -372,6 +394,7 @@ def run(args: argparse.Namespace) -> int:
             out_dir=out,
             resume=args.resume,
             progress=not args.no_progress,
+            encoders=encoders,
         )
         if main_process:
             write_json_atomic(out / MODEL_DIR / LATENTS_FILE, record)
