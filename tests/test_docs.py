@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
+import numpy as np
 import pytest
 import torch
 
@@ -361,11 +362,16 @@ def test_sphinx_build_has_no_warnings(tmp_path: Path) -> None:
 # -- the README ------------------------------------------------------------------------------------
 
 
-def test_readme_training_loop_runs_on_stand_in_latents() -> None:
-    """The README's usage block, with the names it leaves to the reader bound to small random latents."""
+def _readme_python_blocks() -> list[str]:
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     blocks = re.findall(r"```python\n(.*?)```", readme, flags=re.S)
-    assert len(blocks) == 1, "the README should have exactly one Python block (the 10-line usage example)"
+    assert len(blocks) == 2, "the README should have two Python blocks: the training loop and the aligned space"
+    return blocks
+
+
+def test_readme_training_loop_runs_on_stand_in_latents() -> None:
+    """The README's usage block, with the names it leaves to the reader bound to small random latents."""
+    blocks = _readme_python_blocks()
     gen = torch.Generator().manual_seed(0)
     namespace = {
         "batches": [(torch.randn(8, 1536, generator=gen), torch.randn(8, 1024, generator=gen)) for _ in range(2)],
@@ -380,3 +386,43 @@ def test_readme_training_loop_runs_on_stand_in_latents() -> None:
     finally:
         torch.set_num_threads(threads)
     assert set(namespace["metrics"]) >= {"i2t_R@1", "t2i_R@1", "mean"}
+
+
+def test_readme_aligned_space_block_runs_on_a_tiny_trained_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The README's aligned-space block, offline: a run trained with tiny Hugging Face encoders, a gallery store
+    embedded from raw images, search, zero-shot and push_to_hub against a stubbed Hub client."""
+    pytest.importorskip("transformers")
+    huggingface_hub = pytest.importorskip("huggingface_hub")
+    from PIL import Image
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    from _tiny_models import build_bert, build_dinov2
+    from fusemix.aligned import AlignedModel, embed_store
+    from fusemix.data import PairedLatents
+    from fusemix.encoders import HFImageEncoder, HFTextEncoder
+    from fusemix.train import TrainConfig, fit
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.chdir(tmp_path)
+    text = HFTextEncoder(build_bert(tmp_path / "bert"), pooling="mean", device="cpu", progress=False)
+    image = HFImageEncoder(build_dinov2(tmp_path / "dinov2"), device="cpu", progress=False)
+    rng = np.random.default_rng(0)
+    pictures = [Image.fromarray(rng.integers(0, 256, (28, 28, 3), dtype=np.uint8)) for _ in range(12)]
+    captions = ["a red apple", "a small dog", "the blue car", "a photo of fruit"] * 3
+    data = PairedLatents({"image": image(pictures).numpy(), "text": text(captions).numpy()})
+    config = TrainConfig(epochs=2, batch_size=12, shared_dim=8, depth=1, dropout=0.0, warmup_steps=1, device="cpu")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        fit(data, config, out_dir="runs/mine", encoders={"image": image, "text": text}, progress=False)
+        embed_store(AlignedModel.from_pretrained("runs/mine")["image"], pictures, "gallery/image", progress=False)
+        uploads: list[dict] = []
+        monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", lambda self, repo_id, **kw: None)
+        monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", lambda self, **kw: uploads.append(kw))
+        namespace = {"my_images": pictures[:3]}
+        exec(compile(_readme_python_blocks()[1], "README.md", "exec"), namespace)  # noqa: S102 - our own README
+    finally:
+        torch.set_num_threads(threads)
+    assert namespace["rows"].shape == (1, 5) and namespace["scores"].shape == (1, 5)
+    assert namespace["labels"].shape == (3,) and set(namespace["labels"].tolist()) <= {0, 1}
+    assert [u["repo_id"] for u in uploads] == ["me/my-aligned-space"]
