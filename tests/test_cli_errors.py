@@ -55,6 +55,14 @@ def build_plain_identified_list():
     return ListWithIdentity()
 
 
+def build_ones():
+    return lambda items: torch.ones(len(items), 2)
+
+
+def build_from(weights, device):
+    return lambda items: torch.ones(len(items), 2)
+
+
 def build_type_error_inside():
     def broken(items):
         return torch.ones(len(items), 2) + "a"  # a bug inside the user's encoder keeps its traceback
@@ -155,6 +163,41 @@ def test_an_encoder_returning_the_wrong_type_is_one_line(work, factory, fragment
     result = run("extract", "--encoder", "python", "--callable", spec, "--input-type", "text",
                  "--input", work / "items.txt", "--out", work / factory, "--no-progress")  # fmt: skip
     assert_one_line(result, "extract", f"--callable {spec}: ", fragment)
+
+
+@pytest.mark.parametrize(
+    ("function", "extra", "call"),
+    [
+        ("as_list", (), "FUNCTION() (missing a required argument: 'items')"),
+        ("build_from", ("--model", "weights.pt"), "FUNCTION(--model value) (missing a required argument: 'device')"),
+    ],
+)
+def test_a_callable_that_cannot_build_the_encoder_is_one_line(work, function, extra, call):
+    # Passing the encoder itself (encode(items)) where the function that builds it is expected.
+    spec = f"{work / 'encoders.py'}:{function}"
+    result = run("extract", "--encoder", "python", "--callable", spec, *extra, "--input-type", "text",
+                 "--input", work / "items.txt", "--out", work / function, "--no-progress")  # fmt: skip
+    assert_one_line(result, "extract", f"--callable: {spec} cannot be called as {call}", "not be the encoder itself")
+    builder = f"{work / 'encoders.py'}:build_ones"
+    fixed = run("extract", "--encoder", "python", "--callable", builder, "--input-type", "text",
+                "--input", work / "items.txt", "--out", work / function, "--no-progress")  # fmt: skip
+    assert fixed[0] == 0, fixed[1]  # the refused run left nothing in the way of the corrected command
+
+
+def test_extract_errors_name_the_flags_not_the_library_arguments(work):
+    spec = f"{work / 'encoders.py'}:build_ones"
+
+    def extract(*extra: object) -> tuple[int, str]:
+        return run("extract", "--encoder", "python", "--callable", spec, "--input-type", "text",
+                   "--input", work / "items.txt", "--out", work / "store", "--no-progress", *extra)  # fmt: skip
+
+    assert extract()[0] == 0
+    assert_one_line(extract("--dtype", "float32"), "extract", f"--out: {work / 'store'} already holds a complete store",
+                    'dtype "float16" there, "float32" now', "pass --overwrite to replace it")  # fmt: skip
+    assert_one_line(extract("--shard-size", "1"), "extract", "shard rows [4] there, --shard-size 1 now")
+    for result in (extract("--dtype", "float32"), extract("--shard-size", "1")):
+        assert "out_dir" not in result[1] and "overwrite=True" not in result[1] and "shard_size" not in result[1]
+    assert extract("--dtype", "float32", "--overwrite")[0] == 0
 
 
 def test_a_type_error_inside_the_encoder_keeps_its_traceback(work):

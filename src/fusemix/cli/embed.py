@@ -179,7 +179,7 @@ def _encoder(args: argparse.Namespace, to_rebuild: dict[str, Any] | None, input_
     """The frozen encoder: built by ``--callable``, or rebuilt from its description (at ``--encoder-path``)."""
     if to_rebuild is None:
         options = {} if args.device is None else {"device": args.device}
-        return python_encoder(args.callable, args.encoder_path, options, input_type)
+        return python_encoder(args.callable, args.encoder_path, options, input_type, argument_flag="--encoder-path")
     location = args.encoder_path or to_rebuild["location"]
     try:
         return build_encoder(to_rebuild, location=args.encoder_path, device=args.device, progress=not args.no_progress)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import inspect
 import os
 import re
 import sys
@@ -98,7 +99,30 @@ class _ListEncoder:
         return self.fn(items)
 
 
-def python_encoder(spec: str, argument: str | None, options: Mapping[str, Any], input_type: str) -> Any:
+def _check_factory_call(spec: str, factory: Callable[..., Any], argument: str | None, argument_flag: str) -> None:
+    """Refuse a ``FUNCTION`` whose signature cannot take the call ``FUNCTION()`` / ``FUNCTION(argument)``.
+
+    The usual cause is passing the encoder itself (``encode(items)``) where
+    the function that builds it is expected.
+    """
+    try:
+        signature = inspect.signature(factory)
+    except (TypeError, ValueError):  # builtins and some extension types have none; let the call decide
+        return
+    call = "FUNCTION()" if argument is None else f"FUNCTION({argument_flag} value)"
+    try:
+        signature.bind() if argument is None else signature.bind(argument)
+    except TypeError as err:
+        raise CommandError(
+            f"--callable: {spec} cannot be called as {call} ({err}); FUNCTION must build the encoder and return "
+            f"it (e.g. def build(): return encode), not be the encoder itself"
+            + ("" if argument is None else f"; without {argument_flag} it is called as FUNCTION()")
+        ) from None
+
+
+def python_encoder(
+    spec: str, argument: str | None, options: Mapping[str, Any], input_type: str, *, argument_flag: str
+) -> Any:
     """The encoder that ``--callable MODULE:FUNCTION`` builds: ``FUNCTION()``, or ``FUNCTION(argument)``.
 
     An encoder with an ``identity`` dict is used as it is; a plain function
@@ -113,15 +137,19 @@ def python_encoder(spec: str, argument: str | None, options: Mapping[str, Any], 
             without an argument.
         options: ``device``, ``model_dtype`` and ``max_batch_size`` when given.
         input_type: What the items are (``"audio"`` items go to a plain function as they are).
+        argument_flag: The flag that gives ``argument`` (named when ``FUNCTION`` cannot take it).
 
     Raises:
-        CommandError: If ``spec`` cannot be imported or does not return an
-            encoder, or ``options`` are given for an encoder with its own identity.
+        CommandError: If ``spec`` cannot be imported, cannot be called with
+            ``argument`` (e.g. it is the encoder itself rather than the
+            function that builds it) or does not return an encoder, or
+            ``options`` are given for an encoder with its own identity.
 
     """
     from fusemix.encoders import CallableEncoder
 
     factory = _load_callable(spec)
+    _check_factory_call(spec, factory, argument, argument_flag)
     encoder = factory() if argument is None else factory(argument)
     if isinstance(encoder, (str, bytes, Mapping)) or not callable(encoder):
         raise CommandError(
@@ -157,7 +185,7 @@ def build_encoder(args: argparse.Namespace, options: dict[str, Any], input_type:
     if args.encoder == "python":
         if not args.callable:
             raise CommandError("--callable: --encoder python needs --callable MODULE:FUNCTION")
-        return python_encoder(args.callable, args.model, options, input_type)
+        return python_encoder(args.callable, args.model, options, input_type, argument_flag="--model")
     if not args.model:
         raise CommandError(f"--model: --encoder {args.encoder} needs the Hub id or local folder of the model")
     from fusemix.encoders import HFAudioEncoder, HFImageEncoder, HFTextEncoder, SentenceTransformerEncoder

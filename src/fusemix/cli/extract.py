@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import re
 import sys
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -249,6 +250,16 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+_LIBRARY_ARGUMENTS = {"out_dir": "--out", "overwrite=True": "--overwrite", "shard_size": "--shard-size"}
+"""The :func:`extract_latents` arguments its errors name, and the flags that set them here."""
+
+
+def _in_flag_terms(message: str) -> str:
+    """``message`` from :func:`extract_latents` with its argument names replaced by this command's flags."""
+    pattern = "|".join(rf"\b{re.escape(name)}(?![\w=])" for name in _LIBRARY_ARGUMENTS)
+    return re.sub(pattern, lambda found: _LIBRARY_ARGUMENTS[found.group(0)], message)
+
+
 def _encoder_flag(args: argparse.Namespace) -> str:
     return f"--callable {args.callable}" if args.encoder == "python" else f"--encoder {args.encoder}"
 
@@ -290,11 +301,15 @@ def _extract(
         if not raised_by_fusemix(err):
             raise
         raise CommandError(f"{_encoder_flag(args)}: {err}") from err
-    except StoreError:
+    except StoreError as err:
         # Two workers finishing together may both finalize; the one that loses the race finds the manifest written.
         if num_workers == 1 or not (root / MANIFEST).exists():
-            raise
+            raise CommandError(_in_flag_terms(str(err))) from err
         store = LatentStore.open(root, expected_modality=modality, expected_encoder=identity)
+    except ValueError as err:
+        if not raised_by_fusemix(err):
+            raise
+        raise CommandError(_in_flag_terms(str(err))) from err
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.barrier()
         if worker_index == 0:
