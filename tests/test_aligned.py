@@ -210,6 +210,25 @@ def test_a_run_reopens_with_its_text_encoder_rebuilt(trained_run, pixels, one_th
     assert with_image["image"].encode(images).shape == (len(images), 4)
 
 
+def test_progress_false_rebuilds_the_encoders_quietly(trained_run, capfd, one_thread):
+    """Catches ``progress`` not reaching the encoders rebuilt from ``encoders.json``."""
+    transformers = pytest.importorskip("transformers")
+    run, *_ = trained_run
+    bars = transformers.utils.logging.is_progress_bar_enabled()
+    transformers.utils.logging.enable_progress_bar()  # another test may have turned them off for the process
+    try:
+        capfd.readouterr()
+        AlignedModel.from_directory(run, device="cpu")
+        assert "Loading weights" in capfd.readouterr().err  # transformers draws it for local checkpoints too
+        for opened in (AlignedModel.from_directory(run, device="cpu", progress=False),
+                       AlignedModel.from_pretrained(run, device="cpu", progress=False)):  # fmt: skip
+            assert list(opened.encoders) == ["text"]
+            assert capfd.readouterr().err == ""
+        assert transformers.utils.logging.is_progress_bar_enabled()  # the switch is put back
+    finally:
+        (transformers.utils.logging.enable_progress_bar if bars else transformers.utils.logging.disable_progress_bar)()
+
+
 def test_the_wrong_encoder_is_refused_unless_told(trained_run, bert_dir):
     run, *_ = trained_run
     impostor = CallableEncoder(torch.nn.Linear(6, 5), identity={"name": "pixel-probe", "seed": 1}, dim=5)

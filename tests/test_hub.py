@@ -15,7 +15,7 @@ import yaml
 from fusemix import FusionModel
 from fusemix.aligned import AlignedModel
 from fusemix.encoders import CallableEncoder, HFTextEncoder
-from fusemix.hub import CARD_FILE, HUB_FILES, model_card, push_to_hub, save_pretrained
+from fusemix.hub import CARD_FILE, HUB_FILES, download, model_card, push_to_hub, save_pretrained
 
 TEXTS = ["a dog", "the red cat", "a puppy on the beach"]
 
@@ -218,6 +218,32 @@ def test_from_pretrained_downloads_from_the_hub_cache(aligned, tmp_path, pixels,
     torch.testing.assert_close(again["text"].encode(TEXTS), aligned["text"].encode(TEXTS))
     with pytest.raises(huggingface_hub.utils.LocalEntryNotFoundError):
         AlignedModel.from_pretrained("me/not-cached", cache_dir=tmp_path / "cache", local_files_only=True)
+
+
+def test_a_quiet_download_needs_no_transformers_and_restores_the_hub_switch(aligned, tmp_path, monkeypatch):
+    """``progress=False`` turns huggingface_hub's bars off for the download only, with transformers not installed."""
+    huggingface_hub = pytest.importorskip("huggingface_hub")
+    saved = save_pretrained(aligned, tmp_path / "saved")
+    commit = "89abcdef0123456789abcdef0123456789abcdef"
+    repo = tmp_path / "cache" / "models--me--quiet"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    shutil.copytree(saved, repo / "snapshots" / commit)
+    monkeypatch.setitem(sys.modules, "transformers", None)  # "import transformers" now fails
+    seen = []
+    real = huggingface_hub.snapshot_download
+
+    def watched(*args, **kwargs):
+        seen.append(huggingface_hub.utils.are_progress_bars_disabled())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", watched)
+    huggingface_hub.utils.enable_progress_bars()
+    for progress in (False, True):
+        folder = download("me/quiet", cache_dir=tmp_path / "cache", local_files_only=True, progress=progress)
+        assert (folder / "fusemix.json").is_file()
+    assert seen == [True, False]  # off during the quiet download, on during the other
+    assert not huggingface_hub.utils.are_progress_bars_disabled()
 
 
 def test_without_huggingface_hub_the_extra_is_named(aligned, monkeypatch):

@@ -478,6 +478,7 @@ class AlignedModel:
         device: str | torch.device | None = None,
         check_identity: bool = True,
         batch_size: int = 32,
+        progress: bool = True,
     ) -> AlignedModel:
         """Open a local run or model directory with its encoders.
 
@@ -499,6 +500,8 @@ class AlignedModel:
             check_identity: Refuse an encoder whose identity differs from the
                 one recorded in ``encoders.json``.
             batch_size: Default items per step of every aligned encoder.
+            progress: Show the libraries' loading bars and INFO logs while
+                encoders are rebuilt; ``False`` loads them quietly.
 
         Returns:
             The aligned model.
@@ -537,13 +540,13 @@ class AlignedModel:
                         f"encoders[{modality!r}]: {folder} has no description of its encoder to rebuild at "
                         f"{os.fspath(source)!r}; pass the encoder itself"
                     )
-                encoder = build_encoder(spec, location=source, device=device)
+                encoder = build_encoder(spec, location=source, device=device, progress=progress)
             elif source is not None:
                 raise TypeError(
                     f"encoders[{modality!r}]: expected an encoder or a model location, got {type(source).__name__}"
                 )
             elif spec is not None and spec["kind"] != "custom":
-                encoder = build_encoder(spec, device=device)
+                encoder = build_encoder(spec, device=device, progress=progress)
             else:
                 continue
             if check_identity and spec is not None:
@@ -576,6 +579,7 @@ class AlignedModel:
         cache_dir: str | os.PathLike[str] | None = None,
         token: str | bool | None = None,
         local_files_only: bool = False,
+        progress: bool = True,
     ) -> AlignedModel:
         """Open a saved model with its encoders: a local run or model directory, or a Hugging Face Hub repository.
 
@@ -598,6 +602,8 @@ class AlignedModel:
             token: Hub token for private repositories (Hub only).
             local_files_only: Use only the local Hub cache, never the network
                 (Hub only; ``HF_HUB_OFFLINE=1`` does the same).
+            progress: Show download and loading bars and the libraries' INFO
+                logs; ``False`` downloads and loads quietly.
 
         Returns:
             The model.
@@ -610,7 +616,12 @@ class AlignedModel:
         from fusemix.hub import download
 
         folder = download(
-            path_or_repo_id, revision=revision, cache_dir=cache_dir, token=token, local_files_only=local_files_only
+            path_or_repo_id,
+            revision=revision,
+            cache_dir=cache_dir,
+            token=token,
+            local_files_only=local_files_only,
+            progress=progress,
         )
         return cls.from_directory(
             folder,
@@ -619,6 +630,7 @@ class AlignedModel:
             device=device,
             check_identity=check_identity,
             batch_size=batch_size,
+            progress=progress,
         )
 
     def save_pretrained(self, path: str | os.PathLike[str], **kwargs: Any) -> Path:

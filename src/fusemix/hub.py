@@ -261,6 +261,7 @@ def download(
     cache_dir: str | os.PathLike[str] | None = None,
     token: str | bool | None = None,
     local_files_only: bool = False,
+    progress: bool = True,
 ) -> Path:
     """The local directory of a saved model: ``path_or_repo_id`` itself, or a Hub repository's files downloaded.
 
@@ -275,6 +276,8 @@ def download(
         token: Hub token for private repositories (Hub only).
         local_files_only: Use only the local Hub cache, never the network
             (Hub only; ``HF_HUB_OFFLINE=1`` does the same).
+        progress: Show huggingface_hub's download bars and INFO logs;
+            ``False`` turns them off for the download (Hub only).
 
     Returns:
         The directory.
@@ -291,8 +294,10 @@ def download(
     if isinstance(path_or_repo_id, os.PathLike) or _looks_like_path(text) or local.exists():
         raise FileNotFoundError(f"path_or_repo_id: {text}: no such directory")
     hub = _hub("from_pretrained of a Hub repository")
-    return Path(
-        hub.snapshot_download(
+    from fusemix.encoders._loading import model_loading
+
+    with model_loading(progress):
+        folder = hub.snapshot_download(
             text,
             revision=revision,
             allow_patterns=list(HUB_FILES),
@@ -301,7 +306,7 @@ def download(
             local_files_only=local_files_only,
             library_name="fusemix",
         )
-    )
+    return Path(folder)
 
 
 def push_to_hub(

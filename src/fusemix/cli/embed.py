@@ -117,7 +117,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _open_model(args: argparse.Namespace) -> AlignedModel:
     """The model of ``--model`` with its encoder descriptions, without any encoder yet."""
     try:
-        aligned = AlignedModel.from_pretrained(args.model, modalities=[])
+        aligned = AlignedModel.from_pretrained(args.model, modalities=[], progress=not args.no_progress)
     except FileNotFoundError as err:
         raise CommandError(f"--model: {err}") from err
     if args.modality not in aligned.modalities:

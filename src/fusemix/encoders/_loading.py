@@ -11,6 +11,7 @@ every switch back afterwards. Warnings and errors still show.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import logging
 import warnings
 from collections.abc import Iterator
@@ -58,21 +59,28 @@ def model_loading(progress: bool) -> Iterator[None]:
 
 @contextmanager
 def _without_library_bars() -> Iterator[None]:
-    """Turn ``transformers``' and ``huggingface_hub``'s progress bars off for the block, then restore both switches."""
-    transformers_logging = importlib.import_module("transformers.utils.logging")
+    """Turn ``transformers``' and ``huggingface_hub``'s progress bars off for the block, then restore both switches.
+
+    ``transformers`` is left alone when it is not installed (a Hub download
+    needs only ``huggingface_hub``).
+    """
+    transformers_logging = (
+        importlib.import_module("transformers.utils.logging") if importlib.util.find_spec("transformers") else None
+    )
     hub = importlib.import_module("huggingface_hub.utils")
-    transformers_bars = transformers_logging.is_progress_bar_enabled()
+    transformers_bars = transformers_logging is not None and transformers_logging.is_progress_bar_enabled()
     hub_bars = not hub.are_progress_bars_disabled()
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=_OVERRIDDEN_SWITCH)
-        transformers_logging.disable_progress_bar()
+        if transformers_logging is not None:
+            transformers_logging.disable_progress_bar()
         hub.disable_progress_bars()
     try:
         yield
     finally:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=_OVERRIDDEN_SWITCH)
-            if transformers_bars:
+            if transformers_logging is not None and transformers_bars:
                 transformers_logging.enable_progress_bar()
             (hub.enable_progress_bars if hub_bars else hub.disable_progress_bars)()
 
