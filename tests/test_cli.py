@@ -22,6 +22,7 @@ from fusemix.checkpoint import load_model
 from fusemix.cli import ITEMS_FILE, LATENTS_FILE, build_parser, main
 from fusemix.cli.train import train_settings as _train_settings
 from fusemix.data import PairedLatents
+from fusemix.extract import SPEC
 from fusemix.store import MANIFEST, LatentStore
 from fusemix.train import TrainConfig, evaluate_retrieval
 
@@ -233,6 +234,24 @@ def test_audio_folders_and_path_manifests(tmp_path: Path, monkeypatch: pytest.Mo
     assert code == 0, err
     sizes = [(clips / name).stat().st_size for name in ("a.wav", "b/d.wav")]
     np.testing.assert_array_equal(LatentStore.open(tmp_path / "files")[:], [[sizes[0], 1.0], [sizes[1], 1.0]])
+
+
+def test_a_run_that_failed_before_its_first_shard_does_not_block_the_corrected_command(tmp_path: Path) -> None:
+    """Its items.jsonl and settings hold no latents: other items and another encoder just start, no --overwrite."""
+    texts = tmp_path / "texts.txt"
+    texts.write_text("abc\nbad\ncafe\n")
+    out = ["--input-type", "text", "--out", tmp_path / "store", "--no-progress"]
+    with pytest.raises(RuntimeError, match="bug inside"):
+        run(
+            "extract", "--encoder", "python", "--callable", "_cli_encoders:build_broken_encoder", "--input", texts, *out
+        )
+    assert (tmp_path / "store" / ITEMS_FILE).exists() and (tmp_path / "store" / SPEC).exists()
+    texts.write_text("abc\nbead\n")
+    code, _, err = run("extract", "--encoder", "python", "--callable", "_cli_encoders:build_text_encoder",
+                       "--input", texts, *out)  # fmt: skip
+    assert code == 0, err
+    np.testing.assert_array_equal(LatentStore.open(tmp_path / "store")[:], letter_counts(["abc", "bead"]).numpy())
+    assert (tmp_path / "store" / ITEMS_FILE).read_text() == '"abc"\n"bead"\n'
 
 
 def test_changed_items_are_refused_and_replaced_with_overwrite(tmp_path: Path) -> None:

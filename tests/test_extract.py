@@ -237,6 +237,16 @@ def test_unfinished_run_with_other_settings_is_refused(tmp_path):
     assert resumed.seen == list(range(10, 25))  # shard 0 was kept
 
 
+def test_a_run_that_failed_before_its_first_shard_does_not_block_other_settings(tmp_path):
+    """Its settings file holds no latents: a corrected rerun with another encoder or shard size just starts."""
+    with pytest.raises(RuntimeError, match="encoder crashed"):
+        extract(CrashingEncoder(crash_at=0), list(range(25)), tmp_path)
+    assert (tmp_path / SPEC).exists() and not (tmp_path / "shards" / "00000.npy").exists()
+    encoder = CountingEncoder()
+    store = extract(encoder, list(range(25)), tmp_path, shard_size=5)
+    assert encoder.seen == list(range(25)) and [s.shape[0] for s in store.shards] == [5] * 5
+
+
 def test_overwrite_discards_an_unfinished_run_with_other_settings(tmp_path):
     out = tmp_path / "s"
     with pytest.raises(RuntimeError):

@@ -223,7 +223,7 @@ def _claim(root: Path, settings: dict[str, Any], overwrite: bool) -> dict[str, A
             )
         _clear(root)
     if old is not None and _differences(old, settings):
-        if not overwrite:
+        if not overwrite and shard_indices(root):  # with no shard yet, a failed start's settings hold nothing
             raise ValueError(
                 f"out_dir: {root} holds an unfinished extraction with other settings "
                 f"({'; '.join(_differences(old, settings))}); pick another directory, rerun with the same settings "

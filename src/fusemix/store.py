@@ -50,7 +50,16 @@ the private modules ``_store_format``, ``_store_reader`` and ``_store_writer``;
 import them from here.
 """
 
-from fusemix._store_format import DTYPES, FORMAT, MANIFEST, SHARD_DIR, VERSION, StoreError, shard_file
+from fusemix._store_format import (
+    DTYPES,
+    FORMAT,
+    MANIFEST,
+    SHARD_DIR,
+    VERSION,
+    StoreError,
+    shard_file,
+    shard_indices,
+)
 from fusemix._store_reader import LatentStore
 from fusemix._store_writer import LatentStoreWriter, write_store
 
@@ -64,5 +73,6 @@ __all__ = [
     "LatentStoreWriter",
     "StoreError",
     "shard_file",
+    "shard_indices",
     "write_store",
 ]

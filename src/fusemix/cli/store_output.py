@@ -20,7 +20,7 @@ from pathlib import Path
 from fusemix._fileio import write_text_atomic
 from fusemix.cli.common import ITEMS_FILE, CommandError, positive_int
 from fusemix.extract import SPEC
-from fusemix.store import MANIFEST, SHARD_DIR, LatentStore
+from fusemix.store import MANIFEST, SHARD_DIR, LatentStore, shard_indices
 
 
 def add_output_arguments(group: argparse._ActionsContainer, *, what: str) -> None:
@@ -71,8 +71,13 @@ def _remove_store(root: Path) -> None:
     shutil.rmtree(root / SHARD_DIR, ignore_errors=True)
 
 
-def _check_items_file(root: Path, text: str, overwrite: bool) -> None:
-    """Refuse (or with ``overwrite`` clear) a store in ``root`` whose ``items.jsonl`` lists other items."""
+def _check_items_file(root: Path, text: str, overwrite: bool, write_items: bool) -> None:
+    """Refuse (or with ``overwrite`` clear) a store in ``root`` whose ``items.jsonl`` lists other items.
+
+    ``items.jsonl`` alone, without a manifest or any shard (a run that failed
+    before its first shard), holds no latents: the process that writes the
+    items replaces it, the others (torchrun workers) leave it to that one.
+    """
     file = root / ITEMS_FILE
     try:
         old = file.read_text(encoding="utf-8")
@@ -80,8 +85,9 @@ def _check_items_file(root: Path, text: str, overwrite: bool) -> None:
         return
     if old == text:
         return
-    if overwrite:
-        _remove_store(root)
+    if overwrite or not ((root / MANIFEST).exists() or shard_indices(root)):
+        if overwrite or write_items:
+            _remove_store(root)
         return
     old_lines, new_lines = old.splitlines(), text.splitlines()
     row = next((i for i, (a, b) in enumerate(zip(old_lines, new_lines)) if a != b), min(len(old_lines), len(new_lines)))
@@ -130,7 +136,7 @@ class StoreOutput:
 
         """
         text = items_text(items)
-        _check_items_file(root, text, overwrite)
+        _check_items_file(root, text, overwrite, write_items)
         stamp = _manifest_stamp(root)
         if write_items and stamp is None:  # record the items before any shard, to catch changed inputs
             root.mkdir(parents=True, exist_ok=True)
