@@ -64,8 +64,9 @@ Inputs (--input): a text file, one item per line (texts, or file paths relative 
 the file); a folder of image or audio files, searched recursively and sorted by
 relative path; or a CSV/TSV/JSONL manifest whose --column holds the texts or the
 file paths (relative to the manifest). Images are read with Pillow and converted
-to RGB (transparency composited onto white); audio with soundfile, mono, at the
-encoder's sampling rate (fusemix does not resample).
+to RGB (transparency composited onto white); audio with soundfile and soxr, mixed
+down to mono and resampled to the encoder's sampling rate (its 'sampling_rate'
+attribute; a python encoder without one gets each file at its own rate).
 
 Rerunning the same command resumes an interrupted run and does nothing on a
 finished store. Under torchrun every process encodes its share of the shards."""
@@ -107,8 +108,8 @@ python encoders (--encoder python --callable MODULE:FUNCTION):
   --model-dtype and --max-batch-size (except for audio: clips differ in length,
   so a plain function gets the list of clips as it is). Give your encoder an
   identity that changes with its weights: a store is only reused or resumed by
-  the same identity. An encoder with a 'sampling_rate' attribute gets only audio
-  files at that rate.
+  the same identity. An encoder with an int 'sampling_rate' attribute gets every
+  audio file resampled to that rate; without one, each file at its own rate.
 
 torchrun: each process (RANK of WORLD_SIZE) encodes the shards k with
   k % WORLD_SIZE == RANK; the last one to finish writes the manifest. If a
