@@ -83,6 +83,20 @@ def test_a_second_run_on_a_busy_out_is_refused_before_it_writes(tmp_path: Path) 
         holder.wait()
 
 
+def test_a_warning_reaches_the_terminal_as_one_line_naming_the_command(tmp_path: Path) -> None:
+    """Catches Python's default format (source path, line number and the code line) leaking into the CLI's stderr."""
+    image, text = latents()
+    flags = stores(tmp_path, image[:40], text[:40])
+    command = [sys.executable, "-m", "fusemix", "train", *flags, "--out", tmp_path / "run", "--epochs", 1]
+    command += ["--batch-size", 100, *FLAGS]
+    done = subprocess.run([str(c) for c in command], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.splitlines() == [
+        "fusemix train: warning: batch_size: 100 exceeds the 40 training pairs; training full batches of 40 pairs "
+        "instead"
+    ], done.stderr
+
+
 def test_the_summary_says_what_was_trained_after_a_batch_cut_and_an_early_stop(tmp_path: Path) -> None:
     image, text = latents()
     flags = stores(tmp_path, image[:100], text[:100])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 import typing
+import warnings
 from collections.abc import Sequence
 from types import ModuleType
 
@@ -58,6 +59,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PROG}: error: choose a command: {commands} (see '{PROG} --help')", file=sys.stderr)
         return 2
     prog = f"{PROG} {args.command}"
+    formatwarning = warnings.formatwarning
+    warnings.formatwarning = _one_line_warning(prog)
     try:
         return args.run(args)
     except KeyboardInterrupt:
@@ -74,6 +77,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (CommandError, ValueError, KeyError, FileNotFoundError, FileExistsError, NotADirectoryError) as err:
         _print_error(prog, err)
         return 2
+    finally:
+        warnings.formatwarning = formatwarning
+
+
+def _one_line_warning(prog: str) -> typing.Callable[..., str]:
+    """A ``warnings.formatwarning`` that prints ``fusemix <command>: warning: ...``, without the source line."""
+
+    def format_warning(message: Warning | str, category: type[Warning], *args: object, **kwargs: object) -> str:
+        kind = "" if category is UserWarning else f" ({category.__name__})"
+        return f"{prog}: warning{kind}: {' '.join(str(message).split())}\n"
+
+    return format_warning
 
 
 def _print_error(prog: str, err: BaseException) -> None:
