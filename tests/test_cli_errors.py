@@ -223,3 +223,17 @@ def test_a_crafted_or_corrupt_model_directory_is_one_line(work):
 def test_a_deeply_nested_latents_record_is_one_line(work):
     (work / "model" / LATENTS_FILE).write_text("[" * 100_000)
     assert_one_line(evaluate(work), "evaluate", f"{work / 'model' / LATENTS_FILE}: unreadable (nested too deeply)")
+
+
+def test_a_text_file_may_end_in_blank_lines_but_not_hold_one_between_items(work):
+    """Blank lines after the last item (an editor's extra newline) shift no row; one between items would."""
+    spec = f"{work / 'encoders.py'}:build_ones"
+
+    def extract(text: str, name: str) -> tuple[int, str]:
+        (work / f"{name}.txt").write_text(text)
+        return run("extract", "--encoder", "python", "--callable", spec, "--input-type", "text",
+                   "--input", work / f"{name}.txt", "--out", work / name, "--no-progress")  # fmt: skip
+
+    assert extract("a cat\r\na dog\n\n \r\n\n", "trailing")[0] == 0
+    assert (work / "trailing" / "items.jsonl").read_text() == '"a cat"\n"a dog"\n'
+    assert_one_line(extract("a cat\n\na dog\n\n", "inside"), "extract", "line 2 is empty (1 empty line(s) before")

@@ -60,14 +60,14 @@ class Inputs:
 def _read_lines(path: Path) -> list[str]:
     with open_text("--input", path) as file:
         lines = file.read().split("\n")
-    if lines and lines[-1] == "":
-        lines.pop()
     lines = [line.removesuffix("\r") for line in lines]
+    while lines and not lines[-1].strip():  # blank lines at the end (an editor's extra newline) shift no row
+        lines.pop()
     empty = [number for number, line in enumerate(lines, start=1) if not line.strip()]
     if empty:
         raise CommandError(
-            f"--input: {path}: line {empty[0]} is empty ({len(empty)} empty line(s)); every line is one item, "
-            "so remove them"
+            f"--input: {path}: line {empty[0]} is empty ({len(empty)} empty line(s) before the last item); every "
+            "line is one item, so remove them"
         )
     return lines
 
