@@ -26,6 +26,7 @@ The optional dependencies are imported only when an adapter is built.
 
 from fusemix.encoders._source import fingerprint_path
 from fusemix.encoders.base import BatchEncoder, Encoder, IdentifiedEncoder
+from fusemix.encoders.callable_spec import load_callable_encoder
 from fusemix.encoders.callables import CallableEncoder
 from fusemix.encoders.hf_audio import HFAudioEncoder
 from fusemix.encoders.hf_image import HFImageEncoder
@@ -42,4 +43,5 @@ __all__ = [
     "IdentifiedEncoder",
     "SentenceTransformerEncoder",
     "fingerprint_path",
+    "load_callable_encoder",
 ]
