@@ -214,6 +214,13 @@ def test_callable_output_validation(fn, error, match):
         encoder([np.ones(4)] * 3)
 
 
+def test_a_nan_row_is_named_by_its_item_across_micro_batches():
+    """Catches the index counted within the micro-batch instead of the call (item 5 is row 2 of the second batch)."""
+    encoder = CallableEncoder(lambda x: np.where(x == 5.0, np.inf, x), identity="pole", numpy=True, max_batch_size=3)
+    with pytest.raises(ValueError, match=r"1 of 3 row\(s\) contain NaN or Inf \(first: item 5 of the call\)"):
+        encoder([np.full(2, float(i)) for i in range(7)])
+
+
 def test_callable_input_validation():
     encoder = CallableEncoder(lambda x: x, identity="id")
     with pytest.raises(ValueError, match="items: expected at least one item"):

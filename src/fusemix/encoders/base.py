@@ -124,14 +124,15 @@ class BatchEncoder(ABC):
         with torch.no_grad():
             for start in range(0, len(batch_items), step):
                 batch = batch_items[start : start + step]
-                outputs.append(self._check_output(self._encode_batch(batch, start), len(batch)))
+                outputs.append(self._check_output(self._encode_batch(batch, start), len(batch), start))
         return outputs[0] if len(outputs) == 1 else torch.cat(outputs)
 
     @abstractmethod
     def _encode_batch(self, batch: list[Any], offset: int) -> Tensor | np.ndarray:
         """Encode one micro-batch; ``offset`` is the index of ``batch[0]`` in the caller's list."""
 
-    def _check_output(self, output: object, rows: int) -> Tensor:
+    def _check_output(self, output: object, rows: int, offset: int) -> Tensor:
+        """The output of the micro-batch of items ``[offset, offset + rows)`` as float32 on the CPU, checked."""
         if isinstance(output, np.ndarray):
             if not np.issubdtype(output.dtype, np.floating):
                 raise TypeError(f"{self!r} output: expected floating values, got numpy dtype {output.dtype}")
@@ -148,8 +149,11 @@ class BatchEncoder(ABC):
             raise ValueError(f"{self!r} output: expected {self.dim} features, got {output.shape[1]}")
         output = output.detach().to(device="cpu", dtype=torch.float32)
         if not bool(torch.isfinite(output).all()):
-            bad = int((~torch.isfinite(output)).any(dim=1).sum())
-            raise ValueError(f"{self!r} output: {bad} of {rows} row(s) contain NaN or Inf")
+            bad = (~torch.isfinite(output)).any(dim=1).nonzero().flatten()
+            raise ValueError(
+                f"{self!r} output: {len(bad)} of {rows} row(s) contain NaN or Inf (first: item {offset + int(bad[0])} "
+                "of the call)"
+            )
         return output
 
 
