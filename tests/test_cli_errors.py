@@ -219,14 +219,17 @@ def test_extract_errors_name_the_flags_not_the_library_arguments(work):
         ("build_huge", 1e5, "hold values outside the float16 range |x| <= 65504 (first: item 0, max |x| = 100000)"),
     ],
 )
-def test_latents_float16_cannot_hold_are_one_line(work, factory, value, fragment):
+def test_latents_float16_cannot_hold_are_one_line_naming_dtype_and_overwrite(work, factory, value, fragment):
     spec = f"{work / 'encoders.py'}:{factory}"
 
     def extract(*extra: object) -> tuple[int, str]:
         return run("extract", "--encoder", "python", "--callable", spec, "--input-type", "text",
                    "--input", work / "items.txt", "--out", work / factory, "--no-progress", *extra)  # fmt: skip
 
-    assert_one_line(extract(), "extract", f"error: encoder output for items [0, 4): 4 row(s) {fragment}")
+    refused = extract()
+    assert_one_line(refused, "extract", f"error: encoder output for items [0, 4): 4 row(s) {fragment}",
+                    "; rerun with --dtype float32 --overwrite or rescale the latents")  # fmt: skip
+    assert "dtype='float32'" not in refused[1]
     assert not (work / factory / MANIFEST).exists()
     assert extract("--dtype", "float32", "--overwrite") == (0, "")
     stored = LatentStore.open(work / factory)
