@@ -15,7 +15,7 @@ import torch
 from fusemix import FusionModel
 from fusemix.checkpoint import MODEL_CONFIG, MODEL_WEIGHTS, save_model
 from fusemix.cli import LATENTS_FILE, main
-from fusemix.store import write_store
+from fusemix.store import MANIFEST, LatentStore, write_store
 
 pytest.importorskip("safetensors")
 
@@ -57,6 +57,14 @@ def build_plain_identified_list():
 
 def build_ones():
     return lambda items: torch.ones(len(items), 2)
+
+
+def build_tiny():
+    return lambda items: torch.full((len(items), 2), 1e-9)
+
+
+def build_huge():
+    return lambda items: torch.full((len(items), 2), 1e5)
 
 
 def build_from(weights, device):
@@ -198,6 +206,34 @@ def test_extract_errors_name_the_flags_not_the_library_arguments(work):
     for result in (extract("--dtype", "float32"), extract("--shard-size", "1")):
         assert "out_dir" not in result[1] and "overwrite=True" not in result[1] and "shard_size" not in result[1]
     assert extract("--dtype", "float32", "--overwrite")[0] == 0
+
+
+@pytest.mark.parametrize(
+    ("factory", "value", "fragment"),
+    [
+        (
+            "build_tiny",
+            1e-9,
+            "lie entirely below the float16 normal range |x| >= 6.10352e-05 (first: item 0, max |x| = 1e-09)",
+        ),
+        ("build_huge", 1e5, "hold values outside the float16 range |x| <= 65504 (first: item 0, max |x| = 100000)"),
+    ],
+)
+def test_latents_float16_cannot_hold_are_one_line_naming_dtype_and_overwrite(work, factory, value, fragment):
+    spec = f"{work / 'encoders.py'}:{factory}"
+
+    def extract(*extra: object) -> tuple[int, str]:
+        return run("extract", "--encoder", "python", "--callable", spec, "--input-type", "text",
+                   "--input", work / "items.txt", "--out", work / factory, "--no-progress", *extra)  # fmt: skip
+
+    refused = extract()
+    assert_one_line(refused, "extract", f"error: encoder output for items [0, 4): 4 row(s) {fragment}",
+                    "; rerun with --dtype float32 --overwrite or rescale the latents")  # fmt: skip
+    assert "dtype='float32'" not in refused[1]
+    assert not (work / factory / MANIFEST).exists()
+    assert extract("--dtype", "float32", "--overwrite") == (0, "")
+    stored = LatentStore.open(work / factory)
+    assert stored.dtype == np.float32 and np.array_equal(stored[:], np.full((4, 2), value, dtype=np.float32))
 
 
 def test_a_type_error_inside_the_encoder_keeps_its_traceback(work):

@@ -371,6 +371,11 @@ def test_resume_with_a_shorter_generator_is_refused(tmp_path):
             ValueError,
             r"items \[20, 24\).*float16 range.*first: item 20",
         ),
+        (
+            lambda b: torch.full((len(b), 3), 1e-9 if b[0] >= 14 else 1.0),
+            ValueError,
+            r"items \[14, 18\): 4 row\(s\) lie entirely below the float16 normal range.*item 14, max \|x\| = 1e-09",
+        ),
     ],
 )
 def test_bad_encoder_output_is_refused_and_nothing_is_finalized(tmp_path, output, error, message):
@@ -379,6 +384,11 @@ def test_bad_encoder_output_is_refused_and_nothing_is_finalized(tmp_path, output
     assert not (tmp_path / MANIFEST).exists()
     with pytest.raises(StoreError):
         LatentStore.open(tmp_path)
+
+
+def test_float32_storage_keeps_latents_below_the_float16_normal_range(tmp_path):
+    store = extract(lambda b: torch.full((len(b), 3), 1e-9), list(range(6)), tmp_path, dtype="float32")
+    assert store.dtype == np.float32 and np.array_equal(store.to_numpy(), np.full((6, 3), 1e-9, dtype=np.float32))
 
 
 def test_bad_arguments(tmp_path):

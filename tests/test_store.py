@@ -14,10 +14,14 @@ from hypothesis import strategies as st
 from fusemix.store import MANIFEST, LatentStore, LatentStoreWriter, StoreError, shard_file, write_store
 
 ENCODER = {"name": "toy-encoder", "revision": 3}
+FLOAT16_TINY = 2.0**-14  # float16's smallest normal number, 6.1035e-05
 
 
 def _latents(rows: int, dim: int, seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).standard_normal((rows, dim)).astype(np.float32)
+    """Standard normal latents that float16 can hold: a row below its normal range (1-D only, rare) is set to 1."""
+    data = np.random.default_rng(seed).standard_normal((rows, dim)).astype(np.float32)
+    data[np.abs(data).max(axis=1) < FLOAT16_TINY] = 1.0
+    return data
 
 
 def _write(path: Path, rows: int = 10, dim: int = 4, shard_size: int = 4, dtype: str = "float16") -> np.ndarray:
@@ -315,6 +319,53 @@ def test_float16_overflow_nan_and_inf_are_refused(tmp_path):
                 0, data
             )
     assert not list((tmp_path / "d" / "shards").iterdir())
+
+
+def test_float16_underflow_rows_are_refused(tmp_path):
+    # A row float16 would store as zeros (or subnormals) is refused, as overflowing ones are; float32 keeps it.
+    data = np.ones((6, 3), dtype=np.float32)
+    data[4] = 1e-9
+    data[5] = [-2e-6, 1e-6, 0.0]
+    refused = (
+        r"array \(shard 0\): 2 row\(s\) lie entirely below the float16 normal range.*row 4, max \|x\| = 1e-09.*float32"
+    )
+    with pytest.raises(ValueError, match=refused):
+        write_store(tmp_path / "a", data, modality="m", encoder=ENCODER)
+    assert not (tmp_path / "a" / MANIFEST).exists()
+    writer = LatentStoreWriter(tmp_path / "b", modality="m", dim=3, encoder=ENCODER)
+    for array in (torch.from_numpy(data), data.astype(np.float64), torch.from_numpy(data).to(torch.bfloat16)):
+        with pytest.raises(ValueError, match=r"2 row\(s\) .*float16 normal range \|x\| >= 6.10352e-05.*row 4"):
+            writer.write_shard(3, array)
+    with pytest.raises(ValueError, match=r"array \(shard 1\): 1 row\(s\).*row 1, max \|x\| = 2e-06"):
+        writer.write_shard(1, data[[0, 5]])
+    assert not list((tmp_path / "b" / "shards").iterdir())
+    kept = write_store(tmp_path / "c", data, modality="m", encoder=ENCODER, dtype="float32")
+    assert np.array_equal(kept[:], data) and kept[4][0] == np.float32(1e-9)
+
+
+def test_float16_underflow_is_judged_per_row_by_its_largest_magnitude(tmp_path):
+    tiny = np.float32(FLOAT16_TINY)
+    below = np.nextafter(tiny, np.float32(0))
+    accepted = np.array(
+        [
+            [tiny, 0.0, tiny / 4],  # max |x| exactly float16's smallest normal
+            [0.0, -tiny, 0.0],  # negative
+            [1.0, 1e-9, -1e-9],  # tiny elements in a row of normal scale lose nothing that matters
+            [0.0, 0.0, 0.0],  # all-zero rows are not underflow
+            [-0.0, 0.0, -0.0],
+        ],
+        dtype=np.float32,
+    )
+    store = write_store(tmp_path / "ok", accepted, modality="m", encoder=ENCODER)
+    assert np.array_equal(store[:], accepted.astype(np.float16)) and store[0][0] == tiny and store[2][0] == 1.0
+    for row, value in enumerate((below, -below, np.float32(6.0976e-05), np.float32(3e-8))):
+        data = np.ones((4, 3), dtype=np.float32)
+        data[row] = [0.0, value, value / 2]
+        with pytest.raises(ValueError, match=rf"1 row\(s\) lie entirely below the float16 normal range.*row {row},"):
+            write_store(tmp_path / f"no{row}", data, modality="m", encoder=ENCODER)
+    # float16 input is stored exactly: its subnormals are what the encoder made, not a loss in storage
+    subnormal = np.full((2, 3), 1e-6, dtype=np.float16)
+    assert np.array_equal(write_store(tmp_path / "h", subnormal, modality="m", encoder=ENCODER)[:], subnormal)
 
 
 def test_bad_writer_input(tmp_path):

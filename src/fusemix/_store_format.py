@@ -79,14 +79,37 @@ def as_numpy(name: str, array: object) -> np.ndarray:
     return array
 
 
-def _fits(source: np.ndarray, dtype: np.dtype) -> bool:
-    """Whether every value of ``source`` is finite and within the range of ``dtype`` (cheap reductions only)."""
-    if source.size == 0:
-        return True
+def _fits(source: np.ndarray, dtype: np.dtype) -> tuple[bool, np.ndarray | None]:
+    """Whether every value of ``source`` is finite and within the range of ``dtype`` (cheap reductions only).
+
+    Also returns each row's largest magnitude (``max |x|``; NaN where the row holds NaN), from the same
+    per-row min/max reductions, or ``None`` for float16 input (read from its bits, and exact in either dtype).
+    """
     if source.dtype.itemsize == 2:  # float16 fits float16 and float32 unless all its exponent bits are set (Inf/NaN)
-        return int(np.bitwise_and(source.view(np.uint16), 0x7FFF).max()) < 0x7C00
-    low, high = source.min(), source.max()  # NaN and Inf propagate to min/max
-    return bool(np.isfinite(low) and np.isfinite(high) and max(-low, high) <= np.finfo(dtype).max)
+        return int(np.bitwise_and(source.view(np.uint16), 0x7FFF).max()) < 0x7C00, None
+    row_low, row_high = source.min(axis=1), source.max(axis=1)  # NaN and Inf propagate to min/max
+    low, high = row_low.min(), row_high.max()
+    fits = bool(np.isfinite(low) and np.isfinite(high) and max(-low, high) <= np.finfo(dtype).max)
+    return fits, np.maximum(-row_low, row_high)
+
+
+def _refuse_underflow(name: str, peaks: np.ndarray, dtype: np.dtype, *, first_row: int, row_word: str) -> None:
+    """Raise ``ValueError`` naming the first row whose ``max |x|`` (``peaks[r]``) is nonzero but subnormal in ``dtype``.
+
+    Such a row would be stored as subnormals, keeping little of its value, or as zeros.
+    """
+    tiny = float(np.finfo(dtype).smallest_normal)
+    small = (peaks < tiny) & (peaks > 0)
+    if not bool(small.any()):
+        return
+    bad_rows = np.flatnonzero(small)
+    peak = float(peaks[bad_rows[0]])
+    raise ValueError(
+        f"{name}: {bad_rows.size} row(s) lie entirely below the {dtype.name} normal range |x| >= {tiny:.6g} "
+        f"(first: {row_word} {first_row + int(bad_rows[0])}, max |x| = {peak:.6g}), so {dtype.name} would keep "
+        f"little or none of them (values below about {float(np.finfo(dtype).smallest_subnormal) / 2:.1g} become 0); "
+        "store as dtype='float32' or rescale the latents"
+    )
 
 
 def convert_latents(
@@ -96,16 +119,33 @@ def convert_latents(
 
     Raises ``ValueError`` naming the first offending row (``first_row + r``, called ``row_word``) when the
     input holds NaN/Inf or a value outside the range of ``dtype`` (values that become inf:
-    float16 tops out at 65504, so ``|x| >= 65520`` overflows; smaller excesses round to 65504 like any rounding).
+    float16 tops out at 65504, so ``|x| >= 65520`` overflows; smaller excesses round to 65504 like any rounding),
+    or when converting to float16 a row whose largest magnitude is nonzero but below float16's smallest normal
+    number, 6.1035e-05 (``2**-14``): such a row would become subnormals that keep little of its value, or zeros
+    (all of it below about 3e-08). The rule is per row, by its ``max |x|``: tiny elements in a row of normal scale
+    lose a negligible part of it, and all-zero rows are stored as they are. Float16 input is stored exactly, so
+    never refused for this.
     """
     source = as_numpy(name, array)
     with np.errstate(over="ignore", invalid="ignore"):
         converted = np.ascontiguousarray(source, dtype=dtype)
-    if _fits(source, dtype):
+    if source.size == 0:
         return converted
+    fits, peaks = _fits(source, dtype)
+    if not fits:
+        _refuse_out_of_range(name, source, converted, dtype, first_row=first_row, row_word=row_word)
+    if peaks is not None and dtype.itemsize == 2:
+        _refuse_underflow(name, peaks, dtype, first_row=first_row, row_word=row_word)
+    return converted
+
+
+def _refuse_out_of_range(
+    name: str, source: np.ndarray, converted: np.ndarray, dtype: np.dtype, *, first_row: int, row_word: str
+) -> None:
+    """Raise ``ValueError`` for the first row of ``source`` that holds NaN/Inf or became inf in ``converted``."""
     row_ok = np.isfinite(converted).all(axis=1)  # values just above the dtype's max may round down to it
     if bool(row_ok.all()):
-        return converted
+        return
     bad_rows = np.flatnonzero(~row_ok)
     source_bad = bad_rows[~np.isfinite(source[bad_rows]).all(axis=1)]
     if source_bad.size:

@@ -58,7 +58,9 @@ class LatentStoreWriter:
         dim: Latent dimension ``D`` of every shard.
         dtype: Storage dtype, ``"float16"`` (default; refuses values that
             overflow it: float16 tops out at 65504, ``|x| >= 65520`` becomes
-            inf) or ``"float32"``.
+            inf; and rows it would flush toward zero: a row whose largest
+            ``|x|`` is nonzero but below 6.1035e-05, float16's smallest normal
+            number) or ``"float32"``.
         encoder: JSON identity of the encoder that made the latents.
         metadata: Free JSON metadata to record in the manifest.
 
@@ -131,7 +133,11 @@ class LatentStoreWriter:
             TypeError: If ``array`` is not a floating array/tensor.
             ValueError: If its shape is wrong, or it holds NaN/Inf or values
                 that overflow the storage dtype (become inf; float16:
-                ``|x| >= 65520``, as float16 tops out at 65504).
+                ``|x| >= 65520``, as float16 tops out at 65504), or, stored as
+                float16, a row whose largest ``|x|`` is nonzero but below
+                6.1035e-05 (float16 would keep it as subnormals or zeros; tiny
+                values in a row of normal scale are fine, and float16 input is
+                stored as it is). The message names the first such row.
             OSError: If the file cannot be written (message names the path);
                 no partial shard is left behind.
 

@@ -480,7 +480,9 @@ def extract_latents(
             hundreds at most.
         dtype: Storage dtype, ``"float16"`` (default; refuses values that
             overflow it: float16 tops out at 65504, ``|x| >= 65520`` becomes
-            inf) or ``"float32"``.
+            inf; and rows it would flush toward zero: a row whose largest
+            ``|x|`` is nonzero but below 6.1035e-05, float16's smallest normal
+            number) or ``"float32"``.
         encoder_identity: JSON identity to record for the encoder; see
             :func:`encoder_identity_of` for the default.
         items_id: A name for these exact items (e.g. ``"coco-train2017-v2"``),
@@ -511,8 +513,9 @@ def extract_latents(
             ``out_dir`` holds a store or unfinished run with other settings
             or computed from other items (the message names the first such
             shard and its item range), or an encoder output has the wrong
-            shape, changes dim or holds NaN/Inf (the message names the item
-            range). Nothing is finalized.
+            shape, changes dim, holds NaN/Inf, or holds values float16
+            storage cannot keep (see ``dtype``; the message names the item
+            range and the first such item). Nothing is finalized.
         FileExistsError: If another process is extracting into ``out_dir`` as
             the same worker: each worker holds a lock file in ``out_dir``
             (``.fusemix-extract.lock``, or ``.fusemix-extract-<w>-of-<n>.lock``

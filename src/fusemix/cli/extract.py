@@ -251,7 +251,13 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-_LIBRARY_ARGUMENTS = {"out_dir": "--out", "overwrite=True": "--overwrite", "shard_size": "--shard-size"}
+_LIBRARY_ARGUMENTS = {
+    "out_dir": "--out",
+    "overwrite=True": "--overwrite",
+    "shard_size": "--shard-size",
+    # latents float16 cannot hold; the refused run recorded float16 in --out, so switching needs --overwrite
+    "store as dtype='float32'": "rerun with --dtype float32 --overwrite",
+}
 """The :func:`extract_latents` arguments its errors name, and the flags that set them here."""
 
 
