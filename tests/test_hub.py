@@ -204,15 +204,20 @@ def test_push_to_hub_with_the_real_client_class(aligned, monkeypatch):
     assert tokens == ["hf_secret"] and hub.uploads[0]["create_pr"] and hub.uploads[0]["revision"] == "dev"
 
 
-def test_from_pretrained_downloads_from_the_hub_cache(aligned, tmp_path, pixels, words):
-    """A Hub id goes through the real huggingface_hub.snapshot_download, here from a local cache, offline."""
-    huggingface_hub = pytest.importorskip("huggingface_hub")
+def cache_as_downloaded(aligned: AlignedModel, tmp_path: Path, repo_id: str) -> None:
+    """Put ``aligned``, saved, in ``tmp_path / "cache"`` as huggingface_hub keeps a download of ``repo_id``."""
     saved = save_pretrained(aligned, tmp_path / "saved")
     commit = "0123456789abcdef0123456789abcdef01234567"
-    repo = tmp_path / "cache" / "models--me--fusemix-toy"
+    repo = tmp_path / "cache" / f"models--{repo_id.replace('/', '--')}"
     (repo / "refs").mkdir(parents=True)
     (repo / "refs" / "main").write_text(commit)
     shutil.copytree(saved, repo / "snapshots" / commit)
+
+
+def test_from_pretrained_downloads_from_the_hub_cache(aligned, tmp_path, pixels, words):
+    """A Hub id goes through the real huggingface_hub.snapshot_download, here from a local cache, offline."""
+    huggingface_hub = pytest.importorskip("huggingface_hub")
+    cache_as_downloaded(aligned, tmp_path, "me/fusemix-toy")
     again = AlignedModel.from_pretrained("me/fusemix-toy", cache_dir=tmp_path / "cache", local_files_only=True,
                             encoders={"image": pixels, "text": words})  # fmt: skip
     torch.testing.assert_close(again["text"].encode(TEXTS), aligned["text"].encode(TEXTS))
@@ -223,12 +228,7 @@ def test_from_pretrained_downloads_from_the_hub_cache(aligned, tmp_path, pixels,
 def test_a_quiet_download_needs_no_transformers_and_restores_the_hub_switch(aligned, tmp_path, monkeypatch):
     """``progress=False`` turns huggingface_hub's bars off for the download only, with transformers not installed."""
     huggingface_hub = pytest.importorskip("huggingface_hub")
-    saved = save_pretrained(aligned, tmp_path / "saved")
-    commit = "89abcdef0123456789abcdef0123456789abcdef"
-    repo = tmp_path / "cache" / "models--me--quiet"
-    (repo / "refs").mkdir(parents=True)
-    (repo / "refs" / "main").write_text(commit)
-    shutil.copytree(saved, repo / "snapshots" / commit)
+    cache_as_downloaded(aligned, tmp_path, "me/quiet")
     monkeypatch.setitem(sys.modules, "transformers", None)  # "import transformers" now fails
     seen = []
     real = huggingface_hub.snapshot_download
