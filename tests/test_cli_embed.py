@@ -179,7 +179,9 @@ def test_rerunning_embed_is_a_no_op_and_a_store_of_other_items_or_another_model_
     three = {"source": fewer, "column": None}
     assert_user_error(embed(ws, tmp_path / "text", **three), "embed", "--out", "other items", "--overwrite")
     other_model = embed(ws, tmp_path / "text", model=ws["run-colour"])  # same items and encoder, other adapter
-    assert_user_error(other_model, "embed", "other settings", "adapter")
+    assert_user_error(other_model, "embed", f"--out: {tmp_path / 'text'} already holds", "other settings", "adapter",
+                      "pass --overwrite to replace it")  # fmt: skip
+    assert "out_dir" not in other_model[2] and "overwrite=True" not in other_model[2]
     code, out, err = embed(ws, tmp_path / "text", "--overwrite", **three)
     assert code == 0, err
     assert LatentStore.open(tmp_path / "text").shape == (3, 8)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import threading
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -228,10 +230,10 @@ def test_latents_float16_cannot_hold_are_one_line_naming_dtype_and_overwrite(wor
 
     refused = extract()
     assert_one_line(refused, "extract", f"error: encoder output for items [0, 4): 4 row(s) {fragment}",
-                    "; rerun with --dtype float32 --overwrite or rescale the latents")  # fmt: skip
+                    "; store as --dtype float32 or rescale the latents")  # fmt: skip
     assert "dtype='float32'" not in refused[1]
     assert not (work / factory / MANIFEST).exists()
-    assert extract("--dtype", "float32", "--overwrite") == (0, "")
+    assert extract("--dtype", "float32") == (0, "")  # the refused run wrote no shard, so nothing is in the way
     stored = LatentStore.open(work / factory)
     assert stored.dtype == np.float32 and np.array_equal(stored[:], np.full((4, 2), value, dtype=np.float32))
 
@@ -273,3 +275,134 @@ def test_a_text_file_may_end_in_blank_lines_but_not_hold_one_between_items(work)
     assert extract("a cat\r\na dog\n\n \r\n\n", "trailing")[0] == 0
     assert (work / "trailing" / "items.jsonl").read_text() == '"a cat"\n"a dog"\n'
     assert_one_line(extract("a cat\n\na dog\n\n", "inside"), "extract", "line 2 is empty (1 empty line(s) before")
+
+
+# -- library refusals in the command's terms: the flags, never the Python spellings of fit() and PairedLatents ------
+
+TRAIN = ["--epochs", 1, "--batch-size", 4, "--depth", 1, "--shared-dim", 2, "--device", "cpu", "--no-progress"]
+
+
+def train(work: Path, out: Path, *extra: object) -> tuple[int, str]:
+    return run("train", "--latents", f"image={work / 'image'}", "--latents", f"text={work / 'text'}",
+               "--out", out, *extra)  # fmt: skip
+
+
+def assert_no_python_spelling(err: str, *spellings: str) -> None:
+    for spelling in ("out_dir", "val=", "rows[", "latents[", "from_dict", *spellings):
+        assert spelling not in err, err
+
+
+def test_latents_that_cannot_pair_by_row_name_pairs(work):
+    write_store(work / "few", torch.randn(3, 2), modality="text", encoder={"name": "text"})
+    latents = ["--latents", f"image={work / 'image'}", "--latents", f"text={work / 'few'}"]
+    for command, result in (
+        ("train", run("train", *latents, "--out", work / "run", *TRAIN)),
+        ("evaluate", run("evaluate", "--model", work / "model", *latents, "--device", "cpu")),
+    ):
+        assert_one_line(result, command, "--latents text: has 3 rows", "--latents image has 4 rows",
+                        "give --pairs column 'text' to pair its rows explicitly")  # fmt: skip
+        assert_no_python_spelling(result[1])
+    assert not (work / "run").exists()
+    pairs = work / "pairs.csv"
+    pairs.write_text("image,text\n0,0\n1,7\n")
+    result = run("train", *latents, "--pairs", pairs, "--out", work / "run", *TRAIN)
+    assert_one_line(result, "train", "--pairs column 'text': indices must lie in [0, 3) (--latents text has 3 rows)")
+    assert_no_python_spelling(result[1])
+
+
+def test_selection_best_without_validation_data_is_refused_before_anything_is_written(work):
+    out = work / "run"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no batch-size warning first: the refusal comes before fit
+        result = train(work, out, "--selection", "best", "--no-progress")
+    assert_one_line(result, "train", "--val-latents: --selection best keeps the weights",
+                    "pass --val-latents or use --selection last")  # fmt: skip
+    assert_no_python_spelling(result[1], "selection=", "selection='")
+    assert not out.exists()
+
+
+def test_validation_pairs_sharing_a_key_are_refused_before_anything_is_written(work):
+    pairs = work / "shared.csv"
+    pairs.write_text("image,text\n0,0\n1,0\n2,2\n")
+    val = ["--val-latents", f"image={work / 'image'}", "--val-latents", f"text={work / 'text'}", "--val-pairs", pairs]
+    result = train(work, work / "run", *val, *TRAIN)
+    assert_one_line(result, "train", "--val-pairs: row 0 of 'text' is paired with several rows of 'image' ([0, 1])",
+                    "score --val-pair text,image instead")  # fmt: skip
+    assert_no_python_spelling(result[1], "key_groups", "retrieval_metrics")
+    assert not (work / "run").exists()
+    result = evaluate(work, "--pairs", pairs)
+    assert_one_line(result, "evaluate", "--pairs: row 0 of 'text' is paired with several rows of 'image'",
+                    "give --identical-keys row or text, or score --pair text,image")  # fmt: skip
+    assert_no_python_spelling(result[1], "key_groups", "retrieval_metrics")
+    assert evaluate(work, "--pairs", pairs, "--identical-keys", "row")[0] == 0
+
+
+def test_a_rerun_with_other_settings_names_them_as_flags(work):
+    out = work / "run"
+    code, err = train(work, out, *TRAIN)
+    assert code == 0, err
+    code, err = train(work, out, *TRAIN, "--epochs", 2, "--lr", "2e-3", "--per-sample-lambda")
+    *notes, line = err.strip().splitlines()
+    assert code == 2 and notes == [f"fusemix train: resuming from {out / 'checkpoint'}"], err
+    assert line == (
+        f"fusemix train: error: --epochs: 1 in {out}, 2 now; --lr: 0.001 in {out}, 0.002 now; --per-sample-lambda: "
+        f"false in {out}, true now; rerun with the settings of the run in {out} to resume it, or choose another --out"
+    ), line
+    assert_no_python_spelling(err, "epochs=", "lr=", "TrainConfig", "state.json")
+    assert train(work, out, *TRAIN)[0] == 0  # the run's own settings still resume it
+
+
+def test_a_diverging_run_names_the_flags_that_tame_it(work):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # an lr this large may also overflow inside the optimizer
+        code, err = train(work, work / "run", *TRAIN, "--epochs", 20, "--lr", "1e12", "--warmup-steps", 0)
+    assert code == 1 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert err.startswith("fusemix train: error: loss: became "), err
+    assert "(--lr 1e+12), set --grad-clip or use --amp off" in err, err
+    assert_no_python_spelling(err, "grad_clip", "amp=", "lr=")
+
+
+def test_settings_that_do_not_fit_together_are_named_as_flags(work):
+    cases = [
+        (("--patience", 2), "--patience: ", "needs --selection best, got --selection last"),
+        (("--warmup-start-lr", 1), "--warmup-start-lr: must not exceed --lr 0.001, got 1.0"),
+        (("--batch-size", 3), "--batch-size: must be even with --pairing halves"),
+        (("--alpha-schedule", "cosine"), "--alpha-end: --alpha-schedule cosine needs the final alpha"),
+    ]
+    for flags, *fragments in cases:
+        result = train(work, work / "run", "--no-progress", *flags)
+        assert_one_line(result, "train", *fragments)
+        assert_no_python_spelling(result[1], "selection=", "lr=", "pairing=", "alpha_schedule")
+    assert not (work / "run").exists()
+
+
+def test_a_config_that_is_a_folder_says_so(work):
+    (work / "cfg").mkdir()
+    result = train(work, work / "run", "--config", work / "cfg", *TRAIN)
+    assert_one_line(result, "train", f"--config: {work / 'cfg'} is a folder; give the settings file")
+    assert "no such file" not in result[1]
+
+
+def test_a_busy_extraction_out_names_the_flag(work):
+    from fusemix._fileio import directory_lock
+
+    out = work / "store"
+    out.mkdir()
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with directory_lock(out, ".fusemix-extract.lock", argument="out_dir", activity="extraction"):
+            held.set()
+            release.wait(60)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert held.wait(60)
+        result = run("extract", "--encoder", "python", "--callable", f"{work / 'encoders.py'}:build_ones",
+                     "--input-type", "text", "--input", work / "items.txt", "--out", out, "--no-progress")  # fmt: skip
+    finally:
+        release.set()
+        holder.join()
+    assert_one_line(result, "extract", f"--out: {out} is in use by another extraction")
+    assert_no_python_spelling(result[1])

@@ -467,7 +467,7 @@ def test_the_cli_takes_the_new_fields_as_flags(tmp_path, capsys):
     defaults = TrainConfig().to_dict()
     args += [f"--{k.replace('_', '-')}={v}" for k, v in BEST.to_dict().items() if v != defaults[k] and k != "selection"]
     assert cli_main([*args, "--selection", "best"]) == 2
-    assert "val: selection='best' keeps the weights" in capsys.readouterr().err
+    assert "--val-latents: --selection best keeps the weights" in capsys.readouterr().err
     validation = ["--val-latents", f"image={tmp_path / 'val_image.npy'}", "--val-latents",
                   f"text={tmp_path / 'val_text.npy'}"]  # fmt: skip
     flags = ["--selection", "best", "--patience", "3", "--threads", "1", "--selection-metric", "i2t_mean"]

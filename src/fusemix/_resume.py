@@ -73,8 +73,8 @@ def check_same_data(name: str, saved: Mapping[str, Any], current: Mapping[str, A
     if saved["num_pairs"] != current["num_pairs"] or saved["dims"] != current["dims"]:
         raise ValueError(
             f"{name}: has {current['num_pairs']} pairs with dims {current['dims']}, but the checkpoint in {where} "
-            f"was made with {saved['num_pairs']} pairs with dims {saved['dims']} as {name}; resume with the same "
-            f"{name}, or train in another out_dir"
+            f"was made with {saved['num_pairs']} pairs with dims {saved['dims']}; resume with the same {name} data, "
+            "or train in another out_dir"
         )
     if "pairing" in saved and saved["pairing"] != current["pairing"]:
         raise ValueError(
@@ -98,20 +98,42 @@ def resume_neutral_fields(config: TrainConfig) -> frozenset[str]:
     return RESULT_NEUTRAL_FIELDS - {"eval_every"} if config.selection == "best" else RESULT_NEUTRAL_FIELDS
 
 
+class ConfigMismatchError(ValueError):
+    """:func:`compare_config`'s refusal, with what differs for a caller that words it its own way.
+
+    Attributes:
+        checkpoint: The checkpoint directory.
+        differences: Each differing field (in the order of the config) to ``(now, in the checkpoint)``, as
+            :meth:`~fusemix.train_config.TrainConfig.to_dict` writes the values.
+
+    """
+
+    def __init__(self, message: str, checkpoint: Path, differences: dict[str, tuple[Any, Any]]) -> None:
+        super().__init__(message)
+        self.checkpoint = checkpoint
+        self.differences = differences
+
+
 def compare_config(saved: Mapping[str, Any], config: TrainConfig, where: Path) -> None:
-    """Refuse to resume with a config whose result-changing fields differ from the checkpoint's ``saved`` config."""
+    """Refuse to resume with a config whose result-changing fields differ from the checkpoint's ``saved`` config.
+
+    Raises:
+        ConfigMismatchError: A ``ValueError`` naming the differing fields.
+
+    """
     current = config.to_dict()
     saved_config = TrainConfig.from_dict(saved).to_dict()
     neutral = resume_neutral_fields(config)
-    differ = [
-        f"{k}={current[k]!r} (checkpoint: {saved_config[k]!r})"
-        for k in current
-        if k not in neutral and current[k] != saved_config[k]
-    ]
-    if differ:
-        raise ValueError(
+    differences = {
+        k: (current[k], saved_config[k]) for k in current if k not in neutral and current[k] != saved_config[k]
+    }
+    if differences:
+        differ = [f"{k}={now!r} (checkpoint: {before!r})" for k, (now, before) in differences.items()]
+        raise ConfigMismatchError(
             f"config: differs from the checkpoint in {where}: {', '.join(differ)}; resume with the checkpoint's "
-            "config (TrainConfig.from_dict of its state.json 'config'), or train in another out_dir"
+            "config (TrainConfig.from_dict of its state.json 'config'), or train in another out_dir",
+            where,
+            differences,
         )
 
 

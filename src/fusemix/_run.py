@@ -328,7 +328,8 @@ class Run:
     def _record(self, kind: str, epoch: int, loss: float, lr: float, alpha: float | None) -> dict[str, Any]:
         if not math.isfinite(loss):
             raise FloatingPointError(
-                f"loss: became {loss} at step {self.step} (epoch {epoch}); lower lr, set grad_clip or use amp='off'"
+                f"loss: became {loss} at step {self.step} (epoch {epoch}); lower the learning rate "
+                f"(lr={self.config.lr:g}), set grad_clip or use amp='off'"
             )
         temperature = _temperature(self.model)
         return dict(kind=kind, epoch=epoch, step=self.step, loss=loss, lr=lr, temperature=temperature, alpha=alpha)

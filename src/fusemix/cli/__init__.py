@@ -22,10 +22,11 @@ exceptions are bugs and keep their traceback.
 
 The package holds the parser and :func:`main` (``parser``), one module per
 command (``extract``, ``train``, ``evaluate``, ``embed``), what they share
-(``common``: errors, argument types, opening latents and pairs), the
-dataclass-to-flags code (``config_flags``), reading ``--input`` (``inputs``),
-building ``--encoder`` (``encoder_setup``) and the store ``extract`` and
-``embed`` write with its ``items.jsonl`` (``store_output``).
+(``common``: errors, the library's errors reworded in the command's flags,
+argument types, opening latents and pairs), the dataclass-to-flags code
+(``config_flags``), reading ``--input`` (``inputs``), building ``--encoder``
+(``encoder_setup``) and the store ``extract`` and ``embed`` write with its
+``items.jsonl`` (``store_output``).
 """
 
 from fusemix.cli.common import ITEMS_FILE, LATENTS_FILE, CommandError, metrics_table

@@ -16,6 +16,7 @@ import contextlib
 import csv
 import json
 import os
+import re
 import zipfile
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
@@ -44,9 +45,112 @@ class CommandError(Exception):
     """A user error found by the command line itself; reported as one line, exit status 2."""
 
 
+LIBRARY_ERRORS: tuple[type[Exception], ...] = (
+    ValueError,
+    KeyError,
+    FileNotFoundError,
+    FileExistsError,
+    NotADirectoryError,
+)
+"""What fusemix raises for a user error (a bad argument, a file in the way): one line, exit status 2."""
+
+
 def flag(name: str) -> str:
     """The command-line flag of a setting: ``batch_size`` -> ``--batch-size``."""
     return "--" + name.replace("_", "-")
+
+
+def error_message(err: BaseException) -> str:
+    """An exception's message on one line (a ``KeyError``'s without the quotes ``str`` adds)."""
+    message = err.args[0] if isinstance(err, KeyError) and err.args and isinstance(err.args[0], str) else str(err)
+    return " ".join(message.split()) or type(err).__name__
+
+
+_VALUE = r"""'[^']*'|"[^"]*"|\([^()]*\)|\[[^\[\]]*\]|[\w.+-]+"""
+"""A Python value as a library message writes it after ``name=``: a quoted string, a tuple or list, a word or number."""
+
+
+def _flag_value(option: str, value: str) -> str:
+    """``name=value`` as the flag that sets it: ``--x VALUE``, ``--x`` / ``--no-x`` for booleans, ``none`` for None."""
+    if value == "True":
+        return option
+    if value == "False":
+        return "--no-" + option.removeprefix("--")
+    if value == "None":
+        return f"{option} none"
+    if value[:1] in "([":
+        value = " ".join(part.strip().strip("'\"") for part in value[1:-1].split(",") if part.strip())
+    elif value[:1] in "'\"":
+        value = value[1:-1]
+    return f"{option} {value}"
+
+
+def in_flag_terms(message: str, names: Mapping[str, str], *, leading: bool = True) -> str:
+    """``message`` of a fusemix error with the Python names in it replaced by the command's flags.
+
+    Library messages start with the argument they are about and give advice
+    in Python spellings (``pass val= or use selection='last'``); a command
+    line user needs its flags. ``names`` maps each argument or config field
+    to its flag; ``"name[]"`` may map the subscript form to a template with
+    ``{key}`` (default ``"FLAG {key}"``). Replaced are: ``name=value`` (as
+    ``FLAG VALUE``: quotes dropped, ``True`` as ``FLAG``, ``False`` as
+    ``--no-...``, ``None`` as ``none``; ``name=`` alone as ``FLAG``),
+    ``name['key']``, a bare name with an underscore (``out_dir``), and with
+    ``leading`` the name that starts the message (``lr: ...``). Elsewhere a
+    one-word name is left alone: ``loss``, ``device`` or ``train`` are plain
+    words too.
+
+    Example:
+        >>> names = {"out_dir": "--out", "val": "--val-latents", "selection": "--selection", "rows": "--pairs",
+        ...          "rows[]": "--pairs column {key!r}", "per_sample_lambda": "--per-sample-lambda"}
+        >>> in_flag_terms("val: selection='best' needs val; pass val= or use selection='last'", names)
+        '--val-latents: --selection best needs val; pass --val-latents or use --selection last'
+        >>> in_flag_terms("rows['text']: bad (see runs/out_dir); train in another out_dir", names)
+        "--pairs column 'text': bad (see runs/out_dir); train in another --out"
+        >>> in_flag_terms("per_sample_lambda=False, selection=None", names)
+        '--no-per-sample-lambda, --selection none'
+
+    """
+    plain = {name: option for name, option in names.items() if not name.endswith("[]")}
+    if not plain:
+        return message
+    alternatives = "|".join(re.escape(name) for name in sorted(plain, key=len, reverse=True))
+    pattern = re.compile(
+        rf"(?<![\w.\-/\\])(?P<name>{alternatives})"
+        rf"(?:(?P<keyword>=(?P<value>{_VALUE})?)|\[(?P<quote>['\"])(?P<key>[^'\"\]]*)(?P=quote)\])?"
+        r"(?![\w\-/\\\[=])"
+    )
+
+    def replace(found: re.Match[str]) -> str:
+        name, option = found["name"], plain[found["name"]]
+        if found["keyword"] is not None:
+            return option if found["value"] is None else _flag_value(option, found["value"])
+        if found["key"] is not None:
+            return names.get(f"{name}[]", option + " {key}").format(key=found["key"])
+        if "_" in name or (leading and found.start() == 0 and message[found.end() : found.end() + 1] == ":"):
+            return option
+        return found[0]
+
+    return pattern.sub(replace, message)
+
+
+@contextlib.contextmanager
+def library_errors(names: Mapping[str, str]) -> Iterator[None]:
+    """Report fusemix's user errors in the block in the command's terms (:func:`in_flag_terms` with ``names``).
+
+    One of :data:`LIBRARY_ERRORS` becomes a :class:`CommandError`; a
+    ``FloatingPointError`` (the loss diverged) keeps its type, so that the
+    command exits with 1, and its first word (the loss, not the ``--loss``
+    setting). A :class:`CommandError` passes as it is.
+    """
+    try:
+        yield
+    except CommandError:
+        raise
+    except FloatingPointError as err:
+        raise FloatingPointError(in_flag_terms(error_message(err), names, leading=False)) from err
+    except LIBRARY_ERRORS as err:
+        raise CommandError(in_flag_terms(error_message(err), names)) from err
 
 
 def positive_int(text: str) -> int:
@@ -263,12 +367,41 @@ def check_output_file(flag: str, path: Path) -> Path:
     return path
 
 
-def paired_latents(what: str, latents: Mapping[str, Latents], rows: Mapping[str, np.ndarray] | None) -> PairedLatents:
-    """The :class:`~fusemix.data.PairedLatents` of opened latents and pair rows; a bad pairing is a user error."""
+def paired_latents(
+    latents_flag: str, pairs_flag: str, latents: Mapping[str, Latents], rows: Mapping[str, np.ndarray] | None
+) -> PairedLatents:
+    """The :class:`~fusemix.data.PairedLatents` of opened latents and pair rows; a bad pairing is a user error.
+
+    Its message names the flags the latents and rows came from: ``latents['text']`` is
+    ``--latents text``, ``rows['text']`` the ``text`` column of ``--pairs``.
+    """
+    names = {"latents": latents_flag, "rows": pairs_flag, "rows[]": f"{pairs_flag} column {{key!r}}"}
     try:
         return PairedLatents({modality: item.array for modality, item in latents.items()}, rows)
     except (ValueError, TypeError) as err:
-        raise CommandError(f"{what}: {err}") from err
+        raise CommandError(in_flag_terms(error_message(err), names)) from err
+
+
+def check_one_item_per_key(flag: str, data: PairedLatents, query: str, key: str, advice: str) -> None:
+    """Refuse, before anything is read or written, a ``key`` row paired with several ``query`` rows.
+
+    Retrieval scores each ``key`` item against the one ``query`` item it
+    belongs to; :meth:`~fusemix.data.PairedLatents.retrieval_task` refuses
+    such pairs too, with advice for Python callers. ``advice`` says what to
+    do on this command line.
+    """
+    query_rows, key_rows = data.row_index(query), data.row_index(key)
+    both = (query_rows >= 0) & (key_rows >= 0)
+    links = np.unique(np.stack([key_rows[both], query_rows[both]], axis=1), axis=0)  # (key row, query row), sorted
+    shared = np.flatnonzero(links[1:, 0] == links[:-1, 0])
+    if not shared.size:
+        return
+    row = int(links[shared[0], 0])
+    owners = links[links[:, 0] == row, 1][:5].tolist()
+    raise CommandError(
+        f"{flag}: row {row} of {key!r} is paired with several rows of {query!r} ({owners}); each {key!r} item must "
+        f"belong to one {query!r} item for retrieval; {advice}"
+    )
 
 
 _PACKAGE = Path(__file__).resolve().parents[1]

@@ -140,12 +140,19 @@ def _plain(text: str) -> str:
     return text.replace("``", "").replace("%", "%%")
 
 
-def _format_default(value: Any) -> str:
+def format_value(value: Any) -> str:
+    """A field's value as its flag takes it: ``none``, ``true``/``false``, a tuple or list as its values.
+
+    Example:
+        >>> format_value(None), format_value(True), format_value((0.9, 0.999)), format_value("fusemix")
+        ('none', 'true', '0.9 0.999', 'fusemix')
+
+    """
     if value is None:
         return "none"
     if isinstance(value, bool):
         return str(value).lower()
-    if isinstance(value, tuple):
+    if isinstance(value, (tuple, list)):
         return " ".join(map(str, value))
     return str(value)
 
@@ -154,6 +161,18 @@ def config_fields(cls: type) -> list[tuple[dataclasses.Field[Any], Any]]:
     """The init fields of dataclass ``cls`` with their resolved type hints, in definition order."""
     hints = typing.get_type_hints(cls)
     return [(field, hints[field.name]) for field in dataclasses.fields(cls) if field.init]
+
+
+def config_flag_names(cls: type) -> dict[str, str]:
+    """Each init field of dataclass ``cls`` to its flag, to word the library's messages in flags.
+
+    Example:
+        >>> from fusemix.train_config import TrainConfig
+        >>> config_flag_names(TrainConfig)["grad_clip"]
+        '--grad-clip'
+
+    """
+    return {field.name: flag(field.name) for field, _ in config_fields(cls)}
 
 
 def field_default(field: dataclasses.Field[Any]) -> Any:
@@ -179,7 +198,7 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type, title: str) -> 
     for field, hint in config_fields(cls):
         option = flag(field.name)
         default = field_default(field)
-        text = f"{docs.get(field.name, f'{cls.__name__}.{field.name}.')} (default: {_format_default(default)})"
+        text = f"{docs.get(field.name, f'{cls.__name__}.{field.name}.')} (default: {format_value(default)})"
         if hint is bool:
             group.add_argument(option, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=text)
         elif typing.get_origin(hint) is tuple:

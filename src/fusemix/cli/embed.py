@@ -18,7 +18,14 @@ from pathlib import Path
 from typing import Any
 
 from fusemix.aligned import AlignedEncoder, AlignedModel, embed_store
-from fusemix.cli.common import ITEMS_FILE, CommandError, check_output_folder, raised_by_fusemix
+from fusemix.cli.common import (
+    ITEMS_FILE,
+    CommandError,
+    check_output_folder,
+    error_message,
+    in_flag_terms,
+    raised_by_fusemix,
+)
 from fusemix.cli.encoder_setup import ENCODER_INPUT, python_encoder
 from fusemix.cli.inputs import (
     AUDIO_EXTENSIONS,
@@ -28,7 +35,7 @@ from fusemix.cli.inputs import (
     file_reader,
     read_inputs,
 )
-from fusemix.cli.store_output import StoreOutput, add_output_arguments
+from fusemix.cli.store_output import LIBRARY_NAMES, StoreOutput, add_output_arguments
 from fusemix.encoder_descriptions import build_encoder, identity_differences
 from fusemix.extract import encoder_identity_of
 
@@ -248,6 +255,10 @@ def run(args: argparse.Namespace) -> int:
         if not raised_by_fusemix(err):
             raise
         raise CommandError(f"{_encoder_flag(args)}: {err}") from err
+    except (ValueError, FileExistsError) as err:  # a store of other settings in --out, another run holding it
+        if not raised_by_fusemix(err):
+            raise
+        raise CommandError(in_flag_terms(error_message(err), LIBRARY_NAMES)) from err
     assert store is not None  # one worker: the store is complete
     output.finish(store, "shared-space embeddings")
     return 0

@@ -23,9 +23,11 @@ from fusemix.cli.common import (
     CommandError,
     Latents,
     add_latents_arguments,
+    check_one_item_per_key,
     check_output_file,
     check_same_latents,
     latents_map,
+    library_errors,
     metrics_table,
     open_all,
     pair_spec,
@@ -64,6 +66,15 @@ copies are found by the lines of the key store's items.jsonl.
 
 IDENTICAL_KEYS = ("refuse", "row", "text")
 """Choices of ``--identical-keys``."""
+LIBRARY_NAMES = {
+    "pair": "--pair",
+    "key_groups": "--identical-keys",
+    "ks": "--ks",
+    "batch_size": "--batch-size",
+    "chunk_size": "--chunk-size",
+    "device": "--device",
+}
+"""The arguments of :func:`~fusemix.evaluation.evaluate_retrieval` its errors name, and their flags here."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -190,18 +201,27 @@ def run(args: argparse.Namespace) -> int:
     if missing:
         raise CommandError(f"--pair: {missing[0]!r} is not one of the --latents {list(latents)}")
     rows = read_pairs("--pairs", args.pairs) if args.pairs is not None else None
-    data = paired_latents("--latents, --pairs", latents, rows)
+    data = paired_latents("--latents", "--pairs", latents, rows)
+    if args.identical_keys == "refuse":
+        check_one_item_per_key(
+            "--pairs",
+            data,
+            *pair,
+            f"for one {pair[1]} shared by several {pair[0]} items (identical captions) give --identical-keys row or "
+            f"text, or score --pair {pair[1]},{pair[0]}",
+        )
     key_groups = _key_groups(args.identical_keys, pair[1], latents[pair[1]])
-    metrics = evaluate_retrieval(
-        model,
-        data,
-        pair,
-        key_groups=key_groups,
-        ks=args.ks,
-        batch_size=args.batch_size,
-        chunk_size=args.chunk_size,
-        device=device,
-    )
+    with library_errors(LIBRARY_NAMES):
+        metrics = evaluate_retrieval(
+            model,
+            data,
+            pair,
+            key_groups=key_groups,
+            ks=args.ks,
+            batch_size=args.batch_size,
+            chunk_size=args.chunk_size,
+            device=device,
+        )
     query_rows, key_rows = (len(np.unique(data.row_index(m))) for m in pair)
     grouping = "" if key_groups is None else f", identical {pair[1]} items grouped by {args.identical_keys}"
     print(

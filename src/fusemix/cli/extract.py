@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import re
 import sys
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -25,7 +24,9 @@ from fusemix.cli.common import (
     PROG,
     CommandError,
     check_output_folder,
+    error_message,
     flag,
+    in_flag_terms,
     positive_int,
     positive_int_or_none,
     raised_by_fusemix,
@@ -48,7 +49,7 @@ from fusemix.cli.inputs import (
     file_reader,
     read_inputs,
 )
-from fusemix.cli.store_output import StoreOutput, add_output_arguments
+from fusemix.cli.store_output import LIBRARY_NAMES, StoreOutput, add_output_arguments
 from fusemix.encoder_descriptions import describe_encoder
 from fusemix.extract import encoder_identity_of, extract_latents, finalize_store
 from fusemix.store import MANIFEST, LatentStore, StoreError
@@ -64,9 +65,8 @@ Inputs (--input): a text file, one item per line (texts, or file paths relative 
 the file); a folder of image or audio files, searched recursively and sorted by
 relative path; or a CSV/TSV/JSONL manifest whose --column holds the texts or the
 file paths (relative to the manifest). Images are read with Pillow and converted
-to RGB (transparency composited onto white); audio with soundfile and soxr, mixed
-down to mono and resampled to the encoder's sampling rate (its 'sampling_rate'
-attribute; a python encoder without one gets each file at its own rate).
+to RGB (transparency composited onto white); audio with soundfile, mono, at the
+encoder's sampling rate (fusemix does not resample).
 
 Rerunning the same command resumes an interrupted run and does nothing on a
 finished store. Under torchrun every process encodes its share of the shards."""
@@ -108,8 +108,8 @@ python encoders (--encoder python --callable MODULE:FUNCTION):
   --model-dtype and --max-batch-size (except for audio: clips differ in length,
   so a plain function gets the list of clips as it is). Give your encoder an
   identity that changes with its weights: a store is only reused or resumed by
-  the same identity. An encoder with an int 'sampling_rate' attribute gets every
-  audio file resampled to that rate; without one, each file at its own rate.
+  the same identity. An encoder with a 'sampling_rate' attribute gets only audio
+  files at that rate.
 
 torchrun: each process (RANK of WORLD_SIZE) encodes the shards k with
   k % WORLD_SIZE == RANK; the last one to finish writes the manifest. If a
@@ -251,22 +251,6 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-_LIBRARY_ARGUMENTS = {
-    "out_dir": "--out",
-    "overwrite=True": "--overwrite",
-    "shard_size": "--shard-size",
-    # latents float16 cannot hold; the refused run recorded float16 in --out, so switching needs --overwrite
-    "store as dtype='float32'": "rerun with --dtype float32 --overwrite",
-}
-"""The :func:`extract_latents` arguments its errors name, and the flags that set them here."""
-
-
-def _in_flag_terms(message: str) -> str:
-    """``message`` from :func:`extract_latents` with its argument names replaced by this command's flags."""
-    pattern = "|".join(rf"\b{re.escape(name)}(?![\w=])" for name in _LIBRARY_ARGUMENTS)
-    return re.sub(pattern, lambda found: _LIBRARY_ARGUMENTS[found.group(0)], message)
-
-
 def _encoder_flag(args: argparse.Namespace) -> str:
     return f"--callable {args.callable}" if args.encoder == "python" else f"--encoder {args.encoder}"
 
@@ -311,12 +295,12 @@ def _extract(
     except StoreError as err:
         # Two workers finishing together may both finalize; the one that loses the race finds the manifest written.
         if num_workers == 1 or not (root / MANIFEST).exists():
-            raise CommandError(_in_flag_terms(str(err))) from err
+            raise CommandError(in_flag_terms(error_message(err), LIBRARY_NAMES)) from err
         store = LatentStore.open(root, expected_modality=modality, expected_encoder=identity)
-    except ValueError as err:
+    except (ValueError, FileExistsError) as err:  # FileExistsError: another extraction holds --out
         if not raised_by_fusemix(err):
             raise
-        raise CommandError(_in_flag_terms(str(err))) from err
+        raise CommandError(in_flag_terms(error_message(err), LIBRARY_NAMES)) from err
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.barrier()
         if worker_index == 0:

@@ -11,7 +11,7 @@ from types import ModuleType
 
 from fusemix._version import fusemix_version
 from fusemix.cli import embed, evaluate, extract, train
-from fusemix.cli.common import PROG, CommandError
+from fusemix.cli.common import LIBRARY_ERRORS, PROG, CommandError, error_message
 
 COMMANDS: dict[str, ModuleType] = {"extract": extract, "train": train, "evaluate": evaluate, "embed": embed}
 """Command name to its module: ``SUMMARY``, ``DESCRIPTION``, ``EPILOG``, ``add_arguments(parser)``, ``run(args)``."""
@@ -74,7 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         _print_error(prog, err)
         return 2
-    except (CommandError, ValueError, KeyError, FileNotFoundError, FileExistsError, NotADirectoryError) as err:
+    except (CommandError, *LIBRARY_ERRORS) as err:
         _print_error(prog, err)
         return 2
     finally:
@@ -92,9 +92,7 @@ def _one_line_warning(prog: str) -> typing.Callable[..., str]:
 
 
 def _print_error(prog: str, err: BaseException) -> None:
-    message = err.args[0] if isinstance(err, KeyError) and err.args and isinstance(err.args[0], str) else str(err)
-    message = " ".join(message.split()) or type(err).__name__
-    print(f"{prog}: error: {message}", file=sys.stderr)
+    print(f"{prog}: error: {error_message(err)}", file=sys.stderr)
 
 
 class _Parser(argparse.ArgumentParser):

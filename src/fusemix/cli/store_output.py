@@ -22,6 +22,17 @@ from fusemix.cli.common import ITEMS_FILE, CommandError, positive_int
 from fusemix.extract import SPEC
 from fusemix.store import MANIFEST, SHARD_DIR, LatentStore, shard_indices
 
+LIBRARY_NAMES = {
+    "items": "--input",
+    "out_dir": "--out",
+    "overwrite": "--overwrite",
+    "shard_size": "--shard-size",
+    "batch_size": "--batch-size",
+    "dtype": "--dtype",
+}
+"""The arguments of :func:`~fusemix.extract.extract_latents` (which ``embed_store`` runs) that its errors name, and
+the flags of ``fusemix extract`` and ``fusemix embed`` that set them."""
+
 
 def add_output_arguments(group: argparse._ActionsContainer, *, what: str) -> None:
     """Add ``--out``, ``--batch-size``, ``--shard-size``, ``--dtype``, ``--overwrite`` and ``--no-progress``.

@@ -23,17 +23,24 @@ from typing import TYPE_CHECKING, Any
 from fusemix._fileio import directory_lock, write_json_atomic
 from fusemix._latent_identity import describe_identity, latent_identity
 from fusemix._optional import require
+from fusemix._resume import ConfigMismatchError
 from fusemix._run_files import CHECKPOINT_DIR, MODEL_DIR, RUN_LOCK
+from fusemix._selection import check_selection_target
 from fusemix.cli.common import (
     LATENTS_FILE,
     PROG,
     CommandError,
     Latents,
     add_latents_arguments,
+    check_one_item_per_key,
     check_output_folder,
     check_same_latents,
+    error_message,
+    flag,
+    in_flag_terms,
     latents_map,
     latents_spec,
+    library_errors,
     metrics_table,
     open_all,
     pair_spec,
@@ -42,7 +49,14 @@ from fusemix.cli.common import (
     read_pairs,
     workers,
 )
-from fusemix.cli.config_flags import add_config_flags, config_fields, field_default, value_from_native
+from fusemix.cli.config_flags import (
+    add_config_flags,
+    config_fields,
+    config_flag_names,
+    field_default,
+    format_value,
+    value_from_native,
+)
 from fusemix.data import PairedLatents
 from fusemix.train_config import TrainConfig
 
@@ -53,6 +67,15 @@ SUMMARY = "train fusion adapters on stored latents"
 DATA_KEYS: tuple[str, ...] = ("latents", "pairs", "val_latents", "val_pairs", "val_pair", "out")
 """Keys of the ``[data]`` table of ``--config``."""
 _TRAIN_FLAGS: tuple[str, ...] = (*DATA_KEYS, "config", "resume", "no_progress", "help")
+LIBRARY_NAMES: dict[str, str] = {
+    **config_flag_names(TrainConfig),
+    "train": "--latents",
+    "val": "--val-latents",
+    "val_pair": "--val-pair",
+    "out_dir": "--out",
+    "resume": "--resume",
+}
+"""The arguments of :func:`~fusemix.train.fit` and the TrainConfig fields its errors name, and their flags here."""
 
 DESCRIPTION = """\
 Train one fusion adapter per modality on stored latents with FuseMix and write to --out:
@@ -140,6 +163,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _load_config_file(path: Path) -> dict[str, Any]:
+    if path.is_dir():
+        raise CommandError(f"--config: {path} is a folder; give the settings file (.toml, .yaml or .yml)")
     if not path.is_file():
         raise CommandError(f"--config: {path}: no such file")
     suffix = path.suffix.lower()
@@ -242,8 +267,8 @@ def train_settings(args: argparse.Namespace) -> TrainSettings:
             values[field.name] = tuple(value) if typing.get_origin(hint) is tuple else value
     try:
         config = TrainConfig(**values)
-    except TypeError as err:  # values were checked against the field types; this is a cross-field complaint
-        raise CommandError(str(err)) from err
+    except (TypeError, ValueError) as err:  # values were checked against the field types: a range or cross-field one
+        raise CommandError(in_flag_terms(error_message(err), LIBRARY_NAMES)) from err
     latents = latents_map("--latents", args.latents) if args.latents else file_data.get("latents")
     if not latents or len(latents) < 2:
         raise CommandError(
@@ -318,17 +343,19 @@ def _open_data(settings: TrainSettings) -> tuple[dict[str, Latents], PairedLaten
     """The training latents as opened, the training pairs and the validation pairs (``None`` without them)."""
     train_latents = open_all("--latents", settings.latents)
     train_rows = read_pairs("--pairs", settings.pairs) if settings.pairs is not None else None
-    train = paired_latents("training data (--latents, --pairs)", train_latents, train_rows)
+    train = paired_latents("--latents", "--pairs", train_latents, train_rows)
     if settings.val_latents is None:
         return train_latents, train, None
     val_latents = open_all("--val-latents", settings.val_latents)
     _check_validation(train_latents, val_latents)
     val_rows = read_pairs("--val-pairs", settings.val_pairs) if settings.val_pairs is not None else None
-    val = paired_latents("validation data (--val-latents, --val-pairs)", val_latents, val_rows)
+    val = paired_latents("--val-latents", "--val-pairs", val_latents, val_rows)
     if settings.val_pair is not None:
         missing = [m for m in settings.val_pair if m not in val_latents]
         if missing:
             raise CommandError(f"--val-pair: {missing[0]!r} is not one of {list(val_latents)}")
+    query, key = settings.val_pair or tuple(val_latents)[:2]
+    check_one_item_per_key("--val-pairs", val, query, key, f"score --val-pair {key},{query} instead")
     return train_latents, train, val
 
 
@@ -366,6 +393,8 @@ def run(args: argparse.Namespace) -> int:
 
     settings = train_settings(args)
     train_latents, train, val = _open_data(settings)
+    with library_errors(LIBRARY_NAMES):  # before --out is touched: --selection best needs validation data
+        check_selection_target(settings.config, val, settings.val_pair)
     encoders = _encoder_descriptions(train_latents)
     out = check_output_folder("--out", settings.out)
     main_process = workers()[0] == 0  # under torchrun, rank 0 alone writes and reports (as fit does)
@@ -386,21 +415,34 @@ def run(args: argparse.Namespace) -> int:
                 print(f"{PROG} train: resuming from {checkpoint}", file=sys.stderr)
         if main_process:
             write_json_atomic(out / LATENTS_FILE, record)
-        result = fit(
-            train,
-            settings.config,
-            val=val,
-            val_pair=settings.val_pair,
-            out_dir=out,
-            resume=args.resume,
-            progress=not args.no_progress,
-            encoders=encoders,
-        )
+        with library_errors(LIBRARY_NAMES):
+            try:
+                result = fit(
+                    train,
+                    settings.config,
+                    val=val,
+                    val_pair=settings.val_pair,
+                    out_dir=out,
+                    resume=args.resume,
+                    progress=not args.no_progress,
+                    encoders=encoders,
+                )
+            except ConfigMismatchError as err:
+                raise CommandError(_other_settings(out, err)) from err
         if main_process:
             write_json_atomic(out / MODEL_DIR / LATENTS_FILE, record)
     if main_process:
         _report(settings, train, result)
     return 0
+
+
+def _other_settings(out: Path, err: ConfigMismatchError) -> str:
+    """The refusal to resume the run in ``out`` with other settings, naming them as the flags that set them."""
+    differences = "; ".join(
+        f"{flag(name)}: {format_value(before)} in {out}, {format_value(now)} now"
+        for name, (now, before) in err.differences.items()
+    )
+    return f"{differences}; rerun with the settings of the run in {out} to resume it, or choose another --out"
 
 
 def _report(settings: TrainSettings, train: PairedLatents, result: FitResult) -> None:
