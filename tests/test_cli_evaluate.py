@@ -21,7 +21,8 @@ pytest.importorskip("safetensors")
 ENCODER = """
 import torch
 
-LATENTS = {"a dog": [1.0, 0, 0, 0], "a red stamp": [0.0, 0.6, 0.8, 0.0], "a cat": [0, 0, 0, 1.0]}
+LATENTS = {"a dog": [1.0, 0, 0, 0], "a red stamp": [0.0, 0.6, 0.8, 0.0], "a cat": [0, 0, 0, 1.0],
+           "a dog and a cat": [0.7, 0, 0, 0.7]}
 
 
 def build():
@@ -70,10 +71,15 @@ def test_identical_captions_of_two_images_count_for_both_with_text(work: Path) -
         code, recall, err = evaluate(work, text, "--identical-keys", choice)
         assert code == 0, err
         assert recall == {"i2t_R@1": 50.0, "t2i_R@1": 75.0}
+        # the default says why: a user who never heard of --identical-keys learns it from the run
+        assert ("note: 1 of the 4 text items are copies of another" in err) == (choice == "refuse"), err
+        assert ("--identical-keys text counts equal items as hits" in err) == (choice == "refuse"), err
     code, recall, err = evaluate(work, text, "--identical-keys", "text")
     assert code == 0, err
     assert recall == {"i2t_R@1": 100.0, "t2i_R@1": 100.0}  # both copies are hits for images 1 and 2, both ways
-    assert "identical text items grouped by text" in err
+    assert "identical text items grouped by text" in err and "note:" not in err
+    distinct = extract_captions(work, "distinct", ["a dog", "a red stamp", "a cat", "a dog and a cat"])
+    assert "note:" not in evaluate(work, distinct)[2]
 
 
 def test_a_caption_stored_once_for_two_images_is_refused_unless_grouped(work: Path, tmp_path: Path) -> None:

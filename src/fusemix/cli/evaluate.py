@@ -156,9 +156,7 @@ def _key_groups(choice: str, key: str, latents: Latents) -> str | list[str] | No
         ) from None
     except (OSError, UnicodeDecodeError) as err:
         raise CommandError(f"--identical-keys: {file}: unreadable ({err})") from err
-    lines = text.split("\n")
-    if lines[-1] == "":
-        lines.pop()
+    lines = _item_lines(text)
     rows = int(latents.array.shape[0])
     if len(lines) != rows:
         raise CommandError(
@@ -166,6 +164,40 @@ def _key_groups(choice: str, key: str, latents: Latents) -> str | list[str] | No
             "it belongs to another store"
         )
     return lines
+
+
+def _item_lines(text: str) -> list[str]:
+    """The lines of an ``items.jsonl`` (one JSON item per row)."""
+    lines = text.split("\n")
+    if lines[-1] == "":
+        lines.pop()
+    return lines
+
+
+def _identical_keys_note(key: str, latents: Latents, used_rows: np.ndarray) -> str | None:
+    """A note when the key rows scored one item each include identical items (by the store's ``items.jsonl``).
+
+    Each copy is then its own item, and one ranked above the query's own
+    counts against it; ``--identical-keys text`` is the alternative. Nothing
+    is said when the store lists no items (or another store's).
+    """
+    if latents.encoder is None:
+        return None
+    try:
+        lines = _item_lines((latents.path / ITEMS_FILE).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError):
+        return None
+    if len(lines) != int(latents.array.shape[0]):
+        return None
+    items = [lines[row] for row in np.unique(used_rows[used_rows >= 0]).tolist()]
+    copies = len(items) - len(set(items))
+    if not copies:
+        return None
+    return (
+        f"note: {copies} of the {len(items)} {key} items are copies of another (equal lines of "
+        f"{latents.path / ITEMS_FILE}); each is scored as its own item, so a copy ranked above a query's own counts "
+        "as a miss; --identical-keys text counts equal items as hits"
+    )
 
 
 @torch.no_grad()
@@ -211,6 +243,7 @@ def run(args: argparse.Namespace) -> int:
             f"text, or score --pair {pair[1]},{pair[0]}",
         )
     key_groups = _key_groups(args.identical_keys, pair[1], latents[pair[1]])
+    note = None if key_groups is not None else _identical_keys_note(pair[1], latents[pair[1]], data.row_index(pair[1]))
     with library_errors(LIBRARY_NAMES):
         metrics = evaluate_retrieval(
             model,
@@ -228,6 +261,8 @@ def run(args: argparse.Namespace) -> int:
         f"{pair[0]} -> {pair[1]}: {query_rows} {pair[0]} and {key_rows} {pair[1]} items{grouping}, model {folder}",
         file=sys.stderr,
     )
+    if note is not None:
+        print(note, file=sys.stderr)
     print(metrics_table(metrics))
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
