@@ -92,7 +92,7 @@ def test_a_warning_reaches_the_terminal_as_one_line_naming_the_command(tmp_path:
     done = subprocess.run([str(c) for c in command], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert done.stderr.splitlines() == [
-        "fusemix train: warning: batch_size: 100 exceeds the 40 training pairs; training full batches of 40 pairs "
+        "fusemix train: warning: --batch-size: 100 exceeds the 40 training pairs; training full batches of 40 pairs "
         "instead"
     ], done.stderr
 

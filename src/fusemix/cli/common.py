@@ -17,6 +17,7 @@ import csv
 import json
 import os
 import re
+import warnings
 import zipfile
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
@@ -136,13 +137,21 @@ def in_flag_terms(message: str, names: Mapping[str, str], *, leading: bool = Tru
 
 @contextlib.contextmanager
 def library_errors(names: Mapping[str, str]) -> Iterator[None]:
-    """Report fusemix's user errors in the block in the command's terms (:func:`in_flag_terms` with ``names``).
+    """Report fusemix's user errors and warnings in the block in the command's terms (:func:`in_flag_terms`).
 
     One of :data:`LIBRARY_ERRORS` becomes a :class:`CommandError`; a
     ``FloatingPointError`` (the loss diverged) keeps its type, so that the
     command exits with 1, and its first word (the loss, not the ``--loss``
-    setting). A :class:`CommandError` passes as it is.
+    setting). A :class:`CommandError` passes as it is. A warning printed in
+    the block (``warnings.formatwarning``) names the flags too; a recorded
+    one (``warnings.catch_warnings(record=True)``) keeps the library's words.
     """
+    formatwarning = warnings.formatwarning
+
+    def format_in_flag_terms(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> str:
+        return formatwarning(in_flag_terms(str(message), names), category, *args, **kwargs)
+
+    warnings.formatwarning = format_in_flag_terms
     try:
         yield
     except CommandError:
@@ -151,6 +160,8 @@ def library_errors(names: Mapping[str, str]) -> Iterator[None]:
         raise FloatingPointError(in_flag_terms(error_message(err), names, leading=False)) from err
     except LIBRARY_ERRORS as err:
         raise CommandError(in_flag_terms(error_message(err), names)) from err
+    finally:
+        warnings.formatwarning = formatwarning
 
 
 def positive_int(text: str) -> int:
