@@ -82,6 +82,19 @@ def test_identical_captions_of_two_images_count_for_both_with_text(work: Path) -
     assert "note:" not in evaluate(work, distinct)[2]
 
 
+def test_a_k_that_reaches_the_number_of_items_is_noted(work: Path) -> None:
+    text = extract_captions(work, "text", ["a dog", "a red stamp", "a cat", "a dog and a cat"])
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(["evaluate", "--model", str(work / "model"), "--latents", f"image={work / 'image'}",
+                     "--latents", f"text={text}", "--ks", "1", "4", "100", "--device", "cpu"])  # fmt: skip
+    assert code == 0, err.getvalue()
+    assert "| i2t_R@100 | 100.00 |" in out.getvalue() and "| i2t_R@4 | 100.00 |" in out.getvalue()
+    assert "note: --ks 4 100: K reaches the number of items ranked (4 text for each image" in err.getvalue()
+    _, _, quiet = evaluate(work, text)  # --ks 1 of 4 items: nothing to say
+    assert "note:" not in quiet
+
+
 def test_a_caption_stored_once_for_two_images_is_refused_unless_grouped(work: Path, tmp_path: Path) -> None:
     text = extract_captions(work, "distinct", ["a dog", "a red stamp", "a cat"])
     pairs = tmp_path / "pairs.csv"

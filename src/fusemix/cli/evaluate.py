@@ -263,6 +263,14 @@ def run(args: argparse.Namespace) -> int:
     )
     if note is not None:
         print(note, file=sys.stderr)
+    whole = [k for k in args.ks if k >= min(query_rows, key_rows)]
+    if whole:
+        print(
+            f"note: --ks {' '.join(map(str, whole))}: K reaches the number of items ranked ({key_rows} {pair[1]} "
+            f"for each {pair[0]}, {query_rows} {pair[0]} for each {pair[1]}); a recall at such a K is 100 by "
+            "construction in that direction",
+            file=sys.stderr,
+        )
     print(metrics_table(metrics))
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
