@@ -376,6 +376,12 @@ def test_settings_that_do_not_fit_together_are_named_as_flags(work):
     assert not (work / "run").exists()
 
 
+def test_fp16_on_the_cpu_names_the_amp_flag(work):
+    result = train(work, work / "run", *TRAIN, "--amp", "fp16")
+    assert_one_line(result, "train", "--amp: 'fp16' needs a CUDA device, got cpu", "use --amp bf16 or --amp off")
+    assert_no_python_spelling(result[1], "amp=")
+
+
 def test_a_config_that_is_a_folder_says_so(work):
     (work / "cfg").mkdir()
     result = train(work, work / "run", "--config", work / "cfg", *TRAIN)

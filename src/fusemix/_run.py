@@ -69,7 +69,7 @@ def _resolve_amp(config: TrainConfig, device: torch.device) -> torch.dtype | Non
     if config.amp == "auto":
         return torch.bfloat16 if device.type == "cuda" else None
     if config.amp == "fp16" and device.type != "cuda":
-        raise ValueError(f"amp: 'fp16' needs a CUDA device, got {device}; use 'bf16' or 'off'")
+        raise ValueError(f"amp: 'fp16' needs a CUDA device, got {device}; use amp='bf16' or amp='off'")
     return {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[config.amp]
 
 
