@@ -82,6 +82,31 @@ def test_load_model_on_a_read_only_directory(tmp_path):
         tmp_path.chmod(0o755)
 
 
+def test_a_read_that_finds_the_directory_swapped_out_waits_for_the_new_version(tmp_path, monkeypatch):
+    """The race a concurrent save_model makes: moved aside just after the reader's wait, swapped in a moment later."""
+    import fusemix.checkpoint as checkpoint
+
+    save_model(_model(seed=0), tmp_path / "m")
+    (tmp_path / "m").rename(tmp_path / ".m.old")
+    save_model(_model(depth=2, seed=1), tmp_path / "new")
+    (tmp_path / "new").rename(tmp_path / ".m.ready")
+    real_wait, waits = checkpoint._wait_for_swap, []
+
+    def wait_late(path: Path, recovery: str) -> None:  # the first wait returns just before the swap-out
+        waits.append(path)
+        if len(waits) > 1:
+            real_wait(path, recovery)
+
+    monkeypatch.setattr(checkpoint, "_wait_for_swap", wait_late)
+    writer = threading.Timer(0.05, recover_directory, args=(tmp_path / "m",))  # the writer's swap-in
+    writer.start()
+    try:
+        assert _same(load_model(tmp_path / "m"), _model(depth=2, seed=1))
+    finally:
+        writer.join()
+    assert len(waits) >= 2
+
+
 def test_a_directory_whose_writer_died_mid_swap_is_an_error_that_says_how_to_recover(tmp_path, monkeypatch):
     # Killed between moving the old version aside and moving the new one in: m itself is missing.
     save_model(_model(seed=0), tmp_path / "m")

@@ -66,8 +66,10 @@ FORMAT_VERSION = 1
 
 _SWAP_WAIT_S = 2.0
 """How long a reader waits for a missing directory whose new version lies beside it (a writer swapping it in)."""
-_READ_ATTEMPTS = 10
+_READ_ATTEMPTS = 20
 """How many times a reader reads a directory that keeps being replaced during the read."""
+_BACKOFF_S, _BACKOFF_MAX_S = 0.001, 0.1
+"""A reader's pause before its second read (doubled before each next one, up to the maximum): about 1.5 s in all."""
 _MODEL_RECOVERY = "call fusemix.checkpoint.recover_directory on it (or save the model again), then load it"
 _CHECKPOINT_RECOVERY = (
     "fit(..., resume=True) settles it when it resumes, or call fusemix.checkpoint.recover_directory on it"
@@ -318,11 +320,17 @@ def _read_directory(path: Path, read: Callable[[], Read], recovery: str) -> Read
 
     A read during which the directory was swapped for another version is
     repeated, so the result never mixes two versions: the directory is held
-    open while it is read, so a swap shows as another inode at ``path``.
+    open while it is read, so a swap shows as another inode at ``path``. A
+    directory found missing in the middle of a swap (the old version moved
+    aside, the new one not yet in place) is waited for, not reported missing.
     """
-    for _ in range(_READ_ATTEMPTS):
+    for attempt in range(_READ_ATTEMPTS):
+        if attempt:  # back off, so that a writer replacing the directory in a burst can finish it
+            time.sleep(min(_BACKOFF_S * 2 ** (attempt - 1), _BACKOFF_MAX_S))
         _wait_for_swap(path, recovery)
         with _pinned_id(path) as before:
+            if before is None and interrupted_write(path) is not None:
+                continue  # swapped out after the wait, the new version not in yet: wait for it again
             try:
                 result = read()
             except Exception:
