@@ -154,6 +154,8 @@ def test_aligned_model_access_and_latents_of_modalities_without_an_encoder(model
         AlignedModel(model, {"audio": words})
     with pytest.raises(TypeError, match="expected a FusionModel"):
         AlignedModel(torch.nn.Linear(2, 2), {})
+    with pytest.raises(TypeError, match="not iterable"):  # not a KeyError about modality 0
+        list(AlignedModel(model, {}))
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -131,6 +131,8 @@ def test_what_is_built_and_how_it_is_configured(module):
             r"max_batch_size: not for a plain",
         ),
         ("{m}:build_words", {"names": {"flag": "--f"}}, ValueError, r"names: \['flag'\] are not arguments"),
+        ("{m}:build_scaled", {"argument": 12}, TypeError, r"argument: expected a string .* pass str\(12\)"),
+        ("{m}:build_words", {"input_type": "video"}, ValueError, r"input_type: expected one of \['text', 'image'"),
     ],
 )
 def test_errors_name_the_argument(module, spec, kwargs, error, message):

@@ -254,6 +254,48 @@ def test_a_run_that_failed_before_its_first_shard_does_not_block_the_corrected_c
     assert (tmp_path / "store" / ITEMS_FILE).read_text() == '"abc"\n"bead"\n'
 
 
+FLAKY = """
+from pathlib import Path
+
+import torch
+
+from fusemix.encoders import CallableEncoder
+
+BROKEN = Path(__file__).with_name("broken")
+
+
+def encode(texts):
+    if BROKEN.exists() and "cafe" in texts:
+        raise RuntimeError("the encoder failed on the second shard")
+    return torch.tensor([[float(len(t)), 1.0] for t in texts])
+
+
+def build():
+    return CallableEncoder(encode, identity={"name": "lengths"})
+"""
+
+
+def test_a_refused_rerun_does_not_record_its_items_over_a_lost_items_file(tmp_path: Path) -> None:
+    """Shards written, items.jsonl gone: the shards' fingerprints refuse other items, and the file stays unwritten."""
+    (tmp_path / "flaky.py").write_text(FLAKY)
+    (tmp_path / "broken").write_text("")
+    texts, other = tmp_path / "texts.txt", tmp_path / "other.txt"
+    texts.write_text("abc\nbad\ncafe\nfig\n")
+    other.write_text("xyz\nbad\ncafe\nfig\n")
+    command = ["extract", "--encoder", "python", "--callable", f"{tmp_path / 'flaky.py'}:build", "--input-type",
+               "text", "--out", tmp_path / "store", "--shard-size", 2, "--batch-size", 2, "--no-progress"]  # fmt: skip
+    with pytest.raises(RuntimeError, match="second shard"):
+        run(*command, "--input", texts)
+    (tmp_path / "store" / ITEMS_FILE).unlink()  # lost
+    assert_user_error(run(*command, "--input", other), "extract", "--input")
+    assert not (tmp_path / "store" / ITEMS_FILE).exists()
+    (tmp_path / "broken").unlink()
+    code, _, err = run(*command, "--input", texts)  # the right items resume the kept shard
+    assert code == 0, err
+    assert (tmp_path / "store" / ITEMS_FILE).read_text() == '"abc"\n"bad"\n"cafe"\n"fig"\n'
+    np.testing.assert_array_equal(LatentStore.open(tmp_path / "store")[:][:, 0], [3, 3, 4, 3])
+
+
 def test_changed_items_are_refused_and_replaced_with_overwrite(tmp_path: Path) -> None:
     texts = tmp_path / "texts.txt"
     texts.write_text("abc\nbad\ncafe\n")

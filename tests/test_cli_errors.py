@@ -17,6 +17,7 @@ import torch
 from fusemix import FusionModel
 from fusemix.checkpoint import MODEL_CONFIG, MODEL_WEIGHTS, save_model
 from fusemix.cli import LATENTS_FILE, main
+from fusemix.cli.common import UserCodeError
 from fusemix.store import MANIFEST, LatentStore, write_store
 
 pytest.importorskip("safetensors")
@@ -71,6 +72,20 @@ def build_huge():
 
 def build_from(weights, device):
     return lambda items: torch.ones(len(items), 2)
+
+
+def build_key_error_inside():
+    colours = {"red": 1.0}
+    return lambda items: torch.tensor([[colours["blue"], 0.0] for _ in items])
+
+
+def build_value_error_inside():
+    return lambda items: torch.tensor([[float(item), 0.0] for item in items])
+
+
+def build_from_number(weights):
+    scale = int(weights)
+    return lambda items: torch.full((len(items), 2), float(scale))
 
 
 def build_type_error_inside():
@@ -238,11 +253,23 @@ def test_latents_float16_cannot_hold_are_one_line_naming_dtype_and_overwrite(wor
     assert stored.dtype == np.float32 and np.array_equal(stored[:], np.full((4, 2), value, dtype=np.float32))
 
 
-def test_a_type_error_inside_the_encoder_keeps_its_traceback(work):
-    spec = f"{work / 'encoders.py'}:build_type_error_inside"
-    with pytest.raises(TypeError, match="unsupported operand"):
-        run("extract", "--encoder", "python", "--callable", spec, "--input-type", "text",
-            "--input", work / "items.txt", "--out", work / "broken", "--no-progress")  # fmt: skip
+@pytest.mark.parametrize(
+    ("factory", "extra", "cause", "message"),
+    [
+        ("build_type_error_inside", (), TypeError, "unsupported operand"),
+        ("build_key_error_inside", (), KeyError, "'blue'"),
+        ("build_value_error_inside", (), ValueError, "could not convert"),
+        ("build_from_number", ("--model", "weights"), ValueError, "invalid literal for int()"),  # in FUNCTION itself
+    ],
+)
+def test_an_error_inside_the_users_code_keeps_its_traceback(work, factory, extra, cause, message):
+    """Catches a bug in the user's encoder reported as a one-line user error, which hides where it happened."""
+    spec = f"{work / 'encoders.py'}:{factory}"
+    with pytest.raises(UserCodeError, match=rf"^--callable {spec} raised {cause.__name__}: ") as info:
+        run("extract", "--encoder", "python", "--callable", spec, *extra, "--input-type", "text",
+            "--input", work / "items.txt", "--out", work / factory, "--no-progress")  # fmt: skip
+    assert isinstance(info.value.__cause__, cause) and message in str(info.value.__cause__)
+    assert info.value.__cause__.__traceback__ is not None  # Python prints it above the last line
 
 
 def test_a_crafted_or_corrupt_model_directory_is_one_line(work):

@@ -441,6 +441,9 @@ class AlignedModel:
         """The model's modalities, in order (with or without an encoder)."""
         return self.model.modalities
 
+    __iter__ = None
+    """Not iterable (``__getitem__`` takes modality names, not positions): iterate over :attr:`modalities`."""
+
     def __getitem__(self, modality: str) -> AlignedEncoder:
         """The aligned encoder of ``modality``."""
         if modality not in self.encoders:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import contextvars
 import csv
 import json
 import os
@@ -44,6 +45,14 @@ ENCODER_DESCRIPTION = "encoder_description"
 
 class CommandError(Exception):
     """A user error found by the command line itself; reported as one line, exit status 2."""
+
+
+class UserCodeError(Exception):
+    """An exception raised inside the user's code (an encoder, the function that builds it), chained to it.
+
+    Not a user error of the command line: it is not caught, so Python prints
+    the original traceback, then this one line naming the code's flag.
+    """
 
 
 LIBRARY_ERRORS: tuple[type[Exception], ...] = (
@@ -86,7 +95,38 @@ def _flag_value(option: str, value: str) -> str:
     return f"{option} {value}"
 
 
-def in_flag_terms(message: str, names: Mapping[str, str], *, leading: bool = True) -> str:
+VERBATIM: contextvars.ContextVar[tuple[str, ...]] = contextvars.ContextVar("verbatim", default=())
+"""The user's own argument values (paths) in the running command, which :func:`in_flag_terms` never rewrites."""
+
+
+def verbatim_values(args: argparse.Namespace) -> tuple[str, ...]:
+    """The paths among a command's argument values: ``Path`` values and strings naming a path, nested ones too.
+
+    Example:
+        >>> args = argparse.Namespace(out=Path("out_dir"), latents=[("text", "lat/text")], pairing="halves")
+        >>> verbatim_values(args)
+        ('out_dir', 'lat/text')
+
+    """
+    found: list[str] = []
+
+    def visit(value: object) -> None:
+        if isinstance(value, Path):
+            found.append(str(value))
+        elif isinstance(value, str) and ("/" in value or os.sep in value or os.path.exists(value)):
+            found.append(value)
+        elif isinstance(value, (list, tuple)):
+            for item in value:
+                visit(item)
+
+    for value in vars(args).values():
+        visit(value)
+    return tuple(dict.fromkeys(found))
+
+
+def in_flag_terms(
+    message: str, names: Mapping[str, str], *, leading: bool = True, keep: Sequence[str] | None = None
+) -> str:
     """``message`` of a fusemix error with the Python names in it replaced by the command's flags.
 
     Library messages start with the argument they are about and give advice
@@ -99,7 +139,10 @@ def in_flag_terms(message: str, names: Mapping[str, str], *, leading: bool = Tru
     ``name['key']``, a bare name with an underscore (``out_dir``), and with
     ``leading`` the name that starts the message (``lr: ...``). Elsewhere a
     one-word name is left alone: ``loss``, ``device`` or ``train`` are plain
-    words too.
+    words too. Never rewritten: a name inside a path (``runs/out_dir``) or in
+    double quotes (a JSON key of an encoder's identity), and the whole tokens
+    of ``keep`` (default :data:`VERBATIM`: the command's own paths, so that
+    ``--out out_dir`` stays ``out_dir``).
 
     Example:
         >>> names = {"out_dir": "--out", "val": "--val-latents", "selection": "--selection", "rows": "--pairs",
@@ -110,16 +153,24 @@ def in_flag_terms(message: str, names: Mapping[str, str], *, leading: bool = Tru
         "--pairs column 'text': bad (see runs/out_dir); train in another --out"
         >>> in_flag_terms("per_sample_lambda=False, selection=None", names)
         '--no-per-sample-lambda, --selection none'
+        >>> in_flag_terms('out_dir: out_dir holds {"out_dir": 1}', names, keep=["out_dir"])
+        '--out: out_dir holds {"out_dir": 1}'
 
     """
     plain = {name: option for name, option in names.items() if not name.endswith("[]")}
     if not plain:
         return message
+    kept = [literal for literal in (VERBATIM.get() if keep is None else keep) if literal]
+    if kept:  # the leading "name:" is the argument, not the user's value: translate it first
+        head = re.match(r"[\w.]+(?=:)", message) if leading else None
+        if head is not None and head[0] in plain:
+            return plain[head[0]] + in_flag_terms(message[head.end() :], names, leading=False, keep=kept)
+        return _with_kept(message, kept, lambda text: in_flag_terms(text, names, leading=leading, keep=()))
     alternatives = "|".join(re.escape(name) for name in sorted(plain, key=len, reverse=True))
     pattern = re.compile(
-        rf"(?<![\w.\-/\\])(?P<name>{alternatives})"
+        rf"(?<![\w.\-/\\\"])(?P<name>{alternatives})"
         rf"(?:(?P<keyword>=(?P<value>{_VALUE})?)|\[(?P<quote>['\"])(?P<key>[^'\"\]]*)(?P=quote)\])?"
-        r"(?![\w\-/\\\[=])"
+        r"(?![\w\-/\\\[=\"])"
     )
 
     def replace(found: re.Match[str]) -> str:
@@ -133,6 +184,20 @@ def in_flag_terms(message: str, names: Mapping[str, str], *, leading: bool = Tru
         return found[0]
 
     return pattern.sub(replace, message)
+
+
+def _with_kept(message: str, kept: Sequence[str], rewrite: Any) -> str:
+    """``rewrite(message)`` with every whole-token occurrence of ``kept`` held out of it and put back after."""
+    alternatives = "|".join(re.escape(literal) for literal in sorted(kept, key=len, reverse=True))
+    token = re.compile(rf"(?<![\w.\-/\\])(?:{alternatives})(?![\w\-/\\])")
+    held: list[str] = []
+
+    def hold(found: re.Match[str]) -> str:
+        held.append(found[0])
+        return f"\x00{len(held) - 1}\x00"
+
+    rewritten = rewrite(token.sub(hold, message))
+    return re.sub(r"\x00(\d+)\x00", lambda found: held[int(found[1])], rewritten)
 
 
 @contextlib.contextmanager
@@ -162,6 +227,23 @@ def library_errors(names: Mapping[str, str]) -> Iterator[None]:
         raise CommandError(in_flag_terms(error_message(err), names)) from err
     finally:
         warnings.formatwarning = formatwarning
+
+
+@contextlib.contextmanager
+def user_code_errors(code: str) -> Iterator[None]:
+    """Let an exception raised inside the user's code in the block keep its traceback.
+
+    One of :data:`LIBRARY_ERRORS` (or a ``TypeError``) raised outside
+    fusemix's own code becomes a :class:`UserCodeError` naming ``code`` (e.g.
+    ``--callable my_encoders.py:build``), which the command does not report
+    as one line; fusemix's own refusals pass as they are.
+    """
+    try:
+        yield
+    except (*LIBRARY_ERRORS, TypeError) as err:
+        if isinstance(err, CommandError) or raised_by_fusemix(err):
+            raise
+        raise UserCodeError(f"{code} raised {type(err).__name__}: {error_message(err)}") from err
 
 
 def positive_int(text: str) -> int:

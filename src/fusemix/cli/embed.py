@@ -24,7 +24,7 @@ from fusemix.cli.common import (
     check_output_folder,
     error_message,
     in_flag_terms,
-    raised_by_fusemix,
+    user_code_errors,
 )
 from fusemix.cli.encoder_setup import ENCODER_INPUT, python_encoder
 from fusemix.cli.inputs import (
@@ -239,25 +239,22 @@ def run(args: argparse.Namespace) -> int:
     adapter = model.model.adapters[args.modality]
     aligned = AlignedEncoder(encoder, adapter, modality=args.modality, batch_size=args.batch_size)
     try:
-        store = embed_store(
-            aligned,
-            inputs.items,
-            output.root,
-            read=_reader(inputs.base, input_type, encoder),
-            batch_size=args.batch_size,
-            shard_size=args.shard_size,
-            dtype=args.dtype,
-            metadata={**inputs.source, "items_file": ITEMS_FILE, "model": str(args.model)},
-            progress=not args.no_progress,
-            overwrite=args.overwrite,
-        )
-    except TypeError as err:  # what the encoder returned, refused by fusemix; a bug inside it keeps its traceback
-        if not raised_by_fusemix(err):
-            raise
+        with user_code_errors(_encoder_flag(args)):  # a bug inside the encoder keeps its traceback
+            store = embed_store(
+                aligned,
+                inputs.items,
+                output.root,
+                read=_reader(inputs.base, input_type, encoder),
+                batch_size=args.batch_size,
+                shard_size=args.shard_size,
+                dtype=args.dtype,
+                metadata={**inputs.source, "items_file": ITEMS_FILE, "model": str(args.model)},
+                progress=not args.no_progress,
+                overwrite=args.overwrite,
+            )
+    except TypeError as err:  # what the encoder returned, refused by fusemix
         raise CommandError(f"{_encoder_flag(args)}: {err}") from err
     except (ValueError, FileExistsError) as err:  # a store of other settings in --out, another run holding it
-        if not raised_by_fusemix(err):
-            raise
         raise CommandError(in_flag_terms(error_message(err), LIBRARY_NAMES)) from err
     assert store is not None  # one worker: the store is complete
     output.finish(store, "shared-space embeddings")

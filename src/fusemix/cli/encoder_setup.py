@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from fusemix.cli.common import CommandError, raised_by_fusemix
+from fusemix.cli.common import CommandError, user_code_errors
 
 ENCODERS: tuple[str, ...] = ("hf-text", "hf-image", "hf-audio", "sentence-transformers", "python")
 ENCODER_INPUT = {"hf-text": "text", "sentence-transformers": "text", "hf-image": "image", "hf-audio": "audio"}
@@ -58,18 +58,17 @@ def python_encoder(
     names = {"spec": "--callable", "argument": argument_flag, "device": "--device", "dtype": "--model-dtype"}
     names["max_batch_size"] = "--max-batch-size"
     try:
-        return load_callable_encoder(
-            spec,
-            argument,
-            input_type=input_type,
-            device=options.get("device"),
-            dtype=options.get("model_dtype"),
-            max_batch_size=options.get("max_batch_size"),
-            names=names,
-        )
+        with user_code_errors(f"--callable {spec}"):  # raised inside the user's module or FUNCTION: its traceback
+            return load_callable_encoder(
+                spec,
+                argument,
+                input_type=input_type,
+                device=options.get("device"),
+                dtype=options.get("model_dtype"),
+                max_batch_size=options.get("max_batch_size"),
+                names=names,
+            )
     except (TypeError, ValueError) as err:
-        if not raised_by_fusemix(err):  # raised inside the user's module or FUNCTION: keep its traceback
-            raise
         raise CommandError(str(err)) from err
 
 

@@ -29,7 +29,7 @@ from fusemix.cli.common import (
     in_flag_terms,
     positive_int,
     positive_int_or_none,
-    raised_by_fusemix,
+    user_code_errors,
     workers,
 )
 from fusemix.cli.encoder_setup import (
@@ -273,24 +273,23 @@ def _extract(
     encoder keeps its traceback.
     """
     try:
-        store = extract_latents(
-            encoder,
-            items,
-            root,
-            modality=modality,
-            batch_size=args.batch_size,
-            shard_size=args.shard_size,
-            dtype=args.dtype,
-            encoder_identity=identity,
-            num_workers=num_workers,
-            worker_index=worker_index,
-            progress=not args.no_progress and worker_index == 0,
-            metadata=metadata,
-            overwrite=args.overwrite,
-        )
-    except TypeError as err:
-        if not raised_by_fusemix(err):
-            raise
+        with user_code_errors(_encoder_flag(args)):
+            store = extract_latents(
+                encoder,
+                items,
+                root,
+                modality=modality,
+                batch_size=args.batch_size,
+                shard_size=args.shard_size,
+                dtype=args.dtype,
+                encoder_identity=identity,
+                num_workers=num_workers,
+                worker_index=worker_index,
+                progress=not args.no_progress and worker_index == 0,
+                metadata=metadata,
+                overwrite=args.overwrite,
+            )
+    except TypeError as err:  # raised by fusemix (the encoder's own errors became UserCodeError)
         raise CommandError(f"{_encoder_flag(args)}: {err}") from err
     except StoreError as err:
         # Two workers finishing together may both finalize; the one that loses the race finds the manifest written.
@@ -298,8 +297,6 @@ def _extract(
             raise CommandError(in_flag_terms(error_message(err), LIBRARY_NAMES)) from err
         store = LatentStore.open(root, expected_modality=modality, expected_encoder=identity)
     except (ValueError, FileExistsError) as err:  # FileExistsError: another extraction holds --out
-        if not raised_by_fusemix(err):
-            raise
         raise CommandError(in_flag_terms(error_message(err), LIBRARY_NAMES)) from err
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.barrier()

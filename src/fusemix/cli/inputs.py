@@ -21,8 +21,8 @@ import numpy as np
 
 from fusemix._optional import require
 from fusemix.cli.common import CommandError, open_text
+from fusemix.encoders.callable_spec import INPUT_TYPES
 
-INPUT_TYPES: tuple[str, ...] = ("text", "image", "audio", "path")
 IMAGE_EXTENSIONS: tuple[str, ...] = (".bmp", ".gif", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp")
 AUDIO_EXTENSIONS: tuple[str, ...] = (".aif", ".aiff", ".flac", ".mp3", ".ogg", ".wav")
 MANIFEST_SUFFIXES: tuple[str, ...] = (".csv", ".tsv", ".jsonl")

@@ -11,7 +11,7 @@ from types import ModuleType
 
 from fusemix._version import fusemix_version
 from fusemix.cli import embed, evaluate, extract, train
-from fusemix.cli.common import LIBRARY_ERRORS, PROG, CommandError, error_message
+from fusemix.cli.common import LIBRARY_ERRORS, PROG, VERBATIM, CommandError, error_message, verbatim_values
 
 COMMANDS: dict[str, ModuleType] = {"extract": extract, "train": train, "evaluate": evaluate, "embed": embed}
 """Command name to its module: ``SUMMARY``, ``DESCRIPTION``, ``EPILOG``, ``add_arguments(parser)``, ``run(args)``."""
@@ -61,6 +61,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     prog = f"{PROG} {args.command}"
     formatwarning = warnings.formatwarning
     warnings.formatwarning = _one_line_warning(prog)
+    verbatim = VERBATIM.set(verbatim_values(args))  # the user's paths are never rewritten into flag names
     try:
         return args.run(args)
     except KeyboardInterrupt:
@@ -79,6 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     finally:
         warnings.formatwarning = formatwarning
+        VERBATIM.reset(verbatim)
 
 
 def _one_line_warning(prog: str) -> typing.Callable[..., str]:

@@ -149,7 +149,10 @@ class StoreOutput:
         text = items_text(items)
         _check_items_file(root, text, overwrite, write_items)
         stamp = _manifest_stamp(root)
-        if write_items and stamp is None:  # record the items before any shard, to catch changed inputs
+        # Record the items before the first shard, to catch changed inputs after an interruption. With shards
+        # already there and no items.jsonl (lost), the shards' own item fingerprints decide, and the file is
+        # written once the store is complete: a refused run must not record its items over the old ones.
+        if write_items and stamp is None and not shard_indices(root):
             root.mkdir(parents=True, exist_ok=True)
             write_text_atomic(root / ITEMS_FILE, text)
         return cls(root, text, stamp, write_items)

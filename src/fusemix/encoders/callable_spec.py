@@ -22,6 +22,8 @@ from typing import Any
 
 import torch
 
+INPUT_TYPES: tuple[str, ...] = ("text", "image", "audio", "path")
+"""What the items an encoder gets can be (``fusemix extract --input-type``)."""
 ARGUMENT_NAMES: tuple[str, ...] = ("spec", "argument", "device", "dtype", "max_batch_size")
 """The arguments of :func:`~fusemix.encoders.load_callable_encoder` that its errors name (``names`` renames them)."""
 
@@ -160,10 +162,11 @@ def load_callable_encoder(
 
     Raises:
         ValueError: If ``spec`` is malformed or names a module or attribute
-            that does not exist, or ``device`` / ``dtype`` /
+            that does not exist, ``input_type`` is not one of
+            :data:`~fusemix.encoders.callable_spec.INPUT_TYPES`, or ``device`` / ``dtype`` /
             ``max_batch_size`` are given for an encoder with its own identity
             or for a plain audio function.
-        TypeError: If ``spec`` names something that cannot be called as
+        TypeError: If ``spec`` or ``argument`` is not a string, or ``spec`` names something that cannot be called as
             ``FUNCTION()`` / ``FUNCTION(argument)`` (e.g. the encoder itself
             rather than the function that builds it), or what it returns is
             not a callable encoder.
@@ -184,6 +187,15 @@ def load_callable_encoder(
     if unknown:
         raise ValueError(f"names: {unknown} are not arguments of load_callable_encoder ({list(ARGUMENT_NAMES)})")
     named = {name: name for name in ARGUMENT_NAMES} | dict(names or {})
+    if not isinstance(spec, str):
+        raise TypeError(f"{named['spec']}: expected a 'MODULE:FUNCTION' string, got {type(spec).__name__}")
+    if argument is not None and not isinstance(argument, str):
+        raise TypeError(
+            f"{named['argument']}: expected a string (what the command line passes, recorded in the identity) or "
+            f"None, got {type(argument).__name__}; pass str({argument!r})"
+        )
+    if input_type not in INPUT_TYPES:
+        raise ValueError(f"input_type: expected one of {list(INPUT_TYPES)}, got {input_type!r}")
     options = {
         name: value
         for name, value in (("device", device), ("dtype", dtype), ("max_batch_size", max_batch_size))
@@ -215,4 +227,4 @@ def load_callable_encoder(
     return CallableEncoder(encoder, identity=identity, **options)
 
 
-__all__ = ["ARGUMENT_NAMES", "ListEncoder", "callable_name", "load_callable_encoder"]
+__all__ = ["ARGUMENT_NAMES", "INPUT_TYPES", "ListEncoder", "callable_name", "load_callable_encoder"]
