@@ -250,6 +250,28 @@ def write_json(path: str | Path, obj: Any) -> Path:
     return path
 
 
+def pyplot() -> Any | None:
+    """``matplotlib.pyplot`` on the file-only Agg backend, or ``None`` when matplotlib is not installed."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    return plt
+
+
+def save_figure(fig: Any, path: str | Path) -> None:
+    """Write ``fig`` to ``path`` (folders created) at 120 dpi and close it."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def plot_recall_vs_size(
     records: Sequence[Mapping[str, Any]], path: str | Path, *, labels: Mapping[str, str], title: str
 ) -> bool:
@@ -258,12 +280,8 @@ def plot_recall_vs_size(
     Error bars are the standard deviation over seeds. Returns ``False``
     (and writes nothing) when matplotlib is not installed.
     """
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return False
     groups = group_runs(records, ["method", "train_size"])
     sizes = sorted({r["train_size"] for r in records})
@@ -285,10 +303,7 @@ def plot_recall_vs_size(
     axes[1].legend(fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
     return True
 
 
@@ -309,12 +324,8 @@ def plot_convergence(
     runs = [r for r in records if r["train_size"] == train_size and r.get("curve")]
     if not runs:
         return False
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return False
     fig, ax = plt.subplots(figsize=(8, 5))
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -331,8 +342,5 @@ def plot_convergence(
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
     return True

@@ -295,12 +295,8 @@ def plot_confusion(matrices: Mapping[str, Tensor], class_names: Sequence[str], p
 
     Returns ``False`` (and writes nothing) when matplotlib is not installed.
     """
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = report.pyplot()
+    if plt is None:
         return False
     fig, axes = plt.subplots(1, len(matrices), figsize=(6.2 * len(matrices), 5.6), squeeze=False)
     for ax, (name, matrix) in zip(axes[0], matrices.items()):
@@ -321,10 +317,7 @@ def plot_confusion(matrices: Mapping[str, Tensor], class_names: Sequence[str], p
     axes[0][0].set_ylabel("Unicode group")
     fig.suptitle(title)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    report.save_figure(fig, path)
     return True
 
 
