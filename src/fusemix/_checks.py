@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -134,3 +134,15 @@ def check_json_object(name: str, value: object) -> dict[str, Any]:
         return json.loads(json.dumps(dict(value), allow_nan=False))
     except (TypeError, ValueError) as err:
         raise TypeError(f"{name}: expected a JSON-serialisable dict ({err})") from err
+
+
+def check_items(items: object) -> list[Any]:
+    """``items`` as a non-empty list: a sequence of raw items for an encoder (a lone string is refused)."""
+    if isinstance(items, (str, bytes)):
+        raise TypeError(f"items: expected a sequence of items, got a single {type(items).__name__}; wrap it in a list")
+    if not isinstance(items, Iterable):
+        raise TypeError(f"items: expected a sequence of items, got {type(items).__name__}")
+    batch = list(items)
+    if not batch:
+        raise ValueError("items: expected at least one item, got an empty sequence")
+    return batch

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fusemix._checks import check_positive_int
+from fusemix._checks import check_items, check_positive_int
 from fusemix.encoder_descriptions import (
     build_encoder,
     identity_differences,
@@ -183,7 +183,7 @@ class AlignedEncoder:
                 number of rows.
 
         """
-        batch = _item_list(items)
+        batch = check_items(items)
         step = self.batch_size if batch_size is None else check_positive_int("batch_size", batch_size)
         show = len(batch) > PROGRESS_MIN_ITEMS if progress is None else bool(progress)
         bar = _progress_bar(show, len(batch), f"encode {self.modality}")
@@ -230,17 +230,6 @@ def _describe(value: object) -> str:
     if isinstance(value, Tensor):
         return f"a {value.dtype} tensor of shape {tuple(value.shape)}"
     return f"a {type(value).__name__}"
-
-
-def _item_list(items: Sequence[Any]) -> list[Any]:
-    if isinstance(items, (str, bytes)):
-        raise TypeError(f"items: expected a sequence of items, got a single {type(items).__name__}; wrap it in a list")
-    if not isinstance(items, Iterable):
-        raise TypeError(f"items: expected a sequence of items, got {type(items).__name__}")
-    batch = list(items)
-    if not batch:
-        raise ValueError("items: expected at least one item, got an empty sequence")
-    return batch
 
 
 def _as_latents(output: object, rows: int, first: int) -> Tensor:

@@ -20,14 +20,14 @@ from __future__ import annotations
 import json
 import types
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from fusemix._checks import check_positive_int
+from fusemix._checks import check_items, check_positive_int
 
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -118,7 +118,7 @@ class BatchEncoder(ABC):
                 model returns a malformed output.
 
         """
-        batch_items = _as_item_list(items)
+        batch_items = check_items(items)
         step = self.max_batch_size or len(batch_items)
         outputs = []
         with torch.no_grad():
@@ -155,17 +155,6 @@ class BatchEncoder(ABC):
                 "of the call)"
             )
         return output
-
-
-def _as_item_list(items: Sequence[Any]) -> list[Any]:
-    if isinstance(items, (str, bytes)):
-        raise TypeError(f"items: expected a sequence of items, got a single {type(items).__name__}; wrap it in a list")
-    if not isinstance(items, Iterable):
-        raise TypeError(f"items: expected a sequence of items, got {type(items).__name__}")
-    batch_items = list(items)
-    if not batch_items:
-        raise ValueError("items: expected at least one item, got an empty sequence")
-    return batch_items
 
 
 def json_identity(name: str, identity: Mapping[str, Any]) -> dict[str, Any]:
