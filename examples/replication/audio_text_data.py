@@ -315,12 +315,9 @@ def _report_missing(
     missing_audio: MissingAudio,
     where: Path,
 ) -> None:
-    if missing and missing_audio == "raise":
-        raise FileNotFoundError(
-            f"{where}: {len(missing)} clip(s) are missing (first: {missing[0]}); "
-            "pass missing_audio='skip' to leave them out"
-        )
-    builder.skip("clips missing on disk", len(missing))
+    builder.skip_missing(
+        missing, missing_audio, where=where, what="clip(s)", argument="missing_audio", reason="clips missing on disk"
+    )
     builder.skip("captions of clips missing on disk", missing_captions)
     for suffix, count in sorted(unreadable.items()):
         builder.skip(f"clips in a format soundfile cannot read ({suffix}; convert to .flac or .wav)", count)

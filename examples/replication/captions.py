@@ -207,6 +207,40 @@ class CaptionsBuilder(Generic[Dataset]):
             key = f"{self.name}: {reason}"
             self.skipped[key] = self.skipped.get(key, 0) + count
 
+    def skip_missing(
+        self,
+        missing: Sequence[object],
+        policy: str,
+        *,
+        where: object,
+        what: str,
+        argument: str = "missing_images",
+        reason: str = "images missing on disk",
+    ) -> None:
+        """Count the annotated files ``missing`` on disk as skipped for ``reason``, or refuse them.
+
+        Args:
+            missing: The missing files (paths or names), in annotation order.
+            policy: ``"skip"`` or ``"raise"``, the value of the reader's ``argument``.
+            where: Where they were looked for, first in the message.
+            what: What they are, e.g. ``"image(s) of the 'test' split"``.
+            argument: The reader's argument that sets ``policy``.
+            reason: The ``skipped`` key they are counted under.
+
+        Raises:
+            FileNotFoundError: With ``policy="raise"``, naming ``where``, how
+                many ``what`` are missing and the first of them.
+
+        """
+        if not missing:
+            return
+        if policy == "raise":
+            raise FileNotFoundError(
+                f"{where}: {len(missing)} {what} are missing (first: {missing[0]}); pass {argument}='skip' to leave "
+                "them out"
+            )
+        self.skip(reason, len(missing))
+
     def build(self) -> Dataset:
         """The dataset read so far."""
         return self.kind(self.name, self.paths, self.captions, np.asarray(self.caption_to_file, np.int64), self.skipped)

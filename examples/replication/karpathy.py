@@ -107,13 +107,9 @@ def read_karpathy(
             missing.append(folder / filename)
             continue
         builder.add(folder / filename, captions)
-    if missing:
-        if missing_images == "raise":
-            raise FileNotFoundError(
-                f"{image_root}: {len(missing)} image(s) of the {split!r} split of {annotation.name} are missing "
-                f"(first: {missing[0]}); pass missing_images='skip' to leave them out"
-            )
-        builder.skip("images missing on disk", len(missing))
+    builder.skip_missing(
+        missing, missing_images, where=image_root, what=f"image(s) of the {split!r} split of {annotation.name}"
+    )
     return builder.build()
 
 

@@ -136,13 +136,7 @@ def read_visual_genome(
         builder, missing = _vg_from_regions(
             region_descriptions, image_data, folders, float(min_region_area_fraction), exclude_coco, exclude_flickr
         )
-    if missing:
-        if missing_images == "raise":
-            raise FileNotFoundError(
-                f"{dirs[0].parent}: {len(missing)} annotated Visual Genome image(s) are missing "
-                f"(first: {missing[0]}); pass missing_images='skip' to leave them out"
-            )
-        builder.skip("images missing on disk", len(missing))
+    builder.skip_missing(missing, missing_images, where=dirs[0].parent, what="annotated Visual Genome image(s)")
     return builder.build()
 
 
